@@ -1,0 +1,11 @@
+"""robustlib: building blocks for efficient robust training (data pruning for AT, MixTrain).
+
+    import robustlib as rl
+    train, test = rl.data.load("digits")
+    model = rl.models.build("mnist_small")
+    history = rl.train.fit(model, train, rl.objectives.Standard(), epochs=5)
+    rl.evaluate.robustness(model, test, eps=0.1)
+"""
+from . import data, evaluate, models, objectives, plot, presets, reproduce, train  # noqa: F401
+
+__version__ = "0.1.0"

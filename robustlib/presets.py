@@ -1,0 +1,49 @@
+"""The three presets every notebook knows, as data.
+
+Each notebook's ``parameters`` cell holds its ``smoke`` values; a preset here
+lists only what it changes, per notebook (keyed by the notebook's file stem).
+``reproduce`` also injects ``preset`` and ``results_dir`` into every notebook.
+
+- ``smoke``: CPU, about a minute per notebook, on the embedded digits (or a
+  small slice of Fashion-MNIST) with small CNNs. Proves the pipeline, not
+  the papers' claims.
+- ``gpu``: one modern GPU, minutes per notebook, on real data available
+  offline (Fashion-MNIST; the MNIST test set where present).
+- ``paper``: the papers' full settings (CIFAR-10/100, MNIST); needs internet
+  for the torchvision downloads and hours of GPU.
+"""
+
+DESCRIPTIONS = {
+    "smoke": "CPU-sized check of the whole pipeline on the embedded digits; not a reproduction",
+    "gpu": "one GPU, minutes per notebook, real offline data (Fashion-MNIST)",
+    "paper": "the papers' full settings (CIFAR-10/100, MNIST); hours of GPU, needs downloads",
+}
+
+PRESETS = {
+    "smoke": {},
+    "gpu": {
+        "setting_the_stage": dict(dataset="fashion-mnist", model_name="preact_resnet18", epochs=15,
+                                  batch_size=256, lr=0.1, schedule="onecycle", augment="crop-flip",
+                                  n_train=None, n_test=None),
+    },
+    "paper": {
+        "setting_the_stage": dict(dataset="cifar10", model_name="preact_resnet18", epochs=100,
+                                  batch_size=128, lr=0.1, schedule="multistep", augment="crop-flip",
+                                  n_train=None, n_test=None),
+    },
+}
+
+
+def resolve(preset: str) -> str:
+    """``auto`` → ``gpu`` when CUDA is present, else ``smoke``."""
+    if preset == "auto":
+        import torch
+        return "gpu" if torch.cuda.is_available() else "smoke"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: auto, {', '.join(PRESETS)}")
+    return preset
+
+
+def parameters(preset: str, notebook: str) -> dict:
+    """The parameters a preset gives one notebook (on top of its smoke defaults)."""
+    return dict(PRESETS[resolve(preset)].get(notebook, {}))

@@ -1,0 +1,265 @@
+"""Batch reproduction: run the book's notebooks with papermill, keep results records, build the book.
+
+    python -m robustlib reproduce --preset smoke [--only NAME ...]
+    python -m robustlib build --preset smoke          # render already-executed notebooks
+    python -m robustlib book --preset auto            # both
+
+``reproduce`` executes the notebooks listed in ``_toc.yml`` in order into
+``results/<preset>/<name>.ipynb``; each notebook writes its results record
+``results/<preset>/<name>.json`` through :class:`Record`. A failing notebook
+does not stop the others; every failure is reported at the end and the exit
+status is non-zero. ``build`` copies the executed notebooks next to the
+book's pages in ``_build/source`` and runs ``jupyter-book build`` with
+execution off, so committed full-scale outputs render without re-running.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import presets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- results records
+
+def device_name(device=None) -> str:
+    """A human name for the device that ran the numbers (GPU model, or the CPU)."""
+    import torch
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+
+
+def versions() -> dict:
+    import numpy
+    import torch
+    import torchvision
+
+    from . import __version__
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": numpy.__version__, "robustlib": __version__}
+
+
+class Record:
+    """A notebook's results record: preset, device, versions, start time, wall-clock and rows.
+
+    ``rec = Record("setting_the_stage", preset, results_dir)``; ``rec.add(**row)``
+    per measured row; ``rec.save()`` writes ``<results_dir>/<notebook>.json``.
+    """
+
+    def __init__(self, notebook: str, preset: str, results_dir, config: dict | None = None, device=None):
+        self.notebook, self.preset = notebook, preset
+        self.path = Path(results_dir) / f"{notebook}.json"
+        self.config = dict(config or {})
+        self.device = device_name(device)
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._t0 = time.perf_counter()
+        self.rows: list[dict] = []
+
+    def add(self, **row) -> dict:
+        self.rows.append(row)
+        return row
+
+    def frame(self):
+        import pandas as pd
+        return pd.DataFrame(self.rows)
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def to_dict(self) -> dict:
+        return {"notebook": self.notebook, "preset": self.preset, "device": self.device,
+                "versions": versions(), "started": self.started, "wall_s": round(self.wall_s, 2),
+                "config": self.config, "rows": self.rows}
+
+    def save(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_jsonable))
+        os.replace(tmp, self.path)
+        return self.path
+
+    def caption(self) -> str:
+        """One line for figures and tables: which preset, device and wall-clock made these numbers."""
+        scale = "SMOKE-SCALE, not a reproduction" if self.preset == "smoke" else f"preset {self.preset}"
+        return f"{scale} · {self.device} · notebook wall-clock {self.wall_s:.0f} s"
+
+
+def _jsonable(value):
+    try:
+        import torch
+        if isinstance(value, torch.Tensor):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def load_record(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------- the book's notebooks
+
+def toc_notebooks(root: Path = ROOT) -> list[str]:
+    """The notebooks of ``_toc.yml`` in reading order, as stems of ``notebooks/*.ipynb``."""
+    import yaml
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "file" in node:
+                files.append(node["file"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(toc)
+    out = []
+    for f in files:
+        p = Path(f)
+        if p.parts[:1] == ("notebooks",) and (root / p.with_suffix(".ipynb")).exists():
+            out.append(p.stem)
+    return out
+
+
+def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | None = None,
+        timeout: int | None = None, log=print) -> dict:
+    """Execute the notebooks at ``preset``; return ``{name: None | error text}``."""
+    import papermill as pm
+
+    preset = presets.resolve(preset)
+    names = toc_notebooks(root)
+    if only:
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise ValueError(f"unknown notebook(s) {unknown}; the book's notebooks are: {', '.join(names)}")
+        names = [n for n in names if n in only]
+    out_dir = Path(results) if results is not None else root / "results" / preset
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, str | None] = {}
+    env_progress = os.environ.get("ROBUSTLIB_PROGRESS")
+    os.environ["ROBUSTLIB_PROGRESS"] = "off"  # no widget bars frozen into the published pages
+    try:
+        for name in names:
+            src = root / "notebooks" / f"{name}.ipynb"
+            rel = os.path.relpath(out_dir.resolve(), src.parent.resolve())  # no machine paths in the book
+            params = {**presets.parameters(preset, name), "preset": preset, "results_dir": rel}
+            log(f"[reproduce] {name} (preset {preset}) …")
+            t0 = time.perf_counter()
+            try:
+                pm.execute_notebook(str(src), str(out_dir / f"{name}.ipynb"), parameters=params,
+                                    cwd=str(src.parent), kernel_name="python3", progress_bar=False,
+                                    execution_timeout=timeout)
+                if not (out_dir / f"{name}.json").exists():
+                    raise RuntimeError(f"{name} ran but wrote no results record {out_dir / (name + '.json')}")
+                outcome[name] = None
+                log(f"[reproduce] {name}: ok in {time.perf_counter() - t0:.0f} s")
+            except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
+                outcome[name] = f"{type(e).__name__}: {e}"
+                log(f"[reproduce] {name}: FAILED after {time.perf_counter() - t0:.0f} s")
+                log("".join(traceback.format_exception_only(type(e), e))[-2000:])
+    finally:
+        if env_progress is None:
+            os.environ.pop("ROBUSTLIB_PROGRESS", None)
+        else:
+            os.environ["ROBUSTLIB_PROGRESS"] = env_progress
+    return outcome
+
+
+def stage(prefer: list[str], root: Path = ROOT, log=print) -> Path:
+    """Copy the book's pages and, per notebook, the first executed copy found among ``prefer`` presets."""
+    src = root / "_build" / "source"
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    for f in ("_config.yml", "_toc.yml"):
+        shutil.copy2(root / f, src / f)
+    shutil.copytree(root / "book", src / "book")
+    (src / "notebooks").mkdir()
+    missing = []
+    for name in toc_notebooks(root):
+        for p in prefer:
+            executed = root / "results" / p / f"{name}.ipynb"
+            if executed.exists():
+                shutil.copy2(executed, src / "notebooks" / f"{name}.ipynb")
+                log(f"[build] {name}: executed at preset {p}")
+                break
+        else:
+            missing.append(name)
+    if missing:
+        raise FileNotFoundError(f"no executed copy of {missing} for preset(s) {prefer}: run "
+                                f"`python -m robustlib reproduce --preset {prefer[0]}` first")
+    return src
+
+
+def build(prefer: list[str], root: Path = ROOT, log=print) -> Path:
+    """Render the book from executed notebooks; return the path of ``index.html``."""
+    src = stage(prefer, root, log)
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output", str(root)]
+    subprocess.run(cmd, check=True)
+    index = root / "_build" / "html" / "index.html"
+    if not index.exists():
+        raise RuntimeError(f"jupyter-book finished but {index} is missing")
+    return index
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m robustlib", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("reproduce", "execute the notebooks at a preset"),
+                        ("build", "render the book from executed notebooks"),
+                        ("book", "reproduce, then build")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--preset", default="auto",
+                       help="smoke | gpu | paper | auto (gpu with CUDA, else smoke); for build, a comma "
+                            "list is tried in order per notebook, e.g. gpu,smoke")
+        p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+        if name != "build":
+            p.add_argument("--only", nargs="*", help="notebook names (file stems) to run")
+            p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+
+    status = 0
+    if args.command in ("reproduce", "book"):
+        preset = presets.resolve(args.preset)
+        t0 = time.perf_counter()
+        outcome = run(preset, only=args.only, root=args.root, timeout=args.timeout)
+        failed = {k: v for k, v in outcome.items() if v is not None}
+        print(f"[reproduce] {len(outcome) - len(failed)}/{len(outcome)} notebooks ok at preset {preset} "
+              f"in {time.perf_counter() - t0:.0f} s; records in {args.root / 'results' / preset}")
+        if failed:
+            for k, v in failed.items():
+                print(f"[reproduce] FAILED {k}: {v.splitlines()[0] if v else v}")
+            status = 1
+        prefer = [preset]
+    else:
+        prefer = [presets.resolve(p) for p in args.preset.split(",")]
+    if args.command in ("build", "book"):  # a failed notebook still renders, with its error shown
+        index = build(prefer, root=args.root)
+        print(f"[build] the book is at {index}")
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+import robustlib as rl
+from robustlib import evaluate
+
+
+@pytest.fixture(scope="module")
+def trained(digits):
+    train, test = digits
+    model = rl.models.build("small_cnn")
+    rl.train.fit(model, train, rl.objectives.Standard(), epochs=4, batch_size=64, lr=0.1, schedule="onecycle")
+    return model, test
+
+
+def test_accuracy_matches_a_direct_count(trained):
+    model, test = trained
+    with torch.no_grad():
+        direct = (model(test.x()).argmax(1) == test.labels).float().mean().item()
+    assert evaluate.accuracy(model, test) == pytest.approx(direct)
+    assert evaluate.accuracy(model, test, n=50) == pytest.approx(
+        (model(test.x(torch.arange(50))).argmax(1) == test.labels[:50]).float().mean().item())
+
+
+def test_robustness_record_with_registered_attack_and_certifier(trained, monkeypatch):
+    model, test = trained
+    monkeypatch.setitem(evaluate.ATTACKS, "identity", lambda m, x, y, eps: x)
+    monkeypatch.setitem(evaluate.ATTACKS, "invert", lambda m, x, y, eps: 1 - x)
+    monkeypatch.setitem(evaluate.CERTIFIERS, "nothing", lambda m, x, y, eps: torch.zeros(len(y), dtype=torch.bool))
+    model.train()
+    rec = evaluate.robustness(model, test, eps=0.1, attacks=("identity", "invert"), certify=("nothing",), n=200)
+    assert model.training  # mode restored
+    assert rec["n"] == 200 and rec["eps"] == 0.1
+    assert rec["identity_acc"] == rec["clean_acc"] > 0.5
+    assert rec["invert_acc"] <= rec["clean_acc"]
+    assert rec["nothing_verified_acc"] == 0.0
+    assert set(rec["seconds"]) == {"clean", "identity", "invert", "nothing"}
+
+
+def test_unknown_names_and_negative_eps(trained):
+    model, test = trained
+    with pytest.raises(ValueError, match="unknown attack 'zoo'"):
+        evaluate.robustness(model, test, eps=0.1, attacks=("zoo",))
+    with pytest.raises(ValueError, match="unknown certification method"):
+        evaluate.robustness(model, test, eps=0.1, certify=("magic",))
+    with pytest.raises(ValueError, match="eps"):
+        evaluate.robustness(model, test, eps=-0.1)
+
+
+def test_attack_family_names_resolve(monkeypatch):
+    monkeypatch.setattr(evaluate, "_PATTERNS", [("toy", lambda k: (lambda m, x, y, eps: x * k))])
+    assert evaluate.attack_fn("toy-3")(None, torch.ones(1), None, 0).item() == 3
