@@ -355,3 +355,12 @@ class Loader:
                                      flip=self.augment != "crop")
             w = (torch.ones(len(idx), device=dev) if self.weights is None else self.weights[pos])
             yield x, self.data.labels[idx], w
+
+
+def mnist_test_set(search=(), device="cpu", download: bool = True) -> ImageData:
+    """The real MNIST test set: ``mnist-t10k-*-ubyte.gz`` from a ``search`` directory, else torchvision's copy."""
+    for d in map(Path, search):
+        images, labels = d / "mnist-t10k-images-idx3-ubyte.gz", d / "mnist-t10k-labels-idx1-ubyte.gz"
+        if images.exists() and labels.exists():
+            return from_idx(images, labels, name="mnist", classes=DIGIT_CLASSES, device=device)
+    return load("mnist", device=device, download=download)[1]
