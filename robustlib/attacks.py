@@ -481,22 +481,24 @@ def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
                 if hit.all():
                     break
                 w = torch.full((len(todo),), box_start * eps, device=x.device, dtype=x.dtype)
-                found = hit.clone()
                 step = torch.zeros_like(xs)
+                open_ = (~hit).nonzero().squeeze(1)       # points still searching for a box
                 for g in range(max_growth + 1):
-                    lo = (x_adv - w.view(view)).clamp(0, 1)
-                    hi = (x_adv + w.view(view)).clamp(0, 1)
+                    wv = w[open_].view(view)
+                    lo = (x_adv[open_] - wv).clamp(0, 1)
+                    hi = (x_adv[open_] + wv).clamp(0, 1)
                     with torch.no_grad():
-                        _, upper, coef = bounds.margin_coefficients(model, lo, hi, ys, memory_budget=memory_budget)
-                    upper = upper.scatter(1, ys[:, None], float("-inf"))
+                        _, upper, coef = bounds.margin_coefficients(model, lo, hi, ys[open_],
+                                                                    memory_budget=memory_budget)
+                    upper = upper.scatter(1, ys[open_, None], float("-inf"))
                     best_u, j = upper.max(1)
-                    take = ~found & ((best_u > 0) | (g == max_growth))
-                    pick = coef[torch.arange(len(ys), device=x.device), j]
-                    step = torch.where(take.view(view), pick.sign() * w.view(view), step)
-                    found |= take
-                    if found.all():
+                    take = (best_u > 0) | (g == max_growth)   # a violation may be inside, or the cap is reached
+                    pick = coef[torch.arange(len(open_), device=x.device), j]
+                    step[open_[take]] = pick[take].sign() * wv[take]
+                    open_ = open_[~take]
+                    if len(open_) == 0:
                         break
-                    w = torch.where(found, w, (w * box_growth).clamp(max=eps))
+                    w[open_] = (w[open_] * box_growth).clamp(max=eps)
                 moved = _project(x_adv + step, xs, eps, "linf")
                 with torch.enable_grad():
                     moved = _iterate(model, xs, moved, ce(ys), eps, alpha, steps, "linf")

@@ -32,6 +32,9 @@ PRESETS = {
         "adversarial_training": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=10,
                                      batch_size=256, lr=0.1, schedule="onecycle", augment="crop-flip",
                                      eps=0.1, alpha=0.025, steps=10, n_eval=None, n_autoattack=500),
+        "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
+                                  lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
+                                  n_attack=500, interval_steps=5),
     },
     "paper": {
         "setting_the_stage": dict(dataset="cifar10", model_name="preact_resnet18", epochs=100,
@@ -44,6 +47,9 @@ PRESETS = {
         "adversarial_training": dict(datasets=["cifar10", "cifar100"], model_name="preact_resnet18", epochs=100,
                                      batch_size=128, lr=0.1, schedule="multistep", augment="crop-flip",
                                      eps=8 / 255, alpha=2 / 255, steps=10, n_eval=None, n_autoattack=1000),
+        "interval_analysis": dict(dataset="mnist", model_name="mnist_small", epochs=50, batch_size=128,
+                                  lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=10000, n_published=10000,
+                                  n_attack=1000, interval_steps=5),
     },
 }
 

@@ -87,15 +87,69 @@ def test_record_caption_labels_smoke_scale(tmp_path):
     assert "SMOKE" not in rl.reproduce.Record("x", "gpu", tmp_path).caption()
 
 
-def test_first_chapter_runs_at_smoke_preset(tmp_path):
-    outcome = reproduce.run("smoke", only=["setting_the_stage"], results=tmp_path, log=lambda *a: None)
-    assert outcome == {"setting_the_stage": None}
-    rec = json.loads((tmp_path / "setting_the_stage.json").read_text())
-    assert rec["preset"] == "smoke" and rec["config"]["dataset"] == "digits"
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory):
+    """Every chapter of the book, executed once at the smoke preset."""
+    out = tmp_path_factory.mktemp("smoke")
+    outcome = reproduce.run("smoke", results=out, log=lambda *a: None)
+    return out, outcome
+
+
+def _record(smoke_book, name):
+    out, outcome = smoke_book
+    assert outcome[name] is None, outcome[name]
+    rec = json.loads((out / f"{name}.json").read_text())
+    assert rec["preset"] == "smoke" and rec["device"].startswith(("CPU", "NVIDIA")) and rec["wall_s"] > 0
+    nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # the figures are there
+    return rec
+
+
+def test_every_chapter_ran(smoke_book):
+    assert set(smoke_book[1]) == set(reproduce.toc_notebooks(ROOT))
+
+
+def test_setting_the_stage(smoke_book):
+    rec = _record(smoke_book, "setting_the_stage")
+    assert rec["config"]["dataset"] == "digits"
     final = [r for r in rec["rows"] if r["kind"] == "final"][0]
     epochs = [r for r in rec["rows"] if r["kind"] == "epoch"]
     assert len(epochs) == rec["config"]["epochs"] and final["test_acc"] > 0.9
     assert epochs[-1]["loss"] < epochs[0]["loss"]
-    nb = nbformat.read(tmp_path / "setting_the_stage.ipynb", as_version=4)
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # the figures are there
+
+
+def test_adversarial_examples(smoke_book):
+    rows = _record(smoke_book, "adversarial_examples")["rows"]
+    by = {(r["eps"], r["attack"]): r["robust_acc"] for r in rows}
+    for (eps, attack), acc in by.items():
+        if attack == "fgsm":
+            assert by[eps, "pgd-20"] <= acc + 0.02  # PGD never (meaningfully) weaker than FGSM
+    assert by[0.0, "pgd-20"] == by[0.0, "fgsm"] == rows[0]["clean_acc"]
+    assert by[0.3, "pgd-20"] < 0.2 < by[0.0, "pgd-20"]
+
+
+def test_adversarial_training(smoke_book):
+    rows = {r["method"]: r for r in _record(smoke_book, "adversarial_training")["rows"]}
+    assert set(rows) == {"standard", "pgd-at", "trades", "mart", "fast-at"}
+    assert rows["pgd-at"]["pgd20_acc"] > rows["standard"]["pgd20_acc"] + 0.1
+    assert rows["pgd-at"]["passes_per_example"] == 22 and rows["standard"]["passes_per_example"] == 2
+    assert rows["pgd-at"]["cost_ratio"] > 3 and rows["fast-at"]["cost_ratio"] < rows["pgd-at"]["cost_ratio"]
+    for r in rows.values():
+        assert r["autoattack_acc"] <= r["pgd20_acc_aa_subset"] + 1e-9
+
+
+def test_interval_analysis(smoke_book):
+    rows = _record(smoke_book, "interval_analysis")["rows"]
+    assert all(r["sound"] for r in rows if r["section"] == "2d")
+    deep = [r for r in rows if r["section"] == "depth" and r["depth"] >= 3]
+    assert all(r["symbolic"] < r["interval"] for r in deep)
+    for r in rows:
+        if r["section"] in ("certify", "published"):
+            assert r["interval_verified_acc"] <= r["pgd20_acc"] <= r["clean_acc"]
+            assert r["symbolic_verified_acc"] <= r["pgd20_acc"]
+    if (ROOT.parent / "shared" / "reference" / "mixtrain-mnist_small_mixtrain_0.3.pth").exists():
+        pub = {(r["model"], r["eps"]): r for r in rows if r["section"] == "published"}
+        assert pub["mixtrain ε=0.3", 0.1]["symbolic_verified_acc"] > 0.85
+    attack = [r for r in rows if r["section"] == "attack"][0]
+    assert attack["interval_broken"] + attack["verified"] <= attack["clean_correct"]
