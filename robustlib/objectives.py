@@ -1,9 +1,9 @@
 """Training objectives: callables that turn a batch into per-example losses.
 
-An objective is called as ``objective(model, x, y)`` and returns a tensor of
-N per-example losses; :func:`robustlib.train.fit` weights them with the
-loader's per-example weights w (what a pruning selector chooses) as
-``Σ_i w_i ℓ_i / N``. Objectives that attack generate their own adversarial
+An objective is called as ``objective(model, x, y, weights=None)`` and
+returns a tensor of N per-example losses ℓ_i, multiplied by the per-example
+weights w_i when they are given (what a pruning selector chooses);
+:func:`robustlib.train.fit` minimises their mean ``Σ_i w_i ℓ_i / N``. Objectives that attack generate their own adversarial
 examples inside the call. Each objective counts what it spent in
 ``objective.spent`` (examples seen, forward and backward passes through the
 network per example — attack steps included); ``fit`` records it per epoch.
@@ -39,8 +39,16 @@ class Objective:
     def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.losses(model, x, y)
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-example losses w_i·ℓ_i (ℓ_i when ``weights`` is None), in float32."""
+        losses = self.losses(model, x, y).float()
+        if weights is None:
+            return losses
+        if weights.shape != losses.shape:
+            raise ValueError(f"weights must have shape {tuple(losses.shape)} (one per example), "
+                             f"got {tuple(weights.shape)}")
+        return losses * weights
 
     def config(self) -> dict:
         """The objective's settings, for results records."""
@@ -115,7 +123,17 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return bce + beta * _kl_rows(log_p, log_q) * (1.0 - p_y)
 
 
-class PGDAT(Objective):
+class _Adversarial(Objective):
+    """Settings every multi-step adversarial objective shares: ε, α (default 2.5·ε/K) and K."""
+
+    def __init__(self, eps: float, alpha: float | None = None, steps: int = 10):
+        super().__init__()
+        self.eps = attacks._check_eps(eps)
+        self.steps = _check_steps(steps)
+        self.alpha = 2.5 * self.eps / self.steps if alpha is None else attacks._check_eps(alpha, "alpha")
+
+
+class PGDAT(_Adversarial):
     """PGD adversarial training (Madry et al. 2018): ℓ_i = CE(f(x'_i), y_i).
 
     x' = L∞ (or L2) PGD-K on CE with a uniform random start in the ε-ball,
@@ -128,10 +146,7 @@ class PGDAT(Objective):
     name = "pgd-at"
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, norm: str = "linf"):
-        super().__init__()
-        self.eps = attacks._check_eps(eps)
-        self.steps = _check_steps(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else attacks._check_eps(alpha, "alpha")
+        super().__init__(eps, alpha, steps)
         if norm not in attacks.NORMS:
             raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(repr(n) for n in attacks.NORMS)}")
         self.norm = norm
@@ -142,7 +157,7 @@ class PGDAT(Objective):
         return F.cross_entropy(model(x_adv).float(), y, reduction="none")
 
 
-class TRADES(Objective):
+class TRADES(_Adversarial):
     """TRADES (Zhang et al. 2019): ℓ_i = CE(f(x_i), y_i) + β·KL(f(x_i) ‖ f(x'_i)), see :func:`trades_loss`.
 
     x' maximises the KL term: start x + 0.001·N(0, I), then K L∞ steps of
@@ -155,10 +170,7 @@ class TRADES(Objective):
     name = "trades"
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, beta: float = 6.0):
-        super().__init__()
-        self.eps = attacks._check_eps(eps)
-        self.steps = _check_steps(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else attacks._check_eps(alpha, "alpha")
+        super().__init__(eps, alpha, steps)
         self.beta = _check_beta(beta)
 
     def losses(self, model, x, y):
@@ -167,7 +179,7 @@ class TRADES(Objective):
         return trades_loss(model(x), model(x_adv), y, self.beta)
 
 
-class MART(Objective):
+class MART(_Adversarial):
     """MART (Wang et al. 2020): BCE(f(x'), y) + β·KL(f(x) ‖ f(x'))·(1 − p_y(x)), see :func:`mart_loss`.
 
     x' = L∞ PGD-K on CE from x + 0.001·N(0, I) (the MART reference start),
@@ -179,10 +191,7 @@ class MART(Objective):
     name = "mart"
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, beta: float = 6.0):
-        super().__init__()
-        self.eps = attacks._check_eps(eps)
-        self.steps = _check_steps(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else attacks._check_eps(alpha, "alpha")
+        super().__init__(eps, alpha, steps)
         self.beta = _check_beta(beta)
 
     def losses(self, model, x, y):
@@ -214,10 +223,3 @@ class FastAT(Objective):
         x_adv = attacks.fgsm(model, x, y, self.eps, random_start=True, alpha=self.alpha)
         self.count(len(y), forward=2, backward=2)
         return F.cross_entropy(model(x_adv).float(), y, reduction="none")
-
-
-def weighted_mean(losses: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Σ_i w_i ℓ_i / N (plain mean when w is None)."""
-    if weights is None:
-        return losses.mean()
-    return (losses * weights).sum() / losses.numel()

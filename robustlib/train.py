@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .data import ImageData, Loader
-from .objectives import Objective, weighted_mean
+from .objectives import Objective
 
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 
@@ -171,8 +171,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             if use_cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                per_example = objective(net, x, y)
-            loss = weighted_mean(per_example.float(), w if loader.weights is not None else None)
+                per_example = objective(net, x, y, w if loader.weights is not None else None)
+            loss = per_example.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

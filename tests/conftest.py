@@ -24,6 +24,16 @@ def digits():
     return rl.data.load("digits")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small-tensor tests: on a shared 2-core machine two OpenMP
+    threads were measured up to 10× slower than one (spinning while the other core is busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

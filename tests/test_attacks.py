@@ -14,14 +14,7 @@ EPS = 0.1
 TOL = 1e-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this module runs: on a shared 2-core machine two OpenMP threads
-    were measured up to 10× slower than one (spinning at barriers while the other core is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,7 @@ LOGITS_ADV = torch.tensor([[0.5, 1.5, -0.5], [0.3, -0.2, 0.9], [-1.0, 2.0, 1.9],
 Y = torch.tensor([0, 2, 1, 1])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread while this module runs: on a shared 2-core machine two OpenMP threads
-    were measured up to 10× slower than one (spinning at barriers while the other core is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def softmax_by_hand(z):

@@ -140,3 +140,15 @@ def test_adam_and_history_frame(digits):
     h = fit(rl.models.build("small_cnn"), train.head(256), Standard(), epochs=2, optimizer="adam", lr=1e-3)
     frame = h.frame()
     assert list(frame["epoch"]) == [1, 2] and {"loss", "lr", "wall_s", "select_s"} <= set(frame.columns)
+
+
+def test_objectives_accept_per_example_weights(digits):
+    train, _ = digits
+    model = rl.models.build("small_cnn").eval()
+    x, y = train.x(torch.arange(16)), train.labels[:16]
+    w = torch.rand(16)
+    plain = Standard()(model, x, y)
+    assert plain.shape == (16,)
+    assert torch.allclose(Standard()(model, x, y, w), plain * w)
+    with pytest.raises(ValueError, match="one per example"):
+        Standard()(model, x, y, torch.ones(3))
