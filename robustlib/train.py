@@ -86,6 +86,13 @@ def _make_optimizer(name, params, lr, momentum, weight_decay):
     raise ValueError(f"unknown optimizer {name!r}; valid: 'sgd', 'adam'")
 
 
+def _plain(value):
+    """Tensors and numpy scalars as Python numbers, so checkpoints load with ``weights_only=True``."""
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    return value
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -188,7 +195,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                   "select_s": select_s, "examples": loader.num_examples, **objective.reset_spent()}
         if eval_fn is not None:
             t1 = time.perf_counter()
-            record.update(eval_fn(model))
+            record.update({k: _plain(v) for k, v in eval_fn(model).items()})
             record["eval_s"] = time.perf_counter() - t1
         history.append(record)
         if ckpt is not None:

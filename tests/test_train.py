@@ -152,3 +152,14 @@ def test_objectives_accept_per_example_weights(digits):
     assert torch.allclose(Standard()(model, x, y, w), plain * w)
     with pytest.raises(ValueError, match="one per example"):
         Standard()(model, x, y, torch.ones(3))
+
+
+def test_checkpoint_with_numpy_and_tensor_metrics_reloads(digits, tmp_path):
+    import numpy as np
+    train, _ = digits
+    kw = dict(epochs=2, batch_size=128, checkpoint=tmp_path / "c.pt",
+              eval_fn=lambda m: {"acc": np.float64(0.5), "margin": torch.tensor(1.5)})
+    h = fit(rl.models.build("small_cnn"), train.head(256), Standard(), **kw)
+    assert h[-1]["acc"] == 0.5 and h[-1]["margin"] == 1.5
+    h2 = fit(rl.models.build("small_cnn"), train.head(256), Standard(), **kw)  # resumes: nothing left to do
+    assert [r["epoch"] for r in h2] == [1, 2] and h2[-1]["margin"] == 1.5
