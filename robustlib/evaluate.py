@@ -84,8 +84,14 @@ def accuracy(model: nn.Module, data: ImageData, n: int | None = None, batch_size
 
 
 def robustness(model: nn.Module, data: ImageData, eps: float = 0.0, attacks=(), certify=(),
-               n: int | None = None, batch_size: int = 256) -> dict:
-    """Clean, per-attack robust and per-method verified accuracy on the first ``n`` examples."""
+               n: int | None = None, batch_size: int = 256, progress: bool = True) -> dict:
+    """Clean, per-attack robust and per-method verified accuracy on the first ``n`` examples.
+
+    A progress bar over batches appears when attacks or certification run
+    (``progress=False`` or ``ROBUSTLIB_PROGRESS=off`` hides it).
+    """
+    from .train import progress_bar
+
     if eps < 0:
         raise ValueError(f"eps must be ≥ 0, got {eps}")
     attack_fns = {name: attack_fn(name) for name in attacks}
@@ -95,6 +101,9 @@ def robustness(model: nn.Module, data: ImageData, eps: float = 0.0, attacks=(), 
     counts = {"clean": 0, **{a: 0 for a in attacks}, **{c: 0 for c in certify}}
     seconds = {k: 0.0 for k in counts}
     total = 0
+    total_n = len(data) if n is None else min(n, len(data))
+    bar = progress_bar(total=total_n, desc=f"ε={eps:g} " + ",".join([*attacks, *certify]), unit="img",
+                       leave=False, disable=not (progress and (attacks or certify)))
     try:
         for x, y in _batches(data, n, batch_size):
             t = time.perf_counter()
@@ -111,7 +120,9 @@ def robustness(model: nn.Module, data: ImageData, eps: float = 0.0, attacks=(), 
                 counts[name] += (ok & fn(model, x, y, eps).to(ok.device)).sum()
                 seconds[name] += time.perf_counter() - t
             total += len(y)
+            bar.update(len(y))
     finally:
+        bar.close()
         model.train(was_training)
     record = {"n": total, "eps": float(eps), "clean_acc": float(counts["clean"]) / max(total, 1)}
     for a in attacks:

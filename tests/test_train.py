@@ -163,3 +163,14 @@ def test_checkpoint_with_numpy_and_tensor_metrics_reloads(digits, tmp_path):
     assert h[-1]["acc"] == 0.5 and h[-1]["margin"] == 1.5
     h2 = fit(rl.models.build("small_cnn"), train.head(256), Standard(), **kw)  # resumes: nothing left to do
     assert [r["epoch"] for r in h2] == [1, 2] and h2[-1]["margin"] == 1.5
+
+
+def test_gpu_code_paths_run_on_cpu(digits):
+    """channels-last and bf16 autocast are the CUDA defaults; forced on here they must still train."""
+    train, test = digits
+    torch.manual_seed(0)
+    model = rl.models.build("small_cnn")
+    h = fit(model, train, Standard(), epochs=6, batch_size=64, lr=0.1, amp=True, channels_last=True,
+            schedule="onecycle")
+    assert h[-1]["loss"] < 0.5 * h[0]["loss"] and rl.evaluate.accuracy(model, test) > 0.8
+    assert model[0].weight.is_contiguous()  # memory format restored after training
