@@ -33,6 +33,7 @@ Importing this module registers ``"fgsm"``, the family ``"pgd-K"`` and
 """
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 from contextlib import contextmanager
@@ -47,7 +48,7 @@ NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw")
 _TINY = 1e-12
 
-__all__ = ["fgsm", "pgd", "interval_attack", "autoattack", "kl_attack", "attack_loss", "cw_margin", "eval_mode",
+__all__ = ["fgsm", "pgd", "interval_attack", "trusted_inputs", "autoattack", "kl_attack", "attack_loss", "cw_margin", "eval_mode",
            "check_inputs", "NORMS", "LOSSES"]
 
 
@@ -114,8 +115,27 @@ def _check_static(x: torch.Tensor, y: torch.Tensor | None, *, norm: str | None =
         raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(repr(n) for n in LOSSES)}")
 
 
+_VALIDATE = contextvars.ContextVar("robustlib_attack_value_checks", default=True)
+
+
+@contextmanager
+def trusted_inputs():
+    """Skip the per-call value checks (one host synchronisation each) inside the block.
+
+    :func:`robustlib.train.fit` uses it after its first batch: its images come
+    from uint8 data (finite, in [0, 1]) and the first batch has checked the labels.
+    """
+    token = _VALIDATE.set(False)
+    try:
+        yield
+    finally:
+        _VALIDATE.reset(token)
+
+
 def _check_values(x: torch.Tensor, labels: list[torch.Tensor], num_classes: int) -> None:
     """Value checks (NaN/inf, range of x, label range), with a single host synchronisation."""
+    if not _VALIDATE.get():
+        return
     flags = [~torch.isfinite(x).all(), x.amin() < 0, x.amax() > 1]
     for lab in labels:
         flags += [(lab < 0).any(), (lab >= num_classes).any()]

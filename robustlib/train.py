@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .attacks import trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Objective
 
@@ -177,7 +178,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 group["lr"] = lr * lr_factor(schedule, epoch + i / n_batches, epochs, milestones, gamma)
             if use_cl:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
+            checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
+            with autocast(), checked:  # attacks validate the first batch only: no host sync per step
                 per_example = objective(net, x, y, w if loader.weights is not None else None)
             loss = per_example.mean()
             opt.zero_grad(set_to_none=True)

@@ -370,3 +370,23 @@ def test_autoattack_missing_dependency_message(trained, batch, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)  # makes `import torchattacks` fail
     with pytest.raises(ImportError, match=r"pip install --no-deps torchattacks==3\.5\.1"):
         evaluate.attack_fn("autoattack")(trained, batch[0][:2], batch[1][:2], EPS)
+
+
+def test_trusted_inputs_skips_only_the_value_checks(trained, batch):
+    model = trained
+    x, y = batch[0][:4], batch[1][:4]
+    with pytest.raises(ValueError, match="out of range"):
+        pgd(model, x, y + 100, EPS, steps=1)
+    with attacks.trusted_inputs():
+        pgd(model, x, y, EPS, steps=1)  # no synchronising check inside the block
+        with pytest.raises(ValueError, match="batch size mismatch"):
+            pgd(model, x, y[:2], EPS, steps=1)  # shape checks need no sync and still run
+    with pytest.raises(ValueError, match="NaN"):
+        pgd(model, x * float("nan"), y, EPS, steps=1)  # checks are back after the block
+
+
+def test_fit_reports_bad_labels_at_the_first_batch(digits):
+    train, _ = digits
+    bad = rl.data.ImageData(train.images[:64], train.labels[:64] + 10, "bad")
+    with pytest.raises(ValueError, match="out of range"):
+        rl.train.fit(rl.models.build("small_cnn"), bad, rl.objectives.PGDAT(eps=0.1, steps=1), epochs=1)
