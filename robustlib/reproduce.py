@@ -148,6 +148,11 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
     import papermill as pm
 
     preset = presets.resolve(preset)
+    if preset != "smoke" and presets.PRESETS[preset]:
+        import torch
+        if not torch.cuda.is_available():
+            log(f"[reproduce] warning: preset {preset} is sized for a GPU and none is visible; on this CPU it "
+                f"will take many hours (use --preset smoke, or run on a GPU / Colab)")
     names = toc_notebooks(root)
     if only:
         unknown = [n for n in only if n not in names]
