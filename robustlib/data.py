@@ -285,7 +285,7 @@ class Loader:
     """Mini-batches drawn on the device from an :class:`ImageData`.
 
     Yields ``(x, y, w)``: float images in [0, 1], labels and per-example
-    weights (ones unless a weighted subset was set). Shuffling and
+    weights (``None`` unless a weighted subset was set). Shuffling and
     augmentation draw from a generator seeded by ``(seed, epoch)``, so epoch
     ``e`` is the same sequence of batches whether or not the run was
     interrupted before it.
@@ -353,8 +353,7 @@ class Loader:
             if self.augment is not None:
                 x = random_crop_flip(x, g, pad=0 if self.augment == "flip" else (4 if x.shape[-1] >= 32 else 2),
                                      flip=self.augment != "crop")
-            w = (torch.ones(len(idx), device=dev) if self.weights is None else self.weights[pos])
-            yield x, self.data.labels[idx], w
+            yield x, self.data.labels[idx], (None if self.weights is None else self.weights[pos])
 
 
 def mnist_test_set(search=(), device="cpu", download: bool = True) -> ImageData:

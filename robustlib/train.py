@@ -180,7 +180,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 x = x.contiguous(memory_format=torch.channels_last)
             checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
             with autocast(), checked:  # attacks validate the first batch only: no host sync per step
-                per_example = objective(net, x, y, w if loader.weights is not None else None)
+                per_example = objective(net, x, y, w)
             loss = per_example.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -263,13 +263,21 @@ def test_bounds_contain_model_outputs(kind, seed, use_bn, use_pool, dtype, width
         assert (pts <= hi + tol).all(), f"{name}: an output above the upper bound by {(pts - hi).max():.3g}"
 
 
-@PROP
-@given(kind=net_kinds, seed=st.integers(0, 10_000), use_bn=st.booleans(), use_pool=st.booleans(),
-       width=st.sampled_from([0.01, 0.1, 0.5]))
-def test_margin_bounds_contain_true_margins(kind, seed, use_bn, use_pool, width):
+NET_AND_BOX = dict(kind=net_kinds, seed=st.integers(0, 10_000), use_bn=st.booleans(), use_pool=st.booleans(),
+                   width=st.sampled_from([0.01, 0.1, 0.5]))
+
+
+def _double_net_and_box(kind, seed, use_bn, use_pool, width):
+    """A random float64 network and a box of 3 samples around random centres."""
     model, shape = make_net(kind, seed, use_bn, use_pool)
-    model = model.double()
     lower, upper = _random_box(shape, 3, seed, torch.float64, width)
+    return model.double(), lower, upper
+
+
+@PROP
+@given(**NET_AND_BOX)
+def test_margin_bounds_contain_true_margins(kind, seed, use_bn, use_pool, width):
+    model, lower, upper = _double_net_and_box(kind, seed, use_bn, use_pool, width)
     y = torch.tensor([0, 1, 2])
     pts = _probe_points(model, lower, upper, seed=seed)                       # (P, B, K)
     margins = pts - pts.gather(2, y.view(1, -1, 1).expand(pts.shape[0], -1, 1))
@@ -284,12 +292,9 @@ def test_margin_bounds_contain_true_margins(kind, seed, use_bn, use_pool, width)
 
 
 @PROP
-@given(kind=net_kinds, seed=st.integers(0, 10_000), use_bn=st.booleans(), use_pool=st.booleans(),
-       width=st.sampled_from([0.01, 0.1, 0.5]))
+@given(**NET_AND_BOX)
 def test_symbolic_tightness_vs_interval(kind, seed, use_bn, use_pool, width):
-    model, shape = make_net(kind, seed, use_bn, use_pool)
-    model = model.double()
-    lower, upper = _random_box(shape, 3, seed, torch.float64, width)
+    model, lower, upper = _double_net_and_box(kind, seed, use_bn, use_pool, width)
     ilo, ihi = bounds.interval(model, lower, upper)
     slo, shi = bounds.symbolic(model, lower, upper)
     tlo, thi = bounds.symbolic(model, lower, upper, intersect_interval=True)

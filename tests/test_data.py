@@ -235,3 +235,8 @@ def test_real_fashion_mnist_from_debian_package():
     train, test = rl.data.load("fashion-mnist")
     assert len(train) == 60_000 and len(test) == 10_000 and tuple(train.shape) == (1, 28, 28)
     assert torch.bincount(test.labels).tolist() == [1000] * 10
+
+
+def test_unweighted_loader_yields_no_weights(digits):
+    train, _ = digits
+    assert all(w is None for _, _, w in Loader(train, 500))
