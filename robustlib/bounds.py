@@ -819,6 +819,14 @@ def _fold_apply(fn: Callable, t: torch.Tensor) -> torch.Tensor:
     return out.reshape(B, k, *out.shape[1:])
 
 
+def _storage_ptrs(s) -> list:
+    """Storage addresses of a symbolic state's dense coefficient tensors (views share their base's)."""
+    if not isinstance(s, _Sym):
+        return []
+    ts = [s.A] + list(s.E.values())
+    return [t.untyped_storage().data_ptr() for t in ts if isinstance(t, torch.Tensor)]
+
+
 def _materialize(A, shape: tuple) -> torch.Tensor:
     if isinstance(A, torch.Tensor):
         return A
@@ -843,8 +851,6 @@ class _SymbolicRunner:
         self.coefficients = coefficients  # also return the margins' input coefficients
         self.jac_budget = jac_budget
         self.jac: dict = {}   # node name → Jacobian of its linear part (n_in, *out), shared by all chunks
-        # nodes whose coefficient tensors are freshly allocated (not views of another live node)
-        self.fresh = {n.name for n in plan.nodes if n.kind != "affine" or not n.op.reshape}
 
     def jacobian(self, name: str, op: _Affine, in_shape: tuple, like: torch.Tensor) -> torch.Tensor:
         J = self.jac.get(name)
@@ -919,7 +925,8 @@ class _SymbolicRunner:
     def plan_shape(self, name: str) -> tuple:
         return self.shapes[name]
 
-    def relu(self, s: _Sym, shape: tuple, name: str, inplace: bool = False) -> _Sym:
+    def relu(self, s: _Sym, shape: tuple, name: str, owned: Callable = lambda t: False) -> _Sym:
+        """Relax a ReLU; ``owned(t)`` says a coefficient tensor may be scaled in place (no one else sees it)."""
         B = s.c.shape[0]
         lo, hi = self.bounds(s, shape)
         unstable = (lo < 0) & (hi > 0)
@@ -930,7 +937,7 @@ class _SymbolicRunner:
         c = lam * s.c + mu
         lam_b = lam.unsqueeze(1)
         lam_flat = lam.reshape(B, -1)
-        if inplace and isinstance(s.A, torch.Tensor):   # no autograd, last use: scale in place
+        if isinstance(s.A, torch.Tensor) and owned(s.A):   # no autograd, no other reader: scale in place
             A = s.A.mul_(lam_b)
         else:
             A = _materialize(s.A, shape) * lam_b
@@ -939,7 +946,7 @@ class _SymbolicRunner:
             if isinstance(e, _SparseE):
                 E[k] = _SparseE(e.idx, e.vals * lam_flat.gather(1, e.idx))
             else:
-                E[k] = e.mul_(lam_b) if inplace else e * lam_b
+                E[k] = e.mul_(lam_b) if owned(e) else e * lam_b
         # one fresh error term of size −λl/2 per unstable neuron, packed per sample
         flat_u = unstable.reshape(B, -1)
         K = int(flat_u.sum(1).max()) if B else 0
@@ -988,9 +995,13 @@ class _SymbolicRunner:
                 out = self.affine(n.name, n.op, ins[0], shapes[n.inputs[0]])
             elif n.kind == "relu":
                 src = n.inputs[0]
-                inplace = (not torch.is_grad_enabled() and plan.last_use.get(src) == i
-                           and src in self.fresh)
-                out = self.relu(ins[0], n.shape, n.name, inplace)
+                owned = lambda t: False  # noqa: E731 - with autograd on, or while src is read later: copy
+                if not torch.is_grad_enabled() and plan.last_use.get(src) == i:
+                    # Scaling in place is safe only for tensors no other live node shares: an addition
+                    # reuses its operands' error-term tensors and a reshape returns views of its input.
+                    shared = {p for k, v in env.items() if k != src for p in _storage_ptrs(v)}
+                    owned = lambda t, _s=shared: t.untyped_storage().data_ptr() not in _s  # noqa: E731
+                out = self.relu(ins[0], n.shape, n.name, owned)
             else:
                 out = self.add(ins[0], ins[1], n.shape, 1.0 if n.kind == "add" else -1.0)
             env[n.name] = out
