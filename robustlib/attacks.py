@@ -28,138 +28,35 @@ Conventions shared by every attack here:
 * the step loop never synchronises with the host; inputs are validated once,
   after the first forward pass (one synchronisation per call).
 
-Importing this module registers ``"fgsm"``, the family ``"pgd-K"`` and
-``"autoattack"`` in :data:`robustlib.evaluate.ATTACKS`.
+:mod:`robustlib.evaluate` gives them names (``"fgsm"``, ``"pgd-K"``,
+``"autoattack"``, ``"interval-attack"``); input checks live in :mod:`robustlib.checks`.
 """
 from __future__ import annotations
-
-import contextvars
-import math
-import numbers
-from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .evaluate import register_attack, register_attack_family
+from .checks import (LOSSES, NORMS, check_choice, check_eps, check_int, check_model_input, check_values, check_x,
+                     check_y, default_alpha, eval_mode, fgsm_rs_alpha, logits_of,
+                     values_checked)
 
-NORMS = ("linf", "l2")
-LOSSES = ("ce", "cw")
 _TINY = 1e-12
 
-__all__ = ["fgsm", "pgd", "interval_attack", "trusted_inputs", "autoattack", "kl_attack", "attack_loss", "cw_margin", "eval_mode",
-           "check_inputs", "NORMS", "LOSSES"]
+__all__ = ["fgsm", "pgd", "interval_attack", "autoattack", "kl_attack", "attack_loss", "cw_margin", "NORMS", "LOSSES"]
 
 
-# ----------------------------------------------------------------------------- helpers
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Run ``model`` in eval mode inside the block, then restore every module's own flag.
-
-    Flags are saved per module, so a model whose parts were deliberately in
-    different modes (e.g. frozen BatchNorm inside a training model) comes
-    back exactly as it was.
-    """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, flag in flags:
-            m.training = flag
-
-
-def _check_eps(eps, name: str = "eps") -> float:
-    if isinstance(eps, torch.Tensor) and eps.numel() == 1:
-        eps = float(eps)
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps):
-        raise ValueError(f"{name} must be a finite number ≥ 0, got {eps!r}")
-    if eps < 0:
-        raise ValueError(f"{name} must be ≥ 0 (a perturbation budget), got {eps}")
-    return float(eps)
-
-
-def _check_x(x) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"x must be a tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"x must be a batch (N×…, e.g. N×C×H×W), got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor in [0, 1], got dtype {x.dtype} "
-                         f"(uint8 images: use ImageData.x(), which divides by 255)")
-
-
-def _check_y(x: torch.Tensor, y, what: str = "y") -> None:
-    if not isinstance(y, torch.Tensor):
-        raise ValueError(f"{what} must be a tensor of class indices, got {type(y).__name__}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"batch size mismatch: x has {x.shape[0]} examples (shape {tuple(x.shape)}) "
-                         f"but {what} has shape {tuple(y.shape)}; expected shape ({x.shape[0]},)")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise ValueError(f"{what} must be an integer tensor of class indices, got dtype {y.dtype}")
-    if y.device != x.device:
-        raise ValueError(f"x is on {x.device} but {what} is on {y.device}; put both on the model's device")
-
-
-def _check_static(x: torch.Tensor, y: torch.Tensor | None, *, norm: str | None = None,
+def _check_static(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, norm: str | None = None,
                   loss: str | None = None) -> None:
     """Checks that need no look at tensor values (no host synchronisation)."""
-    _check_x(x)
+    check_x(x)
     if y is not None:
-        _check_y(x, y)
-    if norm is not None and norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(repr(n) for n in NORMS)}")
-    if loss is not None and loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(repr(n) for n in LOSSES)}")
-
-
-_VALIDATE = contextvars.ContextVar("robustlib_attack_value_checks", default=True)
-
-
-@contextmanager
-def trusted_inputs():
-    """Skip the per-call value checks (one host synchronisation each) inside the block.
-
-    :func:`robustlib.train.fit` uses it after its first batch: its images come
-    from uint8 data (finite, in [0, 1]) and the first batch has checked the labels.
-    """
-    token = _VALIDATE.set(False)
-    try:
-        yield
-    finally:
-        _VALIDATE.reset(token)
-
-
-def _check_values(x: torch.Tensor, labels: list[torch.Tensor], num_classes: int) -> None:
-    """Value checks (NaN/inf, range of x, label range), with a single host synchronisation."""
-    if not _VALIDATE.get():
-        return
-    flags = [~torch.isfinite(x).all(), x.amin() < 0, x.amax() > 1]
-    for lab in labels:
-        flags += [(lab < 0).any(), (lab >= num_classes).any()]
-    flags = torch.stack(flags).tolist()
-    if flags[0]:
-        raise ValueError("x contains NaN or inf values; attacks need finite images in [0, 1]")
-    if flags[1] or flags[2]:
-        lo, hi = float(x.amin()), float(x.amax())
-        raise ValueError(f"x must lie in [0, 1] (un-normalised images), but its values span "
-                         f"[{lo:.4g}, {hi:.4g}]; put any normalisation inside the model")
-    for i, lab in enumerate(labels):
-        if flags[3 + 2 * i] or flags[4 + 2 * i]:
-            what = "labels" if i == 0 else "target labels"
-            raise ValueError(f"{what} out of range: the model has {num_classes} outputs (classes "
-                             f"0…{num_classes - 1}), but got values in [{int(lab.min())}, {int(lab.max())}]")
-
-
-def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 0.0) -> None:
-    """Validate an attack's inputs (runs one forward pass to learn the number of classes)."""
-    _check_eps(eps)
-    _check_static(x, y)
-    with torch.no_grad(), eval_mode(model):
-        num_classes = model(x[:1]).shape[-1]
-    _check_values(x, [y], num_classes)
+        check_y(x, y)
+    check_model_input(model, x)
+    if norm is not None:
+        check_choice(norm, NORMS, "norm")
+    if loss is not None:
+        check_choice(loss, LOSSES, "loss")
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -228,27 +125,40 @@ def _ascent(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) ->
     return x_adv + alpha * grad / (_flat_norm(grad) + _TINY)
 
 
-def _iterate(model, x, x_adv, objective, eps, alpha, steps, norm, first_logits=None):
-    """K steps of projected gradient ascent on ``objective(logits) -> per-example values``.
+def _steps(model, x, x_adv, objective, eps, alpha, steps, norm):
+    """K steps of projected gradient ascent from ``x_adv`` on ``objective(logits)`` (per-example values):
 
-    ``first_logits`` may hold the (graph-carrying) logits of the initial
-    ``x_adv`` (already computed for validation) so that pass is not repeated.
+        x'_{k+1} = Π_{B_ε(x) ∩ [0,1]^d}( x'_k + α · ascent(∇_{x'} objective(f(x'_k))) )
     """
     if steps == 0:  # a start outside the ball (small-noise start with tiny ε) still comes back inside
         return _project(x_adv.detach(), x, eps, norm)
-    for k in range(steps):
-        if k == 0 and first_logits is not None:
-            logits = first_logits
-        else:
-            x_adv = x_adv.detach().requires_grad_(True)
-            logits = model(x_adv)
-        grad, = torch.autograd.grad(objective(logits).sum(), x_adv)
+    for _ in range(steps):
+        x_adv = x_adv.detach().requires_grad_(True)
+        grad, = torch.autograd.grad(objective(model(x_adv)).sum(), x_adv)
         x_adv = _project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
     return x_adv.detach()
 
 
-def _default_alpha(eps: float, steps: int) -> float:
-    return 2.5 * eps / max(steps, 1)
+def _stronger(best, x_adv, model, objective, success):
+    """Keep, per example, the stronger of two adversarial batches: a success beats a failure, then the higher loss.
+
+    ``best`` is ``None`` or ``(x', loss, success)``; returns the updated triple.
+    """
+    with torch.no_grad():
+        logits = model(x_adv)
+    cand = (x_adv, objective(logits), success(logits))
+    if best is None:
+        return cand
+    better = (cand[2] & ~best[2]) | ((cand[2] == best[2]) & (cand[1] > best[1]))
+    pick = better.view(-1, *([1] * (x_adv.dim() - 1)))
+    return torch.where(pick, cand[0], best[0]), torch.where(better, cand[1], best[1]), best[2] | cand[2]
+
+
+def _start(x: torch.Tensor, eps: float, norm: str, random_start) -> torch.Tensor:
+    """x'_0: uniform in the ε-ball (True), x itself (False), or clip(x + 0.001·N(0, I)) ("gaussian")."""
+    if random_start == "gaussian":
+        return (x + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
+    return _random_start(x, eps, norm) if random_start else x.clone()
 
 
 # ----------------------------------------------------------------------------- attacks
@@ -287,21 +197,18 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     [0, 1], labels outside the model's classes, mismatched batch sizes and
     unknown ``norm``/``loss``.
     """
-    eps = _check_eps(eps)
-    _check_static(x, y, norm=norm, loss=loss)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"steps must be an integer ≥ 0, got {steps!r}")
-    if isinstance(restarts, bool) or not isinstance(restarts, numbers.Integral) or restarts < 1:
-        raise ValueError(f"restarts must be an integer ≥ 1, got {restarts!r}")
-    alpha = _default_alpha(eps, steps) if alpha is None else _check_eps(alpha, "alpha")
+    eps = check_eps(eps)
+    _check_static(model, x, y, norm=norm, loss=loss)
+    steps, restarts = check_int(steps, "steps", 0), check_int(restarts, "restarts", 1)
+    alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
     if random_start not in (True, False, "gaussian"):
         raise ValueError(f"random_start must be True, False or 'gaussian', got {random_start!r}")
     if y_target is not None:
         if not targeted:
             raise ValueError("y_target was given but targeted=False; pass targeted=True for a targeted attack")
-        _check_y(x, y_target, "y_target")
-    target = y_target if y_target is not None else y
-    goal = target if targeted else y
+        check_y(x, y_target, "y_target")
+    goal = (y_target if y_target is not None else y) if targeted else y
+    _check_data(model, x, [y] + ([goal] if targeted else []))
     x = x.detach()
     if x.shape[0] == 0:
         return x.clone()
@@ -313,36 +220,24 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         pred = logits.argmax(1)
         return pred == goal if targeted else pred != goal
 
-    n_runs = restarts if random_start else 1
-    best = best_loss = best_ok = None
+    runs = restarts if random_start else 1   # without a random start every restart would be the same
+    best = None
     with torch.enable_grad(), eval_mode(model):
-        for r in range(n_runs):
-            if random_start == "gaussian":
-                x0 = (x + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
-            elif random_start:
-                x0 = _random_start(x, eps, norm)
-            else:
-                x0 = x.clone()
-            x0.requires_grad_(True)
-            first = model(x0)
-            if r == 0:
-                _check_values(x, [y] + ([target] if targeted else []), first.shape[-1])
-            if steps == 0:
-                first = None
-            x_adv = _iterate(model, x, x0, objective, eps, alpha, steps, norm, first_logits=first)
-            if n_runs == 1:
+        for _ in range(runs):
+            x_adv = _steps(model, x, _start(x, eps, norm, random_start), objective, eps, alpha, steps, norm)
+            if runs == 1:
                 return x_adv.to(x.dtype)
-            with torch.no_grad():
-                logits = model(x_adv)
-                cur_loss, cur_ok = objective(logits), success(logits)
-            if best is None:
-                best, best_loss, best_ok = x_adv, cur_loss, cur_ok
-                continue
-            better = (cur_ok & ~best_ok) | ((cur_ok == best_ok) & (cur_loss > best_loss))
-            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
-            best_loss = torch.where(better, cur_loss, best_loss)
-            best_ok = best_ok | cur_ok
-    return best.to(x.dtype)
+            best = _stronger(best, x_adv, model, objective, success)
+    return best[0].to(x.dtype)
+
+
+def _check_data(model: nn.Module, x: torch.Tensor, labels: list) -> None:
+    """Value checks of x and the labels (one forward pass on one example, one host sync); off in fit's steps."""
+    if not values_checked() or x.shape[0] == 0:
+        return
+    with torch.no_grad(), eval_mode(model):
+        num_classes = logits_of(model, x[:1]).shape[-1]
+    check_values(x, labels, num_classes)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, random_start: bool = False,
@@ -359,7 +254,7 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, rand
     one backward pass.
     """
     if alpha is None:
-        alpha = 1.25 * _check_eps(eps) if random_start else _check_eps(eps)
+        alpha = fgsm_rs_alpha(check_eps(eps)) if random_start else check_eps(eps)
     return pgd(model, x, y, eps, alpha, 1, norm="linf", restarts=1, random_start=random_start,
                loss=loss, targeted=targeted)
 
@@ -375,26 +270,23 @@ def kl_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float | None
     backward passes. ``y`` (optional) is only validated against the number of
     classes.
     """
-    eps = _check_eps(eps)
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
-        raise ValueError(f"steps must be an integer ≥ 0, got {steps!r}")
-    alpha = _default_alpha(eps, steps) if alpha is None else _check_eps(alpha, "alpha")
-    _check_static(x, y, norm=norm)
+    eps, steps = check_eps(eps), check_int(steps, "steps", 0)
+    alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
+    _check_static(model, x, y, norm=norm)
     x = x.detach()
     if x.shape[0] == 0:
         return x.clone()
     with torch.enable_grad(), eval_mode(model):
         with torch.no_grad():
-            logits_clean = model(x)
-        _check_values(x, [y] if y is not None else [], logits_clean.shape[-1])
+            logits_clean = logits_of(model, x)
+        check_values(x, [y] if y is not None else [], logits_clean.shape[-1])
         log_p = F.log_softmax(logits_clean.float(), dim=1)
 
         def objective(logits):
             return F.kl_div(F.log_softmax(logits.float(), dim=1), log_p, reduction="none",
                             log_target=True).sum(1)
 
-        x0 = (x + 0.001 * torch.randn_like(x)).clamp(0.0, 1.0)
-        x_adv = _iterate(model, x, x0, objective, eps, alpha, steps, norm)
+        x_adv = _steps(model, x, _start(x, eps, norm, "gaussian"), objective, eps, alpha, steps, norm)
     return x_adv.to(x.dtype)
 
 
@@ -416,17 +308,18 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
         import torchattacks
     except ImportError as e:  # pragma: no cover - exercised by monkeypatching in the tests
         raise ImportError("AutoAttack needs torchattacks: pip install --no-deps torchattacks==3.5.1") from e
-    eps = _check_eps(eps)
-    _check_static(x, y)
+    eps = check_eps(eps)
+    check_x(x)
+    check_y(x, y)
     x = x.detach()
     if x.shape[0] == 0:
         return x.clone()
     params = list(model.parameters())
     device = params[0].device if params else x.device
     with torch.no_grad(), eval_mode(model):
-        num_classes = model(x[:1].to(device)).shape[-1]
-    _check_values(x, [y], num_classes)
-    if eps == 0 or len(x) == 0:
+        num_classes = logits_of(model, x[:1].to(device)).shape[-1]
+    check_values(x, [y], num_classes)
+    if eps == 0:
         return x.clone()
     rng_devices = [device] if device.type == "cuda" else []
     flags = [p.requires_grad for p in params]
@@ -470,11 +363,14 @@ def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     """
     from . import bounds  # bounds does not import attacks; imported here to keep module import light
 
-    eps = _check_eps(eps)
-    _check_static(x, y, norm="linf", loss="ce")
-    if interval_steps < 0 or max_growth < 0 or box_start <= 0 or box_growth <= 1:
-        raise ValueError("need interval_steps ≥ 0, max_growth ≥ 0, box_start > 0 and box_growth > 1")
-    alpha = _default_alpha(eps, steps) if alpha is None else _check_eps(alpha, "alpha")
+    eps, steps = check_eps(eps), check_int(steps, "steps", 0)
+    restarts, interval_steps = check_int(restarts, "restarts", 1), check_int(interval_steps, "interval_steps", 0)
+    max_growth = check_int(max_growth, "max_growth", 0)
+    if not (box_start > 0 and box_growth > 1):
+        raise ValueError(f"need box_start > 0 and box_growth > 1, got {box_start} and {box_growth}")
+    alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
+    _check_static(model, x, y, norm="linf", loss="ce")
+    _check_data(model, x, [y])
     x = x.detach()
     best = x.clone()
     if x.shape[0] == 0 or eps == 0:
@@ -484,10 +380,6 @@ def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         with torch.no_grad():
             return model(xs).argmax(1) != ys
 
-    def ce(ys):
-        return lambda logits: attack_loss(logits, ys, "ce", False)
-
-    view = (-1,) + (1,) * (x.dim() - 1)
     with eval_mode(model):
         done = wrong(x, y)
         for _ in range(restarts):
@@ -496,63 +388,49 @@ def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
                 break
             x_adv = pgd(model, x, y, eps, alpha, steps)[todo]   # the same random draw as a plain pgd call
             xs, ys = x[todo], y[todo]
+
+            def ce(logits, _ys=ys):
+                return attack_loss(logits, _ys, "ce", False)
+
             for _ in range(interval_steps):
                 hit = wrong(x_adv, ys)
                 if hit.all():
                     break
-                w = torch.full((len(todo),), box_start * eps, device=x.device, dtype=x.dtype)
-                step = torch.zeros_like(xs)
-                open_ = (~hit).nonzero().squeeze(1)       # points still searching for a box
-                for g in range(max_growth + 1):
-                    wv = w[open_].view(view)
-                    lo = (x_adv[open_] - wv).clamp(0, 1)
-                    hi = (x_adv[open_] + wv).clamp(0, 1)
-                    with torch.no_grad():
-                        _, upper, coef = bounds.margin_coefficients(model, lo, hi, ys[open_],
-                                                                    memory_budget=memory_budget)
-                    upper = upper.scatter(1, ys[open_, None], float("-inf"))
-                    best_u, j = upper.max(1)
-                    take = (best_u > 0) | (g == max_growth)   # a violation may be inside, or the cap is reached
-                    pick = coef[torch.arange(len(open_), device=x.device), j]
-                    step[open_[take]] = pick[take].sign() * wv[take]
-                    open_ = open_[~take]
-                    if len(open_) == 0:
-                        break
-                    w[open_] = (w[open_] * box_growth).clamp(max=eps)
+                step = _interval_step(bounds, model, x_adv, ys, ~hit, eps, box_start, box_growth, max_growth,
+                                      memory_budget)
                 moved = _project(x_adv + step, xs, eps, "linf")
                 with torch.enable_grad():
-                    moved = _iterate(model, xs, moved, ce(ys), eps, alpha, steps, "linf")
-                x_adv = torch.where(hit.view(view), x_adv, moved)
+                    moved = _steps(model, xs, moved, ce, eps, alpha, steps, "linf")
+                x_adv = torch.where(hit.view(-1, *([1] * (x.dim() - 1))), x_adv, moved)
             hit = wrong(x_adv, ys)
             best[todo[hit]] = x_adv[hit]
             done[todo[hit]] = True
     return best
 
 
-# ----------------------------------------------------------------------------- registry
+def _interval_step(bounds, model, x_adv, y, open_mask, eps, box_start, box_growth, max_growth, memory_budget):
+    """The interval attack's move for the points in ``open_mask``: grow a box until it may hold a violation.
 
-def _fgsm_attack(model, x, y, eps):
-    return fgsm(model, x, y, eps)
-
-
-def _pgd_family(steps: int):
-    """``pgd-K``: L∞ PGD, K steps, α = 2.5·ε/K, one random restart, CE loss."""
-    if steps < 1:
-        raise ValueError(f"pgd-K needs K ≥ 1 steps, got pgd-{steps}")
-
-    def attack(model, x, y, eps):
-        return pgd(model, x, y, eps, alpha=2.5 * eps / steps, steps=steps, norm="linf", restarts=1,
-                   random_start=True, loss="ce")
-
-    attack.__name__ = f"pgd_{steps}"
-    return attack
-
-
-def _autoattack(model, x, y, eps):
-    return autoattack(model, x, y, eps)
-
-
-register_attack("fgsm", _fgsm_attack)
-register_attack_family("pgd", _pgd_family)
-register_attack("autoattack", _autoattack)
-register_attack("interval", lambda model, x, y, eps: interval_attack(model, x, y, eps))
+    Per point: ``w = box_start·ε``; while no wrong-class margin ``z_j − z_y`` has a positive symbolic
+    upper bound on ``[x' − w, x' + w] ∩ [0, 1]`` (and fewer than ``max_growth`` growths),
+    ``w ← min(box_growth·w, ε)``. The step is ``w · sign(A_j)`` for the margin j with the largest upper
+    bound, ``A_j`` its symbolic input coefficients. Points outside ``open_mask`` get a zero step.
+    """
+    view = (-1,) + (1,) * (x_adv.dim() - 1)
+    w = torch.full((len(x_adv),), box_start * eps, device=x_adv.device, dtype=x_adv.dtype)
+    step = torch.zeros_like(x_adv)
+    open_ = open_mask.nonzero().squeeze(1)            # points still searching for a box
+    for g in range(max_growth + 1):
+        wv = w[open_].view(view)
+        lo, hi = (x_adv[open_] - wv).clamp(0, 1), (x_adv[open_] + wv).clamp(0, 1)
+        with torch.no_grad():
+            _, upper, coef = bounds.margin_coefficients(model, lo, hi, y[open_], memory_budget=memory_budget)
+        best_u, j = upper.scatter(1, y[open_, None], float("-inf")).max(1)
+        take = (best_u > 0) | (g == max_growth)      # a violation may be inside, or the cap is reached
+        pick = coef[torch.arange(len(open_), device=x_adv.device), j]
+        step[open_[take]] = pick[take].sign() * wv[take]
+        open_ = open_[~take]
+        if len(open_) == 0:
+            break
+        w[open_] = (w[open_] * box_growth).clamp(max=eps)
+    return step

@@ -85,6 +85,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checks import check_eps_per_sample, check_model_input
+
 __all__ = [
     "UnsupportedOperation", "SUPPORTED_OPERATIONS", "input_box", "interval", "symbolic",
     "margin_bounds", "margin_coefficients", "verify", "robust_loss", "default_memory_budget", "estimate_sample_bytes",
@@ -118,18 +120,6 @@ def _check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} contains {bad} values; bounds need finite inputs")
 
 
-def _check_eps(eps, batch: int, ref: torch.Tensor) -> torch.Tensor:
-    """Return eps as a tensor of shape (batch,) on ref's device/dtype, after checking it."""
-    e = torch.as_tensor(eps, dtype=ref.dtype, device=ref.device)
-    if e.ndim > 1 or (e.ndim == 1 and e.shape[0] not in (1, batch)):
-        raise ValueError(f"eps must be a number or a tensor of shape ({batch},), got shape {tuple(e.shape)}")
-    if not bool(torch.isfinite(e).all()):
-        raise ValueError(f"eps must be finite, got {eps}")
-    if bool((e < 0).any()):
-        raise ValueError(f"eps must be >= 0, got {eps if e.numel() == 1 else e.min().item()}")
-    return e.reshape(-1).expand(batch) if e.ndim == 1 else e.expand(batch)
-
-
 def _check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:
     _check_finite("lower", lower)
     _check_finite("upper", upper)
@@ -156,24 +146,23 @@ def _check_labels(y, batch: int, num_classes: int, device) -> torch.Tensor:
     return y.long()
 
 
-def _check_model_dtype(model: nn.Module, x: torch.Tensor) -> None:
-    for p in model.parameters():
-        if p.is_floating_point() and p.dtype != x.dtype:
-            raise ValueError(f"the model's parameters are {p.dtype} but the inputs are {x.dtype}; cast one "
-                             f"to the other (e.g. model.double() for float64 bounds)")
-        if p.device != x.device:
-            raise ValueError(f"the model's parameters are on {p.device} but the inputs are on {x.device}")
-        break
-
-
 def input_box(x: torch.Tensor, eps, clamp: Optional[tuple] = (0.0, 1.0)):
     """The L∞ box ``[x − ε, x + ε] ∩ [clamp]`` as ``(lower, upper)``.
 
-    ``eps`` is a number or a per-sample tensor of shape ``(N,)``; ``clamp=None``
-    skips the intersection with the valid pixel range.
+    ``eps`` is a number or a per-sample tensor of shape ``(N,)``. ``clamp`` is the
+    input domain (pixels in [0, 1]); ``x`` must lie inside it, else the box
+    would be cut to a region that need not contain ``x`` and a certificate
+    would be about other points. ``clamp=None`` means an unbounded domain.
     """
     _check_finite("x", x)
-    e = _check_eps(eps, x.shape[0], x).reshape(-1, *([1] * (x.ndim - 1)))
+    if clamp is not None:
+        outside = (x < clamp[0]) | (x > clamp[1])
+        if bool(outside.any()):
+            raise ValueError(f"x lies outside the input domain [{clamp[0]:g}, {clamp[1]:g}] in {int(outside.sum())} "
+                             f"entries (values in [{float(x.min()):.4g}, {float(x.max()):.4g}]); give un-normalised "
+                             f"images (put any normalisation inside the model), or pass clamp=(lo, hi) for another "
+                             f"domain or clamp=None for an unbounded one")
+    e = check_eps_per_sample(eps, x.shape[0], x).reshape(-1, *([1] * (x.ndim - 1)))
     lo, hi = x - e, x + e
     if clamp is not None:
         lo, hi = lo.clamp(clamp[0], clamp[1]), hi.clamp(clamp[0], clamp[1])
@@ -184,7 +173,9 @@ def input_box(x: torch.Tensor, eps, clamp: Optional[tuple] = (0.0, 1.0)):
 # graph: trace, validate, describe each input-dependent node
 # --------------------------------------------------------------------------------------------------
 
-_TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, fx.GraphModule]" = weakref.WeakKeyDictionary()
+# model → (structure signature, traced graph). The signature lists every submodule (name, object, class),
+# so replacing a layer (``net[3] = nn.Linear(8, 3)``) re-traces instead of bounding a stale copy.
+_TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 _RELU_FUNCS = {F.relu, torch.relu, F.relu_, torch.relu_}
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
@@ -204,8 +195,14 @@ _MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.ReLU, nn.BatchNorm1d, nn.BatchNo
             nn.Dropout, nn.Dropout1d, nn.Dropout2d)
 
 
+def _signature(model: nn.Module) -> tuple:
+    return tuple((name, id(m), type(m)) for name, m in model.named_modules()) + (type(model).forward,)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
-    gm = _TRACE_CACHE.get(model)
+    sig = _signature(model)
+    cached = _TRACE_CACHE.get(model)
+    gm = cached[1] if cached is not None and cached[0] == sig else None
     if gm is None:
         try:
             gm = fx.symbolic_trace(model)
@@ -213,7 +210,7 @@ def _trace(model: nn.Module) -> fx.GraphModule:
             raise UnsupportedOperation(
                 f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); bounds need a "
                 f"traceable network made of: {SUPPORTED_OPERATIONS}") from exc
-        _TRACE_CACHE[model] = gm
+        _TRACE_CACHE[model] = (sig, gm)
     return gm
 
 
@@ -616,7 +613,7 @@ def _prepare(model: nn.Module, example: torch.Tensor) -> _Plan:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     gm = _trace(model)
     dep = _validate(gm)
-    _check_model_dtype(model, example)
+    check_model_input(model, example)
     probe = example[:1].detach()
     if probe.shape[0] == 0:
         probe = torch.zeros((1, *example.shape[1:]), dtype=example.dtype, device=example.device)
@@ -749,7 +746,7 @@ def _resolve_region(lower, upper, eps_l2, center):
         if eps_l2 is None or center is None:
             raise ValueError("an L2 ball needs both center= and eps_l2=")
         _check_finite("center", center)
-        e = _check_eps(eps_l2, center.shape[0], center)
+        e = check_eps_per_sample(eps_l2, center.shape[0], center)
         return "l2", center, e, center
     if lower is None or upper is None:
         raise ValueError("give the input box as lower and upper tensors (or center= and eps_l2= for an L2 ball)")
@@ -1228,29 +1225,3 @@ def robust_loss(model: nn.Module, x: torch.Tensor, y, eps, method: str = "symbol
                           intersect_interval=intersect_interval)
     y = torch.as_tensor(y, device=x.device).long()
     return F.cross_entropy(hi, y, reduction="none")
-
-
-# --------------------------------------------------------------------------------------------------
-# certifiers for robustlib.evaluate.robustness(..., certify=("interval", "symbolic"))
-# --------------------------------------------------------------------------------------------------
-
-def _certify_interval(model: nn.Module, x: torch.Tensor, y, eps) -> torch.Tensor:
-    """IBP certificate on ``[x − ε, x + ε] ∩ [0, 1]`` (see :func:`verify`)."""
-    return verify(model, x, y, eps, method="interval")
-
-
-def _certify_symbolic(model: nn.Module, x: torch.Tensor, y, eps) -> torch.Tensor:
-    """Symbolic-interval certificate on ``[x − ε, x + ε] ∩ [0, 1]`` (see :func:`verify`)."""
-    return verify(model, x, y, eps, method="symbolic")
-
-
-def _register_certifiers() -> None:
-    try:
-        from .evaluate import register_certifier
-    except ImportError:  # pragma: no cover - bounds also works without the rest of the package
-        return
-    register_certifier("interval", _certify_interval)
-    register_certifier("symbolic", _certify_symbolic)
-
-
-_register_certifiers()

@@ -46,7 +46,8 @@ class DataUnavailable(FileNotFoundError):
 
 def cache_dir() -> Path:
     """Where torchvision datasets are cached: ``$ROBUSTLIB_DATA`` or ``~/.cache/robustlib``."""
-    return Path(os.environ.get("ROBUSTLIB_DATA", Path.home() / ".cache" / "robustlib"))
+    env = os.environ.get("ROBUSTLIB_DATA", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "robustlib"
 
 
 @dataclass
@@ -236,6 +237,11 @@ def load(name: str, device="cpu", *, size: int | None = None, channels: int | No
     keep a seeded random subset of that many examples (for smoke runs).
     ``download=False`` never touches the network.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"the dataset name must be a string, one of {', '.join(NAMES)}; got {name!r}")
+    for what, n in (("n_train", n_train), ("n_test", n_test)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"{what} must be None (all examples) or an integer ≥ 1, got {n!r}")
     key = name.lower().replace("_", "-")
     if key == "fashionmnist":
         key = "fashion-mnist"
@@ -307,16 +313,30 @@ class Loader:
         self.set_subset(indices, weights)
 
     def set_subset(self, indices=None, weights=None) -> None:
-        """Train on ``data[indices]`` with loss weights ``weights`` (None: all examples, weight 1)."""
+        """Train on ``data[indices]`` with loss weights ``weights`` (None: all examples, weight 1).
+
+        ``indices`` is an integer index tensor (repeats allowed: an example listed twice is drawn
+        twice per epoch) or a boolean mask over the whole dataset. ``weights`` has one entry per
+        selected example (per True entry of a mask).
+        """
         dev = self.data.device
         if indices is None:
             if weights is not None:
                 raise ValueError("weights need indices")
-            self.indices, self.weights = None, None
+            self.indices, self.weights, self.distinct_examples = None, None, len(self.data)
             return
-        indices = torch.as_tensor(indices, device=dev).long()
+        indices = torch.as_tensor(indices, device=dev)
+        if indices.dtype == torch.bool:
+            if indices.shape != (len(self.data),):
+                raise ValueError(f"a boolean mask must have one entry per example, shape ({len(self.data)},), got "
+                                 f"{tuple(indices.shape)}")
+            indices = indices.nonzero().squeeze(1)
+        elif indices.is_floating_point() or indices.is_complex():
+            raise ValueError(f"indices must be integers (or a boolean mask), got dtype {indices.dtype}; a float "
+                             f"tensor would be truncated to other examples")
+        indices = indices.long()
         if indices.dim() != 1 or len(indices) == 0:
-            raise ValueError("indices must be a non-empty 1-D tensor")
+            raise ValueError("indices must be a non-empty 1-D tensor (a mask must select at least one example)")
         if int(indices.min()) < 0 or int(indices.max()) >= len(self.data):
             raise IndexError(f"subset indices must lie in [0, {len(self.data)})")
         if weights is not None:
@@ -326,6 +346,7 @@ class Loader:
             if not torch.isfinite(weights).all() or (weights < 0).any():
                 raise ValueError("weights must be finite and non-negative")
         self.indices, self.weights = indices, weights
+        self.distinct_examples = int(torch.unique(indices).numel())
 
     def __len__(self) -> int:
         n = len(self.data) if self.indices is None else len(self.indices)

@@ -2,14 +2,24 @@
 
 ``robustness(model, test, eps, attacks=(...), certify=(...))`` returns a
 flat dict ``{"n", "eps", "clean_acc", "<attack>_acc", "<method>_verified_acc",
-"seconds": {...}}``. A point counts as robust to an attack only if it is
-classified correctly both clean and under that attack.
+"seconds": {"clean", "attack": {...}, "certify": {...}}}``. A point counts as
+robust to an attack only if it is classified correctly both clean and under
+that attack; it counts as verified only if it is classified correctly and
+certified.
 
-Attacks and certifiers are looked up by name in :data:`ATTACKS` and
-:data:`CERTIFIERS`; ``robustlib.attacks`` and ``robustlib.bounds`` register
-theirs (``"pgd-20"``, ``"autoattack"``, ``"interval"``, ``"symbolic"``, …).
-An attack is ``fn(model, x, y, eps) -> x_adv``; a certifier is
-``fn(model, x, y, eps) -> bool tensor`` (True = verified robust).
+This module owns the two tables of evaluation names; nothing registers into
+it from below, so the imports stay one-way (attacks, bounds → evaluate):
+
+* :data:`ATTACKS` — ``fn(model, x, y, eps) -> x_adv``: ``"fgsm"``,
+  ``"autoattack"``, ``"interval-attack"`` (the MixTrain interval-gradient
+  attack) and the family ``"pgd-K"`` (:data:`FAMILIES`);
+* :data:`CERTIFIERS` — ``fn(model, x, y, eps) -> bool tensor`` (True =
+  verified robust): ``"interval"`` (IBP) and ``"symbolic"``.
+
+Attacks and certifiers live in separate tables, counters and timing entries,
+so an attack and a certificate can never be mixed up even where their
+names read alike; :func:`register_attack` / :func:`register_certifier` add
+your own and refuse a name that the other table already uses.
 """
 from __future__ import annotations
 
@@ -18,42 +28,105 @@ import time
 import torch
 import torch.nn as nn
 
+from . import attacks as _attacks
+from . import bounds as _bounds
+from .checks import check_eps, eval_mode, progress_bar
 from .data import ImageData
 
-ATTACKS: dict = {}
-CERTIFIERS: dict = {}
-_PATTERNS: list = []  # (prefix, factory): "pgd-50" -> factory(50)
+
+def _pgd_family(steps: int, restarts: int = 1):
+    """``pgd-K`` (``pgd-KxR``): L∞ PGD, K steps, α = 2.5·ε/K, CE loss, R random restarts (default 1)."""
+    if steps < 1 or restarts < 1:
+        raise ValueError(f"pgd-K needs K ≥ 1 steps and R ≥ 1 restarts, got pgd-{steps}x{restarts}")
+
+    def attack(model, x, y, eps):
+        return _attacks.pgd(model, x, y, eps, steps=steps, norm="linf", restarts=restarts, random_start=True,
+                            loss="ce")
+
+    attack.__name__ = f"pgd_{steps}x{restarts}"
+    return attack
+
+
+ATTACKS: dict = {
+    "fgsm": lambda model, x, y, eps: _attacks.fgsm(model, x, y, eps),
+    "autoattack": lambda model, x, y, eps: _attacks.autoattack(model, x, y, eps),
+    "interval-attack": lambda model, x, y, eps: _attacks.interval_attack(model, x, y, eps),
+}
+FAMILIES: dict = {"pgd": _pgd_family}   # "pgd-50" → FAMILIES["pgd"](50); "pgd-20x10" → FAMILIES["pgd"](20, 10)
+CERTIFIERS: dict = {
+    "interval": lambda model, x, y, eps: _bounds.verify(model, x, y, eps, method="interval"),
+    "symbolic": lambda model, x, y, eps: _bounds.verify(model, x, y, eps, method="symbolic"),
+}
 
 
 def register_attack(name: str, fn) -> None:
+    """Make ``robustness(..., attacks=(name,))`` run ``fn(model, x, y, eps) -> x_adv``."""
+    if name in CERTIFIERS:
+        raise ValueError(f"{name!r} already names a certifier; give the attack another name")
     ATTACKS[name] = fn
 
 
 def register_certifier(name: str, fn) -> None:
+    """Make ``robustness(..., certify=(name,))`` run ``fn(model, x, y, eps) -> bool tensor``."""
+    if name in ATTACKS or _family(name) is not None:
+        raise ValueError(f"{name!r} already names an attack; give the certifier another name")
     CERTIFIERS[name] = fn
 
 
-def register_attack_family(prefix: str, factory) -> None:
-    """Names ``f"{prefix}-{K}"`` resolve to ``factory(K)`` (e.g. ``pgd-50``)."""
-    _PATTERNS.append((prefix, factory))
+def _family(name: str):
+    """``"pgd-20"`` → (factory, (20,)); ``"pgd-20x10"`` → (factory, (20, 10)); else None."""
+    head, _, tail = name.rpartition("-")
+    numbers = tail.split("x")
+    if head in FAMILIES and 1 <= len(numbers) <= 2 and all(n.isdigit() for n in numbers):
+        return FAMILIES[head], tuple(int(n) for n in numbers)
+    return None
 
 
 def attack_fn(name: str):
+    """The attack called ``name`` (``"fgsm"``, ``"pgd-20"``, ``"pgd-20x10"``, ``"autoattack"``, ``"interval-attack"``)."""
     if name in ATTACKS:
         return ATTACKS[name]
-    for prefix, factory in _PATTERNS:
-        head, _, tail = name.rpartition("-")
-        if head == prefix and tail.isdigit():
-            return factory(int(tail))
-    known = sorted(ATTACKS) + [f"{p}-K" for p, _ in _PATTERNS]
-    raise ValueError(f"unknown attack {name!r}; available: {', '.join(known) or 'none registered'}")
+    fam = _family(name)
+    if fam is not None:
+        return fam[0](*fam[1])
+    known = sorted(ATTACKS) + [f"{p}-K" for p in FAMILIES]
+    hint = " (that is a certifier: pass it as certify=(...))" if name in CERTIFIERS else ""
+    raise ValueError(f"unknown attack {name!r}{hint}; available: {', '.join(known)}")
 
 
 def certifier_fn(name: str):
+    """The certifier called ``name`` (``"interval"`` or ``"symbolic"``)."""
     if name not in CERTIFIERS:
-        raise ValueError(f"unknown certification method {name!r}; available: "
-                         f"{', '.join(sorted(CERTIFIERS)) or 'none registered'}")
+        hint = " (that is an attack: pass it as attacks=(...))" if name in ATTACKS or _family(name) else ""
+        raise ValueError(f"unknown certification method {name!r}{hint}; available: {', '.join(sorted(CERTIFIERS))}")
     return CERTIFIERS[name]
+
+
+def _resolve(value, what: str, lookup) -> dict:
+    """``{name: fn}`` from names (one string is one name) or from a dict of ready functions."""
+    if isinstance(value, dict):
+        for name, fn in value.items():
+            if not isinstance(name, str) or not callable(fn):
+                raise ValueError(f"{what} as a dict must map names to functions fn(model, x, y, eps), got "
+                                 f"{name!r}: {fn!r}")
+        return dict(value)
+    return {name: lookup(name) for name in _names(value, what)}
+
+
+def _names(value, what: str) -> tuple:
+    """A tuple of names; a single string is one name (``attacks="pgd-20"``)."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise ValueError(f"{what} must be a name or a sequence of names, got {value!r}") from None
+    for n in names:
+        if not isinstance(n, str):
+            raise ValueError(f"{what} must hold names (strings), got {n!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} lists a name twice: {names}")
+    return names
 
 
 def _batches(data: ImageData, n: int | None, batch_size: int):
@@ -63,19 +136,24 @@ def _batches(data: ImageData, n: int | None, batch_size: int):
         yield data.x(idx), data.labels[idx]
 
 
+def _check_sizes(n, batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise ValueError(f"n must be None (all examples) or an integer ≥ 0, got {n!r}")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Predicted labels of ``x`` in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    try:
+    """Predicted labels of ``x`` in eval mode (every module's train/eval flag is restored)."""
+    _check_sizes(None, batch_size)
+    with eval_mode(model):
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was_training)
 
 
 def accuracy(model: nn.Module, data: ImageData, n: int | None = None, batch_size: int = 1024) -> float:
     """Clean accuracy on the first ``n`` examples of ``data`` (all by default)."""
+    _check_sizes(n, batch_size)
     correct = total = 0
     for x, y in _batches(data, n, batch_size):
         correct += (predict(model, x, batch_size) == y).sum()
@@ -84,50 +162,65 @@ def accuracy(model: nn.Module, data: ImageData, n: int | None = None, batch_size
 
 
 def robustness(model: nn.Module, data: ImageData, eps: float = 0.0, attacks=(), certify=(),
-               n: int | None = None, batch_size: int = 256, progress: bool = True) -> dict:
+               n: int | None = None, batch_size: int = 256, progress: bool = True,
+               per_example: bool = False) -> dict:
     """Clean, per-attack robust and per-method verified accuracy on the first ``n`` examples.
 
-    A progress bar over batches appears when attacks or certification run
+    ``attacks`` and ``certify`` are names (or one name) from :data:`ATTACKS` and
+    :data:`CERTIFIERS`, or dicts ``{name: fn(model, x, y, eps)}`` of your own
+    (e.g. an attack with other settings). With ``per_example=True`` the record also holds
+    ``"per_example": {"clean": bool (n,), "attack": {name: bool (n,)}, "certify":
+    {name: bool (n,)}}`` — which points were correct, robust, verified. A
+    progress bar over batches appears when attacks or certification run
     (``progress=False`` or ``ROBUSTLIB_PROGRESS=off`` hides it).
     """
-    from .train import progress_bar
-
-    if eps < 0:
-        raise ValueError(f"eps must be ≥ 0, got {eps}")
-    attack_fns = {name: attack_fn(name) for name in attacks}
-    cert_fns = {name: certifier_fn(name) for name in certify}
-    was_training = model.training
-    model.eval()
-    counts = {"clean": 0, **{a: 0 for a in attacks}, **{c: 0 for c in certify}}
-    seconds = {k: 0.0 for k in counts}
-    total = 0
+    eps = check_eps(eps)
+    _check_sizes(n, batch_size)
+    attack_fns, cert_fns = _resolve(attacks, "attacks", attack_fn), _resolve(certify, "certify", certifier_fn)
+    attack_names, cert_names = tuple(attack_fns), tuple(cert_fns)
+    ok_clean: list = []
+    ok_attack: dict = {a: [] for a in attack_names}
+    ok_cert: dict = {c: [] for c in cert_names}
+    seconds = {"clean": 0.0, "attack": {a: 0.0 for a in attack_names}, "certify": {c: 0.0 for c in cert_names}}
     total_n = len(data) if n is None else min(n, len(data))
-    bar = progress_bar(total=total_n, desc=f"ε={eps:g} " + ",".join([*attacks, *certify]), unit="img",
-                       leave=False, disable=not (progress and (attacks or certify)))
+    bar = progress_bar(total=total_n, desc=f"ε={eps:g} " + ",".join([*attack_names, *cert_names]), unit="img",
+                       leave=False, disable=not (progress and (attack_names or cert_names)))
     try:
-        for x, y in _batches(data, n, batch_size):
-            t = time.perf_counter()
-            ok = predict(model, x) == y
-            seconds["clean"] += time.perf_counter() - t
-            counts["clean"] += ok.sum()
-            for name, fn in attack_fns.items():
+        with eval_mode(model):
+            for x, y in _batches(data, n, batch_size):
                 t = time.perf_counter()
-                x_adv = fn(model, x, y, eps)
-                counts[name] += (ok & (predict(model, x_adv) == y)).sum()
-                seconds[name] += time.perf_counter() - t
-            for name, fn in cert_fns.items():
-                t = time.perf_counter()
-                counts[name] += (ok & fn(model, x, y, eps).to(ok.device)).sum()
-                seconds[name] += time.perf_counter() - t
-            total += len(y)
-            bar.update(len(y))
+                ok = predict(model, x) == y
+                seconds["clean"] += time.perf_counter() - t
+                ok_clean.append(ok)
+                for name, fn in attack_fns.items():
+                    t = time.perf_counter()
+                    x_adv = fn(model, x, y, eps)
+                    ok_attack[name].append(ok & (predict(model, x_adv) == y))
+                    seconds["attack"][name] += time.perf_counter() - t
+                for name, fn in cert_fns.items():
+                    t = time.perf_counter()
+                    ok_cert[name].append(ok & fn(model, x, y, eps).to(ok.device))
+                    seconds["certify"][name] += time.perf_counter() - t
+                bar.update(len(y))
     finally:
         bar.close()
-        model.train(was_training)
-    record = {"n": total, "eps": float(eps), "clean_acc": float(counts["clean"]) / max(total, 1)}
-    for a in attacks:
-        record[f"{a}_acc"] = float(counts[a]) / max(total, 1)
-    for c in certify:
-        record[f"{c}_verified_acc"] = float(counts[c]) / max(total, 1)
+
+    def cat(parts):
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+    clean = cat(ok_clean)
+    total = len(clean)
+
+    def frac(mask) -> float:
+        return float(mask.sum()) / max(total, 1)
+
+    record = {"n": total, "eps": eps, "clean_acc": frac(clean)}
+    for a in attack_names:
+        record[f"{a}_acc"] = frac(cat(ok_attack[a]))
+    for c in cert_names:
+        record[f"{c}_verified_acc"] = frac(cat(ok_cert[c]))
     record["seconds"] = seconds
+    if per_example:
+        record["per_example"] = {"clean": clean.cpu(), "attack": {a: cat(v).cpu() for a, v in ok_attack.items()},
+                                 "certify": {c: cat(v).cpu() for c, v in ok_cert.items()}}
     return record

@@ -79,10 +79,15 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet(nn.Module):
-    def __init__(self, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10, in_channels=3):
+    """Pre-activation ResNet: a 3×3 stem conv, stages of :class:`PreActBlock` (stride 2 at the start of every
+    stage but the first), then BN · ReLU · global average pool · linear."""
+
+    def __init__(self, blocks=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes=10, in_channels=3,
+                 stem: int | None = None):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        layers, in_planes = [], widths[0]
+        stem = widths[0] if stem is None else stem
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, stride=1, padding=1, bias=False)
+        layers, in_planes = [], stem
         for i, (n, w) in enumerate(zip(blocks, widths)):
             stage = []
             for j in range(n):
@@ -107,49 +112,15 @@ def preact_resnet18(in_channels: int = 3, num_classes: int = 10, input_size: int
     return PreActResNet((2, 2, 2, 2), (64, 128, 256, 512), num_classes, in_channels)
 
 
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int):
-        super().__init__()
-        self.bn1, self.relu1 = nn.BatchNorm2d(in_planes), nn.ReLU()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2, self.relu2 = nn.BatchNorm2d(planes), nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
-        self.shortcut = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
-
-    def forward(self, x):
-        out = self.relu1(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv2(self.relu2(self.bn2(self.conv1(out))))
-        return out + shortcut
-
-
-class WideResNet(nn.Module):
-    """WRN-depth-width (Zagoruyko & Komodakis 2016), pre-activation blocks; WRN-34-10 is the TRADES/MART network."""
+class WideResNet(PreActResNet):
+    """WRN-depth-width (Zagoruyko & Komodakis 2016): a pre-activation ResNet with a 16-channel stem and three
+    stages of (depth − 4)/6 blocks of widths 16·w, 32·w, 64·w; WRN-34-10 is the TRADES/MART network."""
 
     def __init__(self, depth: int = 34, width: int = 10, num_classes: int = 10, in_channels: int = 3):
-        super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"wide_resnet depth must be 6n+4 (e.g. 16, 28, 34, 40), got {depth}")
         n = (depth - 4) // 6
-        widths = [16, 16 * width, 32 * width, 64 * width]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
-        stages, in_planes = [], widths[0]
-        for i, w in enumerate(widths[1:]):
-            blocks = []
-            for j in range(n):
-                blocks.append(WideBlock(in_planes, w, stride=(2 if i > 0 and j == 0 else 1)))
-                in_planes = w
-            stages.append(nn.Sequential(*blocks))
-        self.layers = nn.Sequential(*stages)
-        self.bn, self.relu = nn.BatchNorm2d(in_planes), nn.ReLU()
-        self.pool, self.flatten = nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        self.linear = nn.Linear(in_planes, num_classes)
-
-    def forward(self, x):
-        out = self.relu(self.bn(self.layers(self.conv1(x))))
-        return self.linear(self.flatten(self.pool(out)))
+        super().__init__((n, n, n), (16 * width, 32 * width, 64 * width), num_classes, in_channels, stem=16)
 
 
 def wide_resnet(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
@@ -170,17 +141,27 @@ _REGISTRY = {
 NAMES = tuple(_REGISTRY)
 
 
-def build(name: str, num_classes: int = 10, in_channels: int | None = None,
-          input_size: int | None = None, **kwargs) -> nn.Module:
+def build(name: str, num_classes: int | None = None, in_channels: int | None = None,
+          input_size: int | None = None, *, like=None, **kwargs) -> nn.Module:
     """Build a network by name.
 
     ``in_channels`` and ``input_size`` default to the network's own dataset
-    (1×28×28 for the MNIST nets, 3×32×32 for the CIFAR ones); pass them to run
-    a network on other data, e.g. ``build("cifar_small", in_channels=1,
-    input_size=28)``. ``wide_resnet`` takes ``depth`` and ``width``.
+    (1×28×28 for the MNIST nets, 3×32×32 for the CIFAR ones) and
+    ``num_classes`` to 10; pass them to run a network on other data, e.g.
+    ``build("cifar_small", in_channels=1, input_size=28)`` — or give a dataset
+    (an :class:`robustlib.data.ImageData`) as ``like=train`` and all three are
+    read from it. ``wide_resnet`` takes ``depth`` and ``width``.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(NAMES)}")
+    if like is not None:
+        c, h, w = tuple(like.shape)
+        if h != w:
+            raise ValueError(f"the networks take square images; the dataset's are {h}×{w}")
+        in_channels = c if in_channels is None else in_channels
+        input_size = h if input_size is None else input_size
+        num_classes = like.num_classes if num_classes is None else num_classes
+    num_classes = 10 if num_classes is None else num_classes
     fn, defaults = _REGISTRY[name]
     args = dict(defaults)
     if in_channels is not None:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attacks
+from .checks import NORMS, check_choice, check_eps, check_int, check_real, default_alpha, fgsm_rs_alpha
 
 
 class Objective:
@@ -70,17 +71,26 @@ class Standard(Objective):
         return F.cross_entropy(model(x), y, reduction="none")
 
 
-def _check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
-    return steps
+class Custom(Objective):
+    """Any function ``fn(model, x, y) -> per-example losses (N,)`` as an objective (counts examples only).
 
+    ``fit`` wraps a plain function passed as the objective in this class.
+    """
 
-def _check_beta(beta) -> float:
-    beta = float(beta)
-    if not beta >= 0 or beta == float("inf"):
-        raise ValueError(f"beta must be a finite number ≥ 0, got {beta}")
-    return beta
+    def __init__(self, fn, name: str | None = None):
+        super().__init__()
+        if not callable(fn):
+            raise ValueError(f"Custom needs a function fn(model, x, y) -> per-example losses, got {fn!r}")
+        self.fn, self.name = fn, name or getattr(fn, "__name__", "custom")
+
+    def losses(self, model, x, y):
+        out = self.fn(model, x, y)
+        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the objective {self.name!r} must return one loss per example, shape "
+                             f"({len(y)},), got {shape}; use reduction='none' in the loss function")
+        self.count(len(y), forward=0, backward=0)
+        return out
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -128,9 +138,9 @@ class _Adversarial(Objective):
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10):
         super().__init__()
-        self.eps = attacks._check_eps(eps)
-        self.steps = _check_steps(steps)
-        self.alpha = 2.5 * self.eps / self.steps if alpha is None else attacks._check_eps(alpha, "alpha")
+        self.eps = check_eps(eps)
+        self.steps = check_int(steps, "steps", 1)
+        self.alpha = default_alpha(self.eps, self.steps) if alpha is None else check_eps(alpha, "alpha")
 
 
 class PGDAT(_Adversarial):
@@ -147,9 +157,7 @@ class PGDAT(_Adversarial):
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, norm: str = "linf"):
         super().__init__(eps, alpha, steps)
-        if norm not in attacks.NORMS:
-            raise ValueError(f"unknown norm {norm!r}; valid: {', '.join(repr(n) for n in attacks.NORMS)}")
-        self.norm = norm
+        self.norm = check_choice(norm, NORMS, "norm")
 
     def losses(self, model, x, y):
         x_adv = attacks.pgd(model, x, y, self.eps, self.alpha, self.steps, norm=self.norm, random_start=True)
@@ -171,7 +179,7 @@ class TRADES(_Adversarial):
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, beta: float = 6.0):
         super().__init__(eps, alpha, steps)
-        self.beta = _check_beta(beta)
+        self.beta = check_real(beta, "beta", minimum=0.0)
 
     def losses(self, model, x, y):
         x_adv = attacks.kl_attack(model, x, self.eps, self.alpha, self.steps, y=y)
@@ -192,7 +200,7 @@ class MART(_Adversarial):
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, beta: float = 6.0):
         super().__init__(eps, alpha, steps)
-        self.beta = _check_beta(beta)
+        self.beta = check_real(beta, "beta", minimum=0.0)
 
     def losses(self, model, x, y):
         x_adv = attacks.pgd(model, x, y, self.eps, self.alpha, self.steps, random_start="gaussian")
@@ -216,8 +224,8 @@ class FastAT(Objective):
 
     def __init__(self, eps: float, alpha: float | None = None):
         super().__init__()
-        self.eps = attacks._check_eps(eps)
-        self.alpha = 1.25 * self.eps if alpha is None else attacks._check_eps(alpha, "alpha")
+        self.eps = check_eps(eps)
+        self.alpha = fgsm_rs_alpha(self.eps) if alpha is None else check_eps(alpha, "alpha")
 
     def losses(self, model, x, y):
         x_adv = attacks.fgsm(model, x, y, self.eps, random_start=True, alpha=self.alpha)

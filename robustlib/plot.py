@@ -47,6 +47,12 @@ def learning_curves(history, metrics=("loss",), title: str = "", caption: str = 
     if title:
         fig.suptitle(title, fontsize=11)
     if caption:
-        fig.text(0.5, -0.02, caption, ha="center", va="top", fontsize=8, style="italic")
+        add_caption(fig, caption)
     fig.tight_layout()
+    return fig
+
+
+def add_caption(fig, text: str, y: float = -0.02):
+    """The small italic line under a figure that says which preset, device and wall-clock made it."""
+    fig.text(0.5, y, text, ha="center", va="top", fontsize=8, style="italic")
     return fig

@@ -154,7 +154,10 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
             log(f"[reproduce] warning: preset {preset} is sized for a GPU and none is visible; on this CPU it "
                 f"will take many hours (use --preset smoke, or run on a GPU / Colab)")
     names = toc_notebooks(root)
-    if only:
+    if only is not None:
+        if isinstance(only, str) or not list(only):
+            raise ValueError(f"only must be a non-empty list of notebook names, got {only!r}; the book's notebooks "
+                             f"are: {', '.join(names)}")
         unknown = [n for n in only if n not in names]
         if unknown:
             raise ValueError(f"unknown notebook(s) {unknown}; the book's notebooks are: {', '.join(names)}")
@@ -170,18 +173,22 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
             rel = os.path.relpath(out_dir.resolve(), src.parent.resolve())  # no machine paths in the book
             params = {**presets.parameters(preset, name), "preset": preset, "results_dir": rel}
             log(f"[reproduce] {name} (preset {preset}) …")
+            record = out_dir / f"{name}.json"
+            record.unlink(missing_ok=True)   # every run writes its own record: a stale one never passes for it
             t0 = time.perf_counter()
             try:
                 pm.execute_notebook(str(src), str(out_dir / f"{name}.ipynb"), parameters=params,
                                     cwd=str(src.parent), kernel_name="python3", progress_bar=False,
                                     execution_timeout=timeout)
-                if not (out_dir / f"{name}.json").exists():
-                    raise RuntimeError(f"{name} ran but wrote no results record {out_dir / (name + '.json')}")
+                if not record.exists():
+                    raise RuntimeError(f"{name} ran but wrote no results record {record}")
+                _mark(record, name, preset, "ok")
                 outcome[name] = None
                 log(f"[reproduce] {name}: ok in {time.perf_counter() - t0:.0f} s")
             except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
-                outcome[name] = f"{type(e).__name__}: {e}"
-                log(f"[reproduce] {name}: FAILED after {time.perf_counter() - t0:.0f} s")
+                outcome[name] = failure_cause(e)
+                _mark(record, name, preset, "failed", outcome[name])
+                log(f"[reproduce] {name}: FAILED after {time.perf_counter() - t0:.0f} s: {outcome[name]}")
                 log("".join(traceback.format_exception_only(type(e), e))[-2000:])
     finally:
         if env_progress is None:
@@ -189,6 +196,26 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
         else:
             os.environ["ROBUSTLIB_PROGRESS"] = env_progress
     return outcome
+
+
+def failure_cause(exc: BaseException) -> str:
+    """One line naming what went wrong: the notebook's own exception for a failed cell."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}" if evalue else str(ename)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else repr(exc)}"
+
+
+def _mark(path: Path, notebook: str, preset: str, status: str, error: str | None = None) -> None:
+    """Write the run's outcome into its record (a failed run without a record gets a minimal one)."""
+    rec = load_record(path) if path.exists() else {"notebook": notebook, "preset": preset, "rows": []}
+    rec["status"] = status
+    if error is not None:
+        rec["error"] = error
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, default=_jsonable))
+    os.replace(tmp, path)
 
 
 def stage(prefer: list[str], root: Path = ROOT, log=print) -> Path:
@@ -241,7 +268,7 @@ def main(argv=None) -> int:
                             "list is tried in order per notebook, e.g. gpu,smoke")
         p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
         if name != "build":
-            p.add_argument("--only", nargs="*", help="notebook names (file stems) to run")
+            p.add_argument("--only", nargs="+", metavar="NAME", help="notebook names (file stems) to run")
             p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     args = parser.parse_args(argv)
 
@@ -255,7 +282,7 @@ def main(argv=None) -> int:
               f"in {time.perf_counter() - t0:.0f} s; records in {args.root / 'results' / preset}")
         if failed:
             for k, v in failed.items():
-                print(f"[reproduce] FAILED {k}: {v.splitlines()[0] if v else v}")
+                print(f"[reproduce] FAILED {k}: {v}")
             status = 1
         prefer = [preset]
     else:

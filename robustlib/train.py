@@ -16,7 +16,9 @@ on that weighted subset until the next change. A selector with
 """
 from __future__ import annotations
 
+import copy
 import math
+import numbers
 import os
 import time
 from contextlib import nullcontext
@@ -25,9 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .attacks import trusted_inputs
+from .checks import check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
-from .objectives import Objective
+from .objectives import Custom, Objective
 
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 
@@ -72,13 +74,6 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def progress_bar(iterable=None, **kwargs):
-    """tqdm (notebook or terminal, chosen automatically); ``ROBUSTLIB_PROGRESS=off`` hides it."""
-    from tqdm.auto import tqdm
-    disable = kwargs.pop("disable", False) or os.environ.get("ROBUSTLIB_PROGRESS", "on") == "off"
-    return tqdm(iterable, disable=disable, **kwargs)
-
-
 def _make_optimizer(name, params, lr, momentum, weight_decay):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
@@ -92,6 +87,69 @@ def _plain(value):
     if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
         return value.item()
     return value
+
+
+def _run_settings(model, loader, objective, **settings) -> dict:
+    """What makes a run this run: a checkpoint of another run is never resumed as if it were this one."""
+    data = loader.data
+    return {
+        "objective": {k: _plain(v) for k, v in objective.config().items()},
+        **{k: (list(v) if isinstance(v, tuple) else _plain(v)) for k, v in settings.items()},
+        "batch_size": loader.batch_size, "augment": loader.augment, "drop_last": loader.drop_last,
+        "data": {"name": data.name, "n": len(data), "shape": list(data.shape)},
+        "model": {"class": type(model).__name__,
+                  "parameters": [[k, list(v.shape)] for k, v in model.state_dict().items()]},
+    }
+
+
+def _differences(saved: dict, now: dict) -> list:
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if a != b:
+            if key == "model":
+                a, b = (a or {}).get("class", a), (b or {}).get("class", b)
+                out.append(f"model: {a} with other parameter shapes" if a == b else f"model: {a} → {b}")
+            else:
+                out.append(f"{key}: {a!r} → {b!r}")
+    return out
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "run")
+
+
+def _load_checkpoint(path: Path, device, run: dict) -> dict:
+    """Read a checkpoint of this very run, or say clearly why it cannot be resumed (the model is untouched)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError for a truncated zip, …
+        raise ValueError(f"cannot read the checkpoint {path} ({type(exc).__name__}): it is empty, truncated or not a "
+                         f"robustlib training checkpoint. Delete it to start the run afresh, or pass resume=False "
+                         f"(or another checkpoint path).") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"the checkpoint {path} lacks {', '.join(missing)}: it was not written by this version of "
+                         f"robustlib.train.fit. Delete it to start the run afresh, or pass resume=False.")
+    diff = _differences(state["run"], run)
+    if diff:
+        raise ValueError(f"the checkpoint {path} belongs to another run; it differs in: {'; '.join(diff)}. Use another "
+                         f"checkpoint path for this run, delete the file, or pass resume=False to overwrite it.")
+    return state
+
+
+def _selection(chosen):
+    """A selector's answer as ``(indices, weights)``, or None to keep the current subset."""
+    if chosen is None:
+        return None
+    if isinstance(chosen, tuple):
+        if len(chosen) != 2:
+            raise ValueError(f"a selector must return None, indices, or a pair (indices, weights); got a "
+                             f"{len(chosen)}-tuple")
+        return chosen
+    if isinstance(chosen, list) and not all(isinstance(i, numbers.Integral) for i in chosen):
+        raise ValueError("a selector returned a list that is not a list of integer indices; return a tensor of "
+                         "indices, a boolean mask, or a tuple (indices, weights)")
+    return chosen, None
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -119,11 +177,19 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     last finished epoch; on CPU with the same seed it ends with the same
     weights as an uninterrupted run.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be ≥ 1, got {epochs}")
-    if lr <= 0 or not math.isfinite(lr):
-        raise ValueError(f"lr must be a positive number, got {lr}")
+    epochs = check_int(epochs, "epochs", 1)
+    lr = check_real(lr, "lr", positive=True)
+    momentum = check_real(momentum, "momentum", minimum=0.0)
+    if momentum >= 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    weight_decay = check_real(weight_decay, "weight_decay", minimum=0.0)
+    gamma = check_real(gamma, "gamma", positive=True)
     lr_factor(schedule, 0.0, epochs, milestones, gamma)  # validates the schedule name
+    if not isinstance(objective, Objective):
+        if not callable(objective):
+            raise ValueError(f"objective must be a robustlib.objectives.Objective (e.g. Standard()) or a function "
+                             f"fn(model, x, y) -> per-example losses, got {type(objective).__name__}")
+        objective = Custom(objective)
     loader = data if isinstance(data, Loader) else Loader(data, batch_size, seed=seed, augment=augment,
                                                           drop_last=drop_last)
     device = loader.data.device
@@ -139,8 +205,10 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
 
     history, start_epoch = History(), 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
+                        weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed)
     if ckpt is not None and resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
+        state = _load_checkpoint(ckpt, device, run)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history.extend(state["history"])
@@ -162,13 +230,13 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         t0 = time.perf_counter()
         select_s = 0.0
         if selector is not None:
-            chosen = selector(epoch, model, loader.data)
+            chosen = _selection(selector(epoch, model, loader.data))
             if chosen is not None:
-                indices, weights = chosen if isinstance(chosen, tuple) else (chosen, None)
-                loader.set_subset(indices, weights)
+                loader.set_subset(*chosen)
             synchronize(device)
             select_s = time.perf_counter() - t0
         loader.epoch = epoch
+        good = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
         model.train()
         objective.reset_spent()
         total, seen = torch.zeros((), device=device), 0
@@ -191,10 +259,16 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         wall = time.perf_counter() - t0
         mean_loss = float(total) / max(seen, 1)
         if not math.isfinite(mean_loss):
-            raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; "
-                                     f"lower the learning rate (lr={lr}) or check the inputs for NaN")
+            model.load_state_dict(good[0])
+            opt.load_state_dict(good[1])
+            bar.close()
+            raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; the model and the "
+                                     f"optimiser were restored to their state before that epoch; lower the learning "
+                                     f"rate (lr={lr}) or check the inputs and the objective for NaN")
+        spent = objective.reset_spent()
         record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
-                  "select_s": select_s, "examples": loader.num_examples, **objective.reset_spent()}
+                  "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
+                  **spent}
         if eval_fn is not None:
             t1 = time.perf_counter()
             record.update({k: _plain(v) for k, v in eval_fn(model).items()})
@@ -204,7 +278,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             subset = None if loader.indices is None else (loader.indices, loader.weights)
             _save_checkpoint(ckpt, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                "history": list(history), "subset": subset, "rng": torch.get_rng_state(),
+                "history": list(history), "subset": subset, "rng": torch.get_rng_state(), "run": run,
                 "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
                 "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
             })

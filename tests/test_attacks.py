@@ -377,7 +377,7 @@ def test_trusted_inputs_skips_only_the_value_checks(trained, batch):
     x, y = batch[0][:4], batch[1][:4]
     with pytest.raises(ValueError, match="out of range"):
         pgd(model, x, y + 100, EPS, steps=1)
-    with attacks.trusted_inputs():
+    with rl.checks.trusted_inputs():
         pgd(model, x, y, EPS, steps=1)  # no synchronising check inside the block
         with pytest.raises(ValueError, match="batch size mismatch"):
             pgd(model, x, y[:2], EPS, steps=1)  # shape checks need no sync and still run

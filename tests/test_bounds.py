@@ -486,7 +486,7 @@ def test_input_validation_messages():
     lo, hi = _box()
     x = (lo + hi) / 2
     y = torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="eps must be >= 0"):
+    with pytest.raises(ValueError, match="eps must be ≥ 0"):
         bounds.verify(net, x, y, -0.1)
     with pytest.raises(ValueError, match="NaN"):
         bad = x.clone()

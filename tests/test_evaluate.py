@@ -34,7 +34,8 @@ def test_robustness_record_with_registered_attack_and_certifier(trained, monkeyp
     assert rec["identity_acc"] == rec["clean_acc"] > 0.5
     assert rec["invert_acc"] <= rec["clean_acc"]
     assert rec["nothing_verified_acc"] == 0.0
-    assert set(rec["seconds"]) == {"clean", "identity", "invert", "nothing"}
+    assert set(rec["seconds"]) == {"clean", "attack", "certify"}
+    assert set(rec["seconds"]["attack"]) == {"identity", "invert"} and set(rec["seconds"]["certify"]) == {"nothing"}
 
 
 def test_unknown_names_and_negative_eps(trained):
@@ -48,5 +49,5 @@ def test_unknown_names_and_negative_eps(trained):
 
 
 def test_attack_family_names_resolve(monkeypatch):
-    monkeypatch.setattr(evaluate, "_PATTERNS", [("toy", lambda k: (lambda m, x, y, eps: x * k))])
+    monkeypatch.setitem(evaluate.FAMILIES, "toy", lambda k: (lambda m, x, y, eps: x * k))
     assert evaluate.attack_fn("toy-3")(None, torch.ones(1), None, 0).item() == 3

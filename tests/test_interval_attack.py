@@ -69,7 +69,7 @@ def test_interval_attack_never_breaks_a_verified_point(adv_model):
 
 def test_interval_attack_registered_and_validated(adv_model):
     model, test = adv_model
-    rec = rl.evaluate.robustness(model, test, eps=0.1, attacks=("pgd-10", "interval"), n=30)
-    assert rec["interval_acc"] <= rec["clean_acc"]
+    rec = rl.evaluate.robustness(model, test, eps=0.1, attacks=("pgd-10", "interval-attack"), n=30)
+    assert rec["interval-attack_acc"] <= rec["clean_acc"]
     with pytest.raises(ValueError, match="eps"):
         rl.attacks.interval_attack(model, test.x(torch.arange(2)), test.labels[:2], eps=-1)

@@ -55,7 +55,10 @@ def test_failure_is_reported_and_does_not_stop_the_rest(tiny_book, monkeypatch, 
     for rec in (first, last):
         assert rec["preset"] == "gpu" and rec["device"] and rec["wall_s"] >= 0 and rec["started"]
         assert {"python", "torch", "torchvision", "robustlib"} <= set(rec["versions"])
-    assert (results / "broken.ipynb").exists() and not (results / "broken.json").exists()
+    assert (results / "broken.ipynb").exists()
+    broken = json.loads((results / "broken.json").read_text())   # a failed run is marked as failed, with its cause
+    assert broken["status"] == "failed" and "this chapter is broken" in broken["error"]
+    assert first["status"] == last["status"] == "ok"
     executed = nbformat.read(results / "last.ipynb", as_version=4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and "value = 7" in injected[0].source and "/tmp" not in injected[0].source
