@@ -6,6 +6,6 @@
     history = rl.train.fit(model, train, rl.objectives.Standard(), epochs=5)
     rl.evaluate.robustness(model, test, eps=0.1)
 """
-from . import attacks, bounds, checkpoints, data, evaluate, models, objectives, plot, presets, reproduce, train  # noqa: F401
+from . import attacks, bounds, checkpoints, checks, data, evaluate, models, objectives, plot, presets, pruning, reproduce, train  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,0 +1,493 @@
+"""Data pruning for (adversarial) training: importance scores, OMP and every-R-epochs selectors.
+
+Notation as in the papers: n training examples (x_i, y_i), kept fraction f ∈ (0, 1], budget
+k = round(f·n), p_i = softmax(f(x_i)), e_y the one-hot label, h_i the input of the last linear layer
+(penultimate features), R the number of epochs between two selections. Every quantity is taken on
+clean x_i or on PGD examples x'_i (``adversarial={"eps": ε, "steps": K, ...}``, or any object with
+those attributes such as an objective): the adversarial versions of the paper.
+
+Scores (:func:`score`, one per example, higher = harder / more important):
+  ``random``      u_i ~ U(0, 1), seeded;
+  ``loss``        ℓ_i = −log p_{i,y_i};
+  ``el2n``        ‖p_i − e_{y_i}‖₂ (Paul et al. 2021);
+  ``grand``       ‖∇_θ ℓ_i‖₂ (Paul et al. 2021); ``mode="full"``: all parameters (torch.func vmap of
+                  grad); ``mode="last"``: the last Linear layer in closed form, ∇_W ℓ = (p − e_y)hᵀ and
+                  ∇_b ℓ = p − e_y give ‖∇ℓ‖ = ‖p − e_y‖₂·√(‖h‖² + 1);
+  ``forgetting``  correct → incorrect transitions (Toneva et al. 2019), counted once per epoch (not per
+                  mini-batch) by :class:`ForgettingCounter`; never-learned examples score the number
+                  of epochs counted, above any possible count.
+
+Last-layer gradients g_i = (p_i − e_{y_i}) ⊗ [h_i, 1] ∈ R^{C(H+1)} (:func:`last_layer_grads`) feed
+  Adv-GRAD-MATCH  min_{|S| ≤ k, w ≥ 0} ‖Σ_{i∈S} w_i g_i − Σ_j g_j‖₂ + λ‖w‖², greedily by orthogonal
+                  matching pursuit (:func:`omp`), per class, per mini-batch or per example;
+  Adv-GLISTER     max_S log-likelihood of a validation split after a step θ − η Σ_{i∈S} g_i, whose
+                  first-order gain for example i is η·g_valᵀ g_i (:func:`glister_greedy`).
+
+Selectors follow :func:`robustlib.train.fit`'s protocol ``selector(epoch, model, data) -> None |
+(indices, weights)`` and checkpoint through ``state_dict()`` (tensors and numbers only). The time of
+the last selection is ``selector.last_seconds``. Scoring runs the model in eval mode, restores every
+module's train/eval flag and leaves no parameter ``.grad`` behind. Tensors stay on the data's device.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attacks import pgd
+from .checks import eval_mode
+from .data import ImageData
+
+SCORES = ("random", "loss", "el2n", "grand", "forgetting")
+METHODS = ("random", "gradmatch", "glister")
+VARIANTS = ("per_class", "per_batch", "per_example")
+_PGD_KEYS = ("eps", "alpha", "steps", "norm", "restarts", "random_start", "loss")
+
+__all__ = ["score", "last_layer_grads", "omp", "glister_greedy", "ForgettingCounter", "StaticSelector",
+           "DynamicSelector", "budget_of", "warmup_epochs", "SCORES", "METHODS", "VARIANTS"]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _seconds_since(t0: float, device) -> float:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _check_int(value, name: str, low: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}; {hint}")
+    return int(value)
+
+
+def _check_fraction(fraction) -> float:
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be a number in (0, 1] (the share of examples kept), got {fraction!r}; "
+                         f"e.g. fraction=0.3 keeps 30% of the data")
+    return float(fraction)
+
+
+def _check_budget(budget, n: int) -> int:
+    budget = _check_int(budget, "budget", 1, "pick at least one row")
+    if budget > n:
+        raise ValueError(f"budget {budget} is larger than the number of rows n={n}; use budget ≤ n")
+    return budget
+
+
+def budget_of(fraction: float, n: int) -> int:
+    """k = round(f·n), at least 1."""
+    return max(1, min(n, round(_check_fraction(fraction) * n)))
+
+
+def warmup_epochs(fraction: float, epochs: int, kappa: float = 0.5) -> int:
+    """T_w = round(f·κ·E), the warm-up rule of adversarial coreset selection (Dolatabadi et al. 2022)."""
+    return round(_check_fraction(fraction) * kappa * epochs)
+
+
+def _pgd_kwargs(adversarial) -> dict | None:
+    if adversarial is None:
+        return None
+    if isinstance(adversarial, dict):
+        kw = dict(adversarial)
+        if set(kw) - set(_PGD_KEYS):
+            raise ValueError(f"unknown PGD settings {sorted(set(kw) - set(_PGD_KEYS))} in adversarial; "
+                             f"valid keys: {', '.join(_PGD_KEYS)}")
+    else:
+        kw = {k: getattr(adversarial, k) for k in _PGD_KEYS
+              if isinstance(getattr(adversarial, k, None), (numbers.Real, str))}
+    if "eps" not in kw:
+        raise ValueError("adversarial needs at least eps, e.g. adversarial={'eps': 8/255, 'steps': 10}")
+    return kw
+
+
+def _batches(model, data: ImageData, batch_size: int, adversarial):
+    """(x, y) per batch of ``data``; x attacked with PGD when ``adversarial`` is set."""
+    if not isinstance(data, ImageData):
+        raise TypeError(f"data must be a robustlib.data.ImageData, got {type(data).__name__}")
+    kw = _pgd_kwargs(adversarial)
+    batch_size = _check_int(batch_size, "batch_size", 1, "pass a positive batch size")
+    for start in range(0, len(data), batch_size):
+        x, y = data.x(slice(start, start + batch_size)), data.labels[start:start + batch_size]
+        yield (x if kw is None else pgd(model, x, y, **kw)), y
+
+
+def _logits_features(model: nn.Module, x: torch.Tensor):
+    """Logits and the input h of the last nn.Linear (caught by a forward hook), float32, no autograd."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer; last-layer gradients need one that "
+                         f"outputs the logits (use score('grand', ..., mode='full') instead)")
+    seen = {}
+    handle = layers[-1].register_forward_hook(lambda m, inp, out: seen.update(h=inp[0], out=out))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        handle.remove()
+    if seen.get("out") is not logits:
+        raise ValueError("the last nn.Linear registered in the model does not produce its logits; last-layer "
+                         "scores need a network whose final operation is that layer")
+    return logits.float(), seen["h"].float().flatten(1)
+
+
+# ----------------------------------------------------------------------------- scores
+
+def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256) -> torch.Tensor:
+    """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1))."""
+    out = []
+    with eval_mode(model):
+        for x, y in _batches(model, data, batch_size, adversarial):
+            z, h = _logits_features(model, x)
+            err = z.softmax(1) - F.one_hot(y, z.shape[1]).float()
+            out.append((err[:, :, None] * torch.cat([h, torch.ones_like(h[:, :1])], 1)[:, None, :]).flatten(1))
+    return torch.cat(out)
+
+
+def _grand_full(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    from torch.func import functional_call, grad, vmap
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    buffers = {k: v.detach() for k, v in model.named_buffers()}
+
+    def loss_one(p, xi, yi):
+        return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)).float(), yi[None])
+
+    g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    return sum(v.flatten(1).pow(2).sum(1) for v in g.values()).sqrt()
+
+
+def score(name: str, model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256,
+          seed: int = 0, mode: str = "last", counter: ForgettingCounter | None = None) -> torch.Tensor:
+    """Importance score of every example of ``data``: float32 (n,) on the data's device.
+
+    ``name`` ∈ :data:`SCORES`; ``mode`` ("last" or "full") picks GraNd's parameters — lower
+    ``batch_size`` for "full", which holds batch_size × #parameters floats; ``forgetting`` returns the
+    scores of ``counter``, a :class:`ForgettingCounter` updated during training.
+    """
+    if name not in SCORES:
+        raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORES)}")
+    if name == "random":
+        g = torch.Generator(device=data.device).manual_seed(seed)
+        return torch.rand(len(data), generator=g, device=data.device)
+    if name == "forgetting":
+        if counter is None:
+            raise ValueError("score('forgetting') needs counter=ForgettingCounter(...), updated once per epoch "
+                             "during training, e.g. fit(..., callback=ForgettingCounter(model, train))")
+        return counter.scores()
+    if mode not in ("last", "full"):
+        raise ValueError(f"GraNd mode must be 'last' (last layer, closed form) or 'full', got {mode!r}")
+    out = []
+    with eval_mode(model):
+        for x, y in _batches(model, data, batch_size, adversarial):
+            if name == "grand" and mode == "full":
+                out.append(_grand_full(model, x, y))
+                continue
+            z, h = _logits_features(model, x)
+            if name == "loss":
+                out.append(F.cross_entropy(z, y, reduction="none"))
+                continue
+            el2n = (z.softmax(1) - F.one_hot(y, z.shape[1]).float()).norm(dim=1)
+            out.append(el2n if name == "el2n" else el2n * (h.pow(2).sum(1) + 1).sqrt())
+    return torch.cat(out).float()
+
+
+class ForgettingCounter:
+    """Forgetting events (Toneva et al. 2019), counted once per epoch.
+
+    ``counter.update(model, data)`` (or ``counter(model, data)``) classifies every example — clean, or
+    PGD examples with ``adversarial`` — and counts per example the transitions correct → incorrect
+    since the previous update. Built with its model and data it is a ``fit(..., callback=counter)``.
+    """
+
+    def __init__(self, model: nn.Module | None = None, data: ImageData | None = None, *, adversarial=None,
+                 batch_size: int = 512):
+        self.model, self.data, self.adversarial, self.batch_size = model, data, adversarial, batch_size
+        self.counts = self.learned = self.previous = None
+        self.epochs = 0
+
+    def update(self, model: nn.Module, data: ImageData) -> torch.Tensor:
+        with eval_mode(model), torch.no_grad():
+            correct = torch.cat([model(x).argmax(1) == y
+                                 for x, y in _batches(model, data, self.batch_size, self.adversarial)])
+        if self.counts is None:
+            self.counts = torch.zeros(len(correct), dtype=torch.long, device=correct.device)
+            self.learned, self.previous = torch.zeros_like(correct), torch.zeros_like(correct)
+        self.counts += (self.previous & ~correct).long()
+        self.learned |= correct
+        self.previous, self.epochs = correct, self.epochs + 1
+        return correct
+
+    def __call__(self, *args):
+        if len(args) == 2:
+            return self.update(*args)
+        if self.model is None or self.data is None:
+            raise ValueError("as a fit callback the counter needs its model and data: ForgettingCounter(model, train)")
+        return self.update(self.model, self.data)
+
+    def scores(self) -> torch.Tensor:
+        """Forgetting counts as floats; never-learned examples get the number of updates (the maximum)."""
+        if self.counts is None:
+            raise ValueError("the ForgettingCounter was never updated; call update(model, data) once per epoch")
+        return torch.where(self.learned, self.counts.float(), float(self.epochs))
+
+    _STATE = ("counts", "learned", "previous", "epochs")
+
+    def state_dict(self) -> dict:
+        """Plain tensors and numbers: loads with ``torch.load(..., weights_only=True)``."""
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+
+
+# ----------------------------------------------------------------------------- OMP and greedy GLISTER
+
+def _solve(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Q s = b for the small symmetric PSD Q: Cholesky, or the pseudo-inverse when Q is singular."""
+    L, info = torch.linalg.cholesky_ex(Q)
+    return torch.cholesky_solve(b[:, None], L).squeeze(1) if int(info) == 0 else torch.linalg.pinv(Q) @ b
+
+
+def _nnls(Q: torch.Tensor, b: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
+    """argmin_{w ≥ 0} ½wᵀQw − bᵀw (Q = AAᵀ + λI, k×k): Lawson–Hanson active set, warm-started at w0 ≥ 0,
+    which must be optimal on its positive set (OMP's previous weights plus a 0): usually one solve."""
+    k = len(b)
+    w, free = w0.clone(), w0 > 0
+    tol = 1e-12 * float(b.abs().max().clamp_min(1e-30))
+    for _ in range(3 * k + 10):
+        neg_grad = (b - Q @ w).masked_fill(free, -math.inf)
+        j = int(neg_grad.argmax())
+        if float(neg_grad[j]) <= tol:
+            break  # KKT: no weight held at 0 would lower the objective
+        free[j] = True
+        for _ in range(k + 1):  # move towards the free-set solution until a weight reaches 0
+            s = torch.zeros_like(w)
+            s[free] = _solve(Q[free][:, free], b[free])
+            bad = free & (s <= 0)
+            if not bool(bad.any()):
+                w = s
+                break
+            ratio = torch.where(bad, w / (w - s).where(bad, torch.ones_like(w)), math.inf)
+            a = int(ratio.argmin())
+            w = w + ratio[a].clamp(0, 1) * (s - w)
+            w[a] = 0.0
+            free &= w > 0
+            w = w.masked_fill(~free, 0.0)
+    return w
+
+
+def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = True,
+        lam: float = 0.0, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthogonal matching pursuit: at most ``budget`` rows of G (n×d) with Σ_i w_i G_i ≈ ``target`` (d).
+
+    Each greedy step picks the unused row most correlated with the residual r = target − Σ_S w_i G_i
+    (largest G_i·r when ``positive``, largest |G_i·r| otherwise), then re-solves the weights on the
+    support S: min ‖G_Sᵀw − target‖² + λ‖w‖², with w ≥ 0 when ``positive`` (active-set NNLS on the
+    |S|×|S| normal equations). Stops early when ‖r‖ ≤ tol·‖target‖ or, when ``positive``, no row
+    correlates positively. Returns (indices, weights) on G's device; with ``positive``, rows the NNLS
+    set to 0 are dropped. Cost ≈ budget·(n·d + |S|³); use fewer rows (per class, per batch) for large k.
+    """
+    if G.dim() != 2 or target.shape != (G.shape[1],):
+        raise ValueError(f"G must be n×d and target of shape (d,); got {tuple(G.shape)} and {tuple(target.shape)}")
+    n, budget = G.shape[0], _check_budget(budget, G.shape[0])
+    if not (lam >= 0 and math.isfinite(lam)):
+        raise ValueError(f"lam must be a finite number ≥ 0 (the ridge weight λ), got {lam!r}")
+    if not bool(torch.isfinite(G).all() & torch.isfinite(target).all()):
+        raise ValueError("G and target must be finite (NaN/inf gradients: check the model and its inputs)")
+    target, used, support = target.to(G.dtype), torch.zeros(n, dtype=torch.bool, device=G.device), []
+    Q, b, w = G.new_zeros(0, 0), G.new_zeros(0), G.new_zeros(0)
+    residual, stop = target.clone(), tol * float(target.norm())
+    for _ in range(budget):  # the only Python loop: one greedy step per pick
+        corr = G @ residual
+        corr = (corr if positive else corr.abs()).masked_fill(used, -math.inf)
+        j = int(corr.argmax())
+        if float(corr[j]) <= (0.0 if positive else 1e-12 * float(residual.norm())):
+            break
+        q = G[support] @ G[j]  # grow the Gram matrix Q = G_S G_Sᵀ + λI by one row and column
+        Q = torch.cat([torch.cat([Q, q[:, None]], 1), torch.cat([q, (G[j] @ G[j] + lam)[None]])[None]], 0)
+        b = torch.cat([b, (G[j] @ target)[None]])
+        support.append(j)
+        used[j] = True
+        w = _nnls(Q, b, torch.cat([w, w.new_zeros(1)])) if positive else _solve(Q, b)
+        residual = target - w @ G[support]
+        if float(residual.norm()) <= stop:
+            break
+    idx = torch.tensor(support, dtype=torch.long, device=G.device)
+    return (idx[w > 0], w[w > 0]) if positive else (idx, w)
+
+
+def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: float = 0.1, chunk: int = 1,
+                   stochastic: bool = False, delta: float = 0.01,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Greedy first-order GLISTER: ``budget`` rows of G (n×d) chosen for their gain g_valᵀ g_i.
+
+    After each step the validation gradient is refreshed by a Hessian-free one-step Taylor update:
+    ∇L_val(θ − η Σ g_i) ≈ ∇L_val(θ) − η H Σ g_i with H ≈ I, i.e. g_val ← g_val − η·Σ_{picked} g_i,
+    which discounts directions already covered. Each step takes the ``chunk`` best rows, so the Python
+    loop runs ceil(budget/chunk) times. ``stochastic``: stochastic greedy (Mirzasoleiman et al. 2015),
+    each step scores only a random sample of chunk·(n/budget)·log(1/δ) unused rows.
+    """
+    if G.dim() != 2 or g_val.shape != (G.shape[1],):
+        raise ValueError(f"G must be n×d and g_val of shape (d,); got {tuple(G.shape)} and {tuple(g_val.shape)}")
+    n, budget = G.shape[0], _check_budget(budget, G.shape[0])
+    chunk = _check_int(chunk, "chunk", 1, "pick at least one row per greedy step")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+    used, g_val, picked, left = torch.zeros(n, dtype=torch.bool, device=G.device), g_val.to(G.dtype), [], budget
+    while left > 0:
+        m = min(chunk, left)
+        gain = (G @ g_val).masked_fill(used, -math.inf)
+        if stochastic:
+            size = min(n, max(m, math.ceil(m * n / budget * math.log(1 / delta))))
+            u = torch.rand(n, generator=generator, device=G.device).masked_fill(used, math.inf)
+            sample = u.topk(size, largest=False).indices
+            sample = sample[~used[sample]]
+            gain = torch.full_like(gain, -math.inf).index_copy(0, sample, gain[sample])
+        top = gain.topk(m).indices
+        used[top] = True
+        picked.append(top)
+        g_val, left = g_val - eta * G[top].sum(0), left - m
+    return torch.cat(picked)
+
+
+# ----------------------------------------------------------------------------- selectors
+
+def _fill(idx, w, pool, k, g):
+    """Complete OMP's picks (it may stop early) to k rows of ``pool`` by a seeded random draw; added rows
+    take the mean OMP weight (1 when OMP picked none), so they count like the picked ones."""
+    free = pool[~torch.isin(pool, idx)]
+    extra = free[torch.randperm(len(free), generator=g, device=free.device)[:max(0, k - len(idx))]]
+    fill = float(w.mean()) if len(w) else 1.0
+    return torch.cat([idx, extra]), torch.cat([w.float(), torch.full((len(extra),), fill, device=pool.device)])
+
+
+class StaticSelector:
+    """Score-based pruning chosen once, at the first call: keep the ``fraction`` with the highest
+    (``keep="top"``) or lowest (``"bottom"``) scores, or the top ``fraction`` of each class
+    (``"stratified"``: k_c = max(1, round(f·n_c)) per class, labels read from the data)."""
+
+    def __init__(self, scores: torch.Tensor, fraction: float, keep: str = "top"):
+        scores = torch.as_tensor(scores).float()
+        if scores.dim() != 1 or torch.isnan(scores).any():
+            raise ValueError("scores must be a 1-D tensor without NaN (one per training example); NaN usually "
+                             "means the model diverged: recompute the scores with a finite model")
+        if keep not in ("top", "bottom", "stratified"):
+            raise ValueError(f"keep must be 'top', 'bottom' or 'stratified', got {keep!r}")
+        self.scores, self.fraction, self.keep = scores, _check_fraction(fraction), keep
+        self.indices, self.last_seconds = None, 0.0
+
+    def __call__(self, epoch: int, model: nn.Module, data: ImageData):
+        if self.indices is None:
+            t0, s, labels = time.perf_counter(), self.scores.to(data.device), data.labels
+            if len(s) != len(data):
+                raise ValueError(f"{len(s)} scores for {len(data)} examples: score the data you train on")
+            if self.keep == "stratified":
+                order = s.argsort(descending=True, stable=True)
+                order = order[labels[order].argsort(stable=True)]  # by class, best first within each
+                counts = torch.bincount(labels, minlength=data.num_classes)
+                rank = torch.arange(len(s), device=s.device) - (counts.cumsum(0) - counts)[labels[order]]
+                idx = order[rank < (self.fraction * counts).round().clamp_min(1)[labels[order]]]
+            else:
+                idx = s.topk(budget_of(self.fraction, len(s)), largest=self.keep == "top").indices
+            self.indices = idx.sort().values
+            self.last_seconds = _seconds_since(t0, data.device)
+        return self.indices, torch.ones(len(self.indices), device=self.indices.device)
+
+    state_dict, load_state_dict = ForgettingCounter.state_dict, ForgettingCounter.load_state_dict
+    _STATE = ("indices", "last_seconds")
+
+
+class DynamicSelector:
+    """Full data for ``warmup`` epochs, then k = round(f·n) examples re-selected every ``R`` epochs.
+
+    ``method``: ``"random"`` (a fresh seeded draw); ``"gradmatch"`` (Adv-GRAD-MATCH: non-negative
+    OMP on last-layer gradients of the (adversarial) loss; ``variant="per_class"``: OMP within each
+    class, budget ∝ class size, target the class's summed gradient; ``"per_batch"``: OMP over the
+    summed gradients of seeded random groups of ``group_size`` examples, every member of a chosen
+    group taking its weight; ``"per_example"``); ``"glister"`` (Adv-GLISTER against the ``valid``
+    split, :func:`glister_greedy` with ``chunk`` picks per step, default ceil(k/64)). Slots OMP
+    leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight), and
+    weights are normalised to mean 1 over the selected examples. ``adversarial``: the PGD attack
+    (eps, steps, ...) whose examples give the gradients; None: clean data. Returns None during the
+    warm-up (full data), then (indices, weights) every epoch.
+    """
+
+    def __init__(self, method: str, fraction: float, R: int = 20, warmup: int = 0, *, adversarial=None,
+                 variant: str = "per_class", lam: float = 0.0, group_size: int = 32, valid: ImageData | None = None,
+                 eta: float = 0.1, stochastic: bool = False, delta: float = 0.01, chunk: int | None = None,
+                 batch_size: int = 256, seed: int = 0):
+        if method not in METHODS or variant not in VARIANTS:
+            raise ValueError(f"unknown method {method!r} or variant {variant!r}; methods: {', '.join(METHODS)}; "
+                             f"variants: {', '.join(VARIANTS)}")
+        self.fraction = _check_fraction(fraction)
+        self.R = _check_int(R, "R", 1, "R is the number of epochs between two selections, e.g. R=20")
+        self.warmup = _check_int(warmup, "warmup", 0, "use 0 for no warm-up, or warmup_epochs(fraction, epochs)")
+        self.group_size = _check_int(group_size, "group_size", 1, "per_batch groups need at least one example")
+        if method == "glister" and (valid is None or len(valid) == 0):
+            raise ValueError("glister needs a non-empty validation split: valid=ImageData, e.g. a held-out part "
+                             "of the training set (train.subset(idx)) that is not trained on")
+        if not (lam >= 0 and eta > 0 and 0 < delta < 1):
+            raise ValueError(f"need lam ≥ 0, eta > 0 and 0 < delta < 1; got lam={lam}, eta={eta}, delta={delta}")
+        _pgd_kwargs(adversarial)  # validated now rather than at the first selection
+        self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
+        self.eta, self.stochastic, self.delta, self.chunk = eta, stochastic, delta, chunk
+        self.batch_size, self.seed = batch_size, seed
+        self.indices = self.weights = None
+        self.last_epoch, self.selections, self.last_seconds = -1, 0, 0.0
+
+    def __call__(self, epoch: int, model: nn.Module, data: ImageData):
+        if epoch < self.warmup:
+            return None
+        if self.indices is None or (epoch - self.warmup) % self.R == 0:
+            t0 = time.perf_counter()
+            g = torch.Generator(device=data.device).manual_seed(self.seed * 1_000_003 + epoch)
+            idx, w = self._select(model, data, budget_of(self.fraction, len(data)), g)
+            order = idx.argsort()
+            self.indices, self.weights = idx[order], (w[order] / w.mean()).float()
+            self.last_epoch, self.selections = epoch, self.selections + 1
+            self.last_seconds = _seconds_since(t0, data.device)
+        return self.indices, self.weights
+
+    def _select(self, model, data, k, g):
+        n, dev = len(data), data.device
+        if self.method == "random":
+            return torch.randperm(n, generator=g, device=dev)[:k], torch.ones(k, device=dev)
+        G = last_layer_grads(model, data, adversarial=self.adversarial, batch_size=self.batch_size)
+        if self.method == "glister":
+            gv = last_layer_grads(model, self.valid.to(dev), adversarial=self.adversarial,
+                                  batch_size=self.batch_size).mean(0)
+            idx = glister_greedy(G, gv, k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
+                                 stochastic=self.stochastic, delta=self.delta, generator=g)
+            return idx, torch.ones(k, device=dev)
+        if self.variant == "per_example":
+            return _fill(*omp(G, G.sum(0), k, lam=self.lam), torch.arange(n, device=dev), k, g)
+        if self.variant == "per_class":
+            counts = torch.bincount(data.labels, minlength=data.num_classes).tolist()
+            share = [k * c / n for c in counts]  # largest-remainder apportionment: Σ_c k_c = k
+            ks = [int(s) for s in share]
+            for c in sorted(range(len(ks)), key=lambda c: ks[c] - share[c])[:k - sum(ks)]:
+                ks[c] += 1
+            parts = []
+            for c, kc in enumerate(ks):  # a Python loop over classes, not examples
+                members = (data.labels == c).nonzero().squeeze(1)
+                if kc > 0:
+                    i, wc = omp(G[members], G[members].sum(0), min(kc, len(members)), lam=self.lam)
+                    parts.append(_fill(members[i], wc, members, kc, g))
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        group = torch.empty(n, dtype=torch.long, device=dev)  # per_batch: seeded random groups
+        group[torch.randperm(n, generator=g, device=dev)] = torch.arange(n, device=dev) // self.group_size
+        n_groups = -(-n // self.group_size)
+        Gb = torch.zeros(n_groups, G.shape[1], device=dev, dtype=G.dtype).index_add_(0, group, G)
+        kb = max(1, min(n_groups, round(k / self.group_size)))
+        ib, wb = _fill(*omp(Gb, G.sum(0), kb, lam=self.lam), torch.arange(n_groups, device=dev), kb, g)
+        chosen = torch.zeros(n_groups, device=dev).index_copy_(0, ib, wb)
+        idx = (chosen[group] > 0).nonzero().squeeze(1)
+        return idx, chosen[group[idx]]
+
+    state_dict, load_state_dict = ForgettingCounter.state_dict, ForgettingCounter.load_state_dict
+    _STATE = ("indices", "weights", "last_epoch", "selections", "last_seconds")

@@ -1,0 +1,335 @@
+"""Data pruning kernels: scores against per-example references, OMP against scikit-learn and planted
+solutions, GLISTER's greedy gain, selectors' schedule/resume, and a short pruned training run."""
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import robustlib as rl
+from robustlib.pruning import (DynamicSelector, ForgettingCounter, StaticSelector, glister_greedy, last_layer_grads,
+                               omp, score)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """200 digits at 8×8 and a tiny network with a BatchNorm and a Dropout (so eval mode matters)."""
+    train, test = rl.data.load("digits", size=8, n_train=200, n_test=60)
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(256, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 10))
+    with torch.no_grad():  # non-trivial running statistics
+        model.train()(train.x())
+    model[-1].weight.data.mul_(4)  # spread the predictions out
+    return train, test, model
+
+
+def _cpu_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- OMP
+
+def test_omp_recovers_planted_nonnegative_combination():
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(200, 50, generator=g, dtype=torch.float64)
+    planted = torch.tensor([3, 17, 42, 99, 150])
+    w_true = torch.tensor([0.5, 1.0, 2.0, 0.7, 1.3], dtype=torch.float64)
+    target = w_true @ G[planted]
+    for positive in (True, False):
+        idx, w = omp(G, target, budget=10, positive=positive)
+        order = idx.argsort()
+        assert idx[order].tolist() == planted.tolist()  # stops early: residual 0 after 5 picks
+        torch.testing.assert_close(w[order], w_true, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_omp_unsigned_picks_the_rows_scikit_learn_picks(seed):
+    from sklearn.linear_model import OrthogonalMatchingPursuit
+
+    g = torch.Generator().manual_seed(seed)
+    n, d, budget = 80, 40, 3 + seed
+    G = torch.randn(n, d, generator=g, dtype=torch.float64)
+    target = torch.randn(d, generator=g, dtype=torch.float64)
+    idx, w = omp(G, target, budget, positive=False)
+    ref = OrthogonalMatchingPursuit(n_nonzero_coefs=budget, fit_intercept=False).fit(G.T.numpy(), target.numpy())
+    assert sorted(idx.tolist()) == np.flatnonzero(ref.coef_).tolist()
+    np.testing.assert_allclose(w.numpy(), ref.coef_[idx.numpy()], rtol=1e-7, atol=1e-9)
+
+
+def test_omp_positive_weights_solve_nnls_and_ridge_weights_solve_ridge():
+    from scipy.optimize import nnls
+
+    g = torch.Generator().manual_seed(1)
+    G = torch.randn(120, 30, generator=g, dtype=torch.float64)
+    target = torch.randn(30, generator=g, dtype=torch.float64)  # not a positive combination: NNLS is active
+    idx, w = omp(G, target, 12)
+    assert len(idx) == len(set(idx.tolist())) and (w > 0).all()
+    ref, _ = nnls(G[idx].T.numpy(), target.numpy())
+    np.testing.assert_allclose(w.numpy(), ref, rtol=1e-6, atol=1e-9)
+    # positive: a large anti-correlated row is never picked; nothing to pick when all rows oppose the target
+    rows = torch.stack([-5 * target, target, torch.randn(30, generator=g, dtype=torch.float64)])
+    idx, w = omp(rows, target, 1)
+    assert idx.tolist() == [1] and w.tolist() == pytest.approx([1.0])
+    assert len(omp(-rows[1:2].abs() * target.sign(), target, 1)[0]) == 0
+    lam = 3.0
+    idx, w = omp(G, target, 6, positive=False, lam=lam)
+    A = G[idx]
+    ridge = torch.linalg.solve(A @ A.T + lam * torch.eye(len(idx), dtype=A.dtype), A @ target)
+    torch.testing.assert_close(w, ridge)
+
+
+@pytest.mark.parametrize("positive", [True, False])
+def test_omp_matching_error_does_not_grow_with_budget(positive):
+    g = torch.Generator().manual_seed(2)
+    G = torch.randn(150, 25, generator=g, dtype=torch.float64)
+    target = G[:60].sum(0) + 0.5 * torch.randn(25, generator=g, dtype=torch.float64)
+    errors = []
+    for budget in range(1, 31):
+        idx, w = omp(G, target, budget, positive=positive)
+        assert len(idx) <= budget
+        errors.append(float((w @ G[idx] - target).norm()))
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 0.2 * errors[0]
+
+
+# ----------------------------------------------------------------------------- GLISTER
+
+def test_glister_prefers_aligned_examples_and_refreshes_the_validation_gradient():
+    g_val = torch.tensor([1.0, 1.0])
+    G = torch.tensor([[1.0, 0.0], [0.99, 0.0], [0.0, 0.9], [-1.0, -1.0], [0.1, 0.0]])
+    # without the refresh (η→0) the two near-copies of the most aligned row come first
+    assert glister_greedy(G, g_val, 2, eta=1e-9).tolist() == [0, 1]
+    # with η = 0.5: g_val ← (0.5, 1) after the first pick, so the row along the other axis wins
+    assert glister_greedy(G, g_val, 2, eta=0.5).tolist() == [0, 2]
+    assert 3 not in glister_greedy(G, g_val, 4, eta=0.1).tolist()  # opposed to g_val: never worth it
+    # stochastic greedy whose samples cover every row is the deterministic greedy
+    gen = torch.Generator().manual_seed(0)
+    assert glister_greedy(G, g_val, 2, eta=0.5, stochastic=True, delta=1e-9, generator=gen).tolist() == [0, 2]
+    picks = glister_greedy(torch.randn(100, 4), torch.randn(4), 30, stochastic=True, chunk=7, generator=gen)
+    assert len(set(picks.tolist())) == 30
+
+
+# ----------------------------------------------------------------------------- scores
+
+def _reference_scores(model, x, y):
+    lin = model[-1]
+    el2n, loss, g_full, g_last = [], [], [], []
+    for i in range(len(y)):
+        logits = model(x[i:i + 1])
+        ce = F.cross_entropy(logits, y[i:i + 1])
+        el2n.append(float((logits.softmax(1)[0] - F.one_hot(y[i], 10).float()).norm().detach()))
+        loss.append(float(ce.detach()))
+        grads = torch.autograd.grad(ce, list(model.parameters()), retain_graph=True)
+        g_full.append(float(torch.cat([t.flatten() for t in grads]).norm()))
+        gw, gb = torch.autograd.grad(ce, [lin.weight, lin.bias])
+        g_last.append(float(torch.cat([gw.flatten(), gb]).norm()))
+    return {k: torch.tensor(v) for k, v in
+            dict(el2n=el2n, loss=loss, grand_full=g_full, grand_last=g_last).items()}
+
+
+def test_scores_equal_per_example_computation_and_leave_the_model_untouched(small):
+    train, _, model = small
+    data = train.head(40)
+    model.train()
+    before = _cpu_state(model)
+    got = {"el2n": score("el2n", model, data, batch_size=16), "loss": score("loss", model, data, batch_size=16),
+           "grand_full": score("grand", model, data, mode="full", batch_size=16),
+           "grand_last": score("grand", model, data, mode="last", batch_size=16)}
+    assert model.training and all(m.training for m in model.modules())  # flags restored
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradient left behind
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # BatchNorm statistics not updated
+    model.eval()
+    try:
+        ref = _reference_scores(model, data.x(), data.labels)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train()
+    for key in ref:
+        assert got[key].shape == (40,) and got[key].dtype == torch.float32
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert got["grand_last"].std() > 0 and not torch.allclose(got["grand_full"], got["grand_last"])
+
+
+def test_adversarial_scores_are_scores_on_pgd_examples(small):
+    train, _, model = small
+    data = train.head(32)
+    attack = {"eps": 0.1, "steps": 3}
+    torch.manual_seed(5)
+    adv = score("el2n", model, data, adversarial=attack, batch_size=64)
+    torch.manual_seed(5)
+    x_adv = rl.attacks.pgd(model, data.x(), data.labels, eps=0.1, steps=3)
+    with torch.no_grad():
+        p = model.eval()(x_adv).softmax(1)
+    model.train()
+    torch.testing.assert_close(adv, (p - F.one_hot(data.labels, 10).float()).norm(dim=1))
+    assert (adv.mean() > score("el2n", model, data).mean())  # the attack makes examples harder
+    G = last_layer_grads(model, data, adversarial=attack)
+    assert G.shape == (32, 10 * 17) and all(p.grad is None for p in model.parameters())
+    r1, r2 = score("random", model, data, seed=1), score("random", model, data, seed=1)
+    assert torch.equal(r1, r2) and not torch.equal(r1, score("random", model, data, seed=2))
+
+
+def test_forgetting_counter_counts_correct_to_incorrect_transitions():
+    n = 5
+    images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)  # the image encodes its own index
+    data = rl.data.ImageData(images, torch.zeros(n, dtype=torch.long), classes=("a", "b"))
+
+    class Table(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.correct = torch.ones(n, dtype=torch.bool)
+
+        def forward(self, x):
+            idx = (x[:, 0, 0, 0] * 255).round().long()
+            return torch.stack([self.correct[idx].float(), (~self.correct[idx]).float()], 1)
+
+    model = Table()
+    counter = ForgettingCounter(model, data, batch_size=2)
+    history = [[1, 1, 1, 0, 1], [1, 0, 1, 0, 0], [1, 1, 0, 0, 1], [1, 0, 1, 0, 0]]
+    for row in history:
+        model.correct = torch.tensor(row, dtype=torch.bool)
+        counter({"epoch": 0})  # the fit(..., callback=counter) form
+    assert counter.scores().tolist() == [0, 2, 1, 4, 2]  # never learned: the number of epochs
+    restored = ForgettingCounter()
+    buf = io.BytesIO()
+    torch.save(counter.state_dict(), buf)
+    buf.seek(0)
+    restored.load_state_dict(torch.load(buf, weights_only=True))
+    torch.testing.assert_close(score("forgetting", model, data, counter=restored), counter.scores())
+
+
+# ----------------------------------------------------------------------------- selectors
+
+def test_static_selector_keeps_top_bottom_and_per_class_top(small):
+    train, _, model = small
+    s = score("random", model, train, seed=4)
+    top, w = StaticSelector(s, 0.25)(0, model, train)
+    assert len(top) == 50 and torch.equal(w, torch.ones(50))
+    assert s[top].min() >= s.sort(descending=True).values[49]
+    bottom, _ = StaticSelector(s, 0.25, keep="bottom")(0, model, train)
+    assert s[bottom].max() <= s.sort().values[49]
+    sel = StaticSelector(s, 0.3, keep="stratified")
+    strat, _ = sel(0, model, train)
+    for c in range(10):
+        members = (train.labels == c).nonzero().squeeze(1)
+        kept = strat[train.labels[strat] == c]
+        assert len(kept) == max(1, round(0.3 * len(members)))
+        assert s[kept].min() >= s[members].max() if len(kept) == len(members) else \
+            s[kept].min() > s[members][~torch.isin(members, kept)].max()
+    assert torch.equal(sel(7, model, train)[0], strat)  # chosen once
+
+
+def _roundtrip(state):
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_dynamic_selector_schedule_fraction_and_resume(small):
+    train, _, model = small
+    kw = dict(fraction=0.2, R=3, warmup=2, seed=1)
+    full = DynamicSelector("random", **kw)
+    out = [full(e, model, train) for e in range(10)]
+    assert out[0] is None and out[1] is None  # warm-up: full data
+    chosen = [o[0] for o in out[2:]]
+    assert all(len(c) == 40 and len(set(c.tolist())) == 40 for c in chosen)
+    # re-selected at epochs 2, 5, 8 only
+    same = [torch.equal(chosen[i], chosen[i + 1]) for i in range(len(chosen) - 1)]
+    assert same == [True, True, False, True, True, False, True]
+    assert full.selections == 3 and full.last_epoch == 8 and full.last_seconds > 0
+    first = DynamicSelector("random", **kw)
+    for e in range(4):
+        first(e, model, train)
+    resumed = DynamicSelector("random", **kw)
+    resumed.load_state_dict(_roundtrip(first.state_dict()))
+    for e in range(4, 10):
+        got, ref = resumed(e, model, train), out[e]
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+
+
+@pytest.mark.parametrize("variant", ["per_class", "per_batch", "per_example"])
+def test_gradmatch_selects_the_budget_with_mean_one_weights(small, variant):
+    train, _, model = small
+    sel = DynamicSelector("gradmatch", 0.3, R=1, variant=variant, group_size=10,
+                          adversarial={"eps": 0.1, "steps": 2})
+    idx, w = sel(0, model, train)
+    assert len(set(idx.tolist())) == len(idx) == 60  # 200·0.3; per batch: 6 groups of 10
+    assert (w >= 0).all() and w.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert all(p.grad is None for p in model.parameters()) and model.training
+    if variant == "per_class":
+        counts = torch.bincount(train.labels[idx], minlength=10).float()
+        expected = 0.3 * torch.bincount(train.labels, minlength=10).float()
+        assert (counts - expected).abs().max() <= 1
+    if variant == "per_batch":  # members of one group share one weight: at most 6 distinct values
+        assert len(torch.unique(w)) <= 6
+    # the weighted subset's gradient points closer to the full gradient than random subsets' do
+    G = last_layer_grads(model, train)
+    idx, w = DynamicSelector("gradmatch", 0.3, R=1, variant=variant, group_size=10)(0, model, train)
+    full = G.sum(0)
+    cos = F.cosine_similarity(w @ G[idx], full, dim=0)
+    rand = [F.cosine_similarity(G[torch.randperm(200)[:60]].sum(0), full, dim=0) for _ in range(20)]
+    assert cos > max(rand)
+
+
+def test_glister_selector_uses_the_validation_split(small):
+    train, test, model = small
+    sel = DynamicSelector("glister", 0.25, R=2, valid=test, adversarial={"eps": 0.05, "steps": 1}, eta=0.01)
+    idx, w = sel(0, model, train)
+    assert len(set(idx.tolist())) == 50 and torch.equal(w, torch.ones(50))
+    G, gv = last_layer_grads(model, train), last_layer_grads(model, test).mean(0)
+    # clean gains of the adversarially chosen examples beat those of the rest on average
+    gain = G @ gv
+    rest = torch.ones(200, dtype=torch.bool)
+    rest[idx] = False
+    assert gain[idx].mean() > gain[rest].mean()
+    st = DynamicSelector("glister", 0.25, valid=test, stochastic=True)(0, model, train)[0]
+    assert len(set(st.tolist())) == 50
+
+
+def test_fit_trains_on_the_selected_count(digits):
+    train, _ = digits
+    train = train.head(300)
+    torch.manual_seed(0)
+    model = rl.models.build("small_cnn")
+    sel = DynamicSelector("gradmatch", 0.3, R=2, warmup=1, adversarial={"eps": 0.1, "steps": 2})
+    counter = ForgettingCounter(model, train)
+    history = rl.train.fit(model, train, rl.objectives.Standard(), epochs=4, batch_size=64, lr=0.05,
+                           selector=sel, callback=counter, progress=False)
+    assert [r["examples"] for r in history] == [300, 90, 90, 90]
+    assert sel.selections == 2 and sel.last_epoch == 3 and history[3]["select_s"] >= sel.last_seconds > 0
+    assert counter.epochs == 4 and score("forgetting", model, train, counter=counter).shape == (300,)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: DynamicSelector("random", 0.0), "fraction must be a number in \\(0, 1\\]"),
+    (lambda d: DynamicSelector("random", 1.5), "fraction"),
+    (lambda d: StaticSelector(torch.ones(3), float("nan")), "fraction"),
+    (lambda d: DynamicSelector("random", 0.5, R=0), "R must be an integer ≥ 1"),
+    (lambda d: DynamicSelector("random", 0.5, warmup=-1), "warmup must be an integer ≥ 0"),
+    (lambda d: omp(torch.randn(5, 3), torch.randn(3), 6), "budget 6 is larger than the number of rows n=5"),
+    (lambda d: glister_greedy(torch.randn(5, 3), torch.randn(3), 9), "budget 9 is larger"),
+    (lambda d: DynamicSelector("glister", 0.5, valid=d.head(0)), "non-empty validation split"),
+    (lambda d: DynamicSelector("glister", 0.5), "non-empty validation split"),
+    (lambda d: StaticSelector(torch.tensor([1.0, float("nan")]), 0.5), "without NaN"),
+    (lambda d: omp(torch.full((4, 2), float("nan")), torch.ones(2), 2), "must be finite"),
+    (lambda d: DynamicSelector("gradmatch", 0.5, adversarial={"steps": 3}), "needs at least eps"),
+    (lambda d: DynamicSelector("bogus", 0.5), "unknown method"),
+    (lambda d: score("bogus", None, d), "unknown score"),
+    (lambda d: score("forgetting", None, d), "needs counter"),
+    (lambda d: score("el2n", nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.ReLU()), d), "not produce its logits"),
+    (lambda d: score("grand", nn.Sequential(nn.Flatten()), d), "has no nn.Linear"),
+])
+def test_bad_input_raises_a_helpful_value_error(small, make, message):
+    train, _, _ = small
+    with pytest.raises(ValueError, match=message):
+        make(train)
