@@ -225,3 +225,43 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float 
         num_classes = logits_of(model, x[:1]).shape[-1]
     check_values(x, [y], num_classes)
     return num_classes
+
+
+# ----------------------------------------------------------------------------- boxes (robustlib.bounds)
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.is_tensor(t):
+        raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if t.ndim < 1:
+        raise ValueError(f"{name} must have a leading batch dimension, got a 0-d tensor")
+    if not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+        raise ValueError(f"{name} contains {bad} values; bounds need finite inputs")
+
+
+def check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:
+    check_finite("lower", lower)
+    check_finite("upper", upper)
+    if lower.shape != upper.shape:
+        raise ValueError(f"lower and upper must have the same shape, got {tuple(lower.shape)} "
+                         f"and {tuple(upper.shape)}")
+    if lower.dtype != upper.dtype or lower.device != upper.device:
+        raise ValueError(f"lower and upper must share dtype and device, got {lower.dtype}/{lower.device} "
+                         f"and {upper.dtype}/{upper.device}")
+    if bool((lower > upper).any()):
+        n = int((lower > upper).sum())
+        raise ValueError(f"lower > upper in {n} entries: the box is empty")
+
+
+def check_labels(y, batch: int, num_classes: int, device) -> torch.Tensor:
+    y = torch.as_tensor(y, device=device)
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"labels y must be an integer tensor, got dtype {y.dtype}")
+    if y.shape != (batch,):
+        raise ValueError(f"labels y must have shape ({batch},), got {tuple(y.shape)}")
+    if batch and (bool((y < 0).any()) or bool((y >= num_classes).any())):
+        raise ValueError(f"labels y out of range: the model has {num_classes} outputs, got labels in "
+                         f"[{int(y.min())}, {int(y.max())}]")
+    return y.long()

@@ -1,96 +1,13 @@
-"""Training objectives: callables that turn a batch into per-example losses.
-
-An objective is called as ``objective(model, x, y, weights=None)`` and
-returns a tensor of N per-example losses ℓ_i, multiplied by the per-example
-weights w_i when they are given (what a pruning selector chooses);
-:func:`robustlib.train.fit` minimises their mean ``Σ_i w_i ℓ_i / N``. Objectives that attack generate their own adversarial
-examples inside the call. Each objective counts what it spent in
-``objective.spent`` (examples seen, forward and backward passes through the
-network per example — attack steps included); ``fit`` records it per epoch.
-"""
+"""Adversarial training objectives: PGD-AT, TRADES, MART and Fast-AT, and their loss formulas."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import attacks
-from .checks import NORMS, check_choice, check_eps, check_int, check_real, default_alpha, fgsm_rs_alpha
-
-
-class Objective:
-    """Base class: subclasses implement :meth:`losses` and call :meth:`count`."""
-
-    name = "objective"
-
-    def __init__(self):
-        self.spent = {"examples": 0, "forward": 0, "backward": 0}
-
-    def count(self, n: int, forward: int, backward: int) -> None:
-        """Record n examples that each cost ``forward``/``backward`` network passes."""
-        self.spent["examples"] += n
-        self.spent["forward"] += n * forward
-        self.spent["backward"] += n * backward
-
-    def reset_spent(self) -> dict:
-        """Return the counts since the last reset and start again from zero."""
-        out, self.spent = self.spent, {k: 0 for k in self.spent}
-        return out
-
-    def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example losses w_i·ℓ_i (ℓ_i when ``weights`` is None), in float32."""
-        losses = self.losses(model, x, y).float()
-        if weights is None:
-            return losses
-        if weights.shape != losses.shape:
-            raise ValueError(f"weights must have shape {tuple(losses.shape)} (one per example), "
-                             f"got {tuple(weights.shape)}")
-        return losses * weights
-
-    def config(self) -> dict:
-        """The objective's settings, for results records."""
-        return {"name": self.name, **{k: v for k, v in vars(self).items()
-                                      if k != "spent" and isinstance(v, (int, float, str, bool))}}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
-        return f"{type(self).__name__}({args})"
-
-
-class Standard(Objective):
-    """Standard training: ℓ_i = CE(f(x_i), y_i)."""
-
-    name = "standard"
-
-    def losses(self, model, x, y):
-        self.count(len(y), forward=1, backward=1)
-        return F.cross_entropy(model(x), y, reduction="none")
-
-
-class Custom(Objective):
-    """Any function ``fn(model, x, y) -> per-example losses (N,)`` as an objective (counts examples only).
-
-    ``fit`` wraps a plain function passed as the objective in this class.
-    """
-
-    def __init__(self, fn, name: str | None = None):
-        super().__init__()
-        if not callable(fn):
-            raise ValueError(f"Custom needs a function fn(model, x, y) -> per-example losses, got {fn!r}")
-        self.fn, self.name = fn, name or getattr(fn, "__name__", "custom")
-
-    def losses(self, model, x, y):
-        out = self.fn(model, x, y)
-        if not isinstance(out, torch.Tensor) or out.shape != y.shape:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"the objective {self.name!r} must return one loss per example, shape "
-                             f"({len(y)},), got {shape}; use reduction='none' in the loss function")
-        self.count(len(y), forward=0, backward=0)
-        return out
+from .. import attacks
+from ..checks import NORMS, check_choice, check_eps, check_int, check_real, default_alpha, fgsm_rs_alpha
+from .base import Objective
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -133,8 +50,25 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     return bce + beta * _kl_rows(log_p, log_q) * (1.0 - p_y)
 
 
-class _Adversarial(Objective):
-    """Settings every multi-step adversarial objective shares: ε, α (default 2.5·ε/K) and K."""
+class AdversarialObjective(Objective):
+    """Settings every multi-step adversarial objective shares: ε, α (default 2.5·ε/K) and K.
+
+    A subclass splits its loss into two parts that can be called separately
+    (what :class:`BulletTrain` needs to spend a different number of attack
+    steps on each example and still apply the same formula):
+
+    * :meth:`attack` ``(model, x, y, steps=K, alpha=α) -> x'``, the inner
+      maximisation (eval mode, no parameter gradients), costing
+      :meth:`attack_cost` passes per example;
+    * :meth:`loss_on` ``(model, x, x', y)``, the training forward passes in
+      the caller's mode (f(x') and, when the formula needs it, f(x)) followed
+      by the per-example formula :meth:`loss_from` ``(logits_clean, logits_adv, y)``,
+      costing :meth:`train_cost` passes per example.
+
+    :meth:`losses` is attack → count → loss_on.
+    """
+
+    uses_clean = True  # the formula needs f(x) in the caller's mode besides f(x')
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10):
         super().__init__()
@@ -142,8 +76,38 @@ class _Adversarial(Objective):
         self.steps = check_int(steps, "steps", 1)
         self.alpha = default_alpha(self.eps, self.steps) if alpha is None else check_eps(alpha, "alpha")
 
+    def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int | None = None,
+               alpha: float | None = None) -> torch.Tensor:
+        """x' from ``steps`` (default K) ascent steps of size ``alpha`` (default α); counts nothing."""
+        raise NotImplementedError
 
-class PGDAT(_Adversarial):
+    def loss_from(self, logits_clean: torch.Tensor | None, logits_adv: torch.Tensor,
+                  y: torch.Tensor) -> torch.Tensor:
+        """The per-example loss formula, fp32; ``logits_clean`` is None when :attr:`uses_clean` is False."""
+        raise NotImplementedError
+
+    def attack_cost(self, steps: int | None = None) -> tuple[int, int]:
+        """(forward, backward) passes per example of :meth:`attack` with ``steps`` (default K) steps."""
+        steps = self.steps if steps is None else steps
+        return steps, steps
+
+    def train_cost(self) -> tuple[int, int]:
+        """(forward, backward) passes per example of :meth:`loss_on`."""
+        return (2, 2) if self.uses_clean else (1, 1)
+
+    def loss_on(self, model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training passes in the caller's mode — f(x) first when needed, then f(x') — and the formula."""
+        logits_clean = model(x) if self.uses_clean else None
+        return self.loss_from(logits_clean, model(x_adv), y)
+
+    def losses(self, model, x, y):
+        x_adv = self.attack(model, x, y)
+        (fa, ba), (ft, bt) = self.attack_cost(), self.train_cost()
+        self.count(len(y), forward=fa + ft, backward=ba + bt)
+        return self.loss_on(model, x, x_adv, y)
+
+
+class PGDAT(AdversarialObjective):
     """PGD adversarial training (Madry et al. 2018): ℓ_i = CE(f(x'_i), y_i).
 
     x' = L∞ (or L2) PGD-K on CE with a uniform random start in the ε-ball,
@@ -154,18 +118,21 @@ class PGDAT(_Adversarial):
     """
 
     name = "pgd-at"
+    uses_clean = False
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10, norm: str = "linf"):
         super().__init__(eps, alpha, steps)
         self.norm = check_choice(norm, NORMS, "norm")
 
-    def losses(self, model, x, y):
-        x_adv = attacks.pgd(model, x, y, self.eps, self.alpha, self.steps, norm=self.norm, random_start=True)
-        self.count(len(y), forward=self.steps + 1, backward=self.steps + 1)
-        return F.cross_entropy(model(x_adv).float(), y, reduction="none")
+    def attack(self, model, x, y, steps=None, alpha=None):
+        return attacks.pgd(model, x, y, self.eps, self.alpha if alpha is None else alpha,
+                           self.steps if steps is None else steps, norm=self.norm, random_start=True)
+
+    def loss_from(self, logits_clean, logits_adv, y):
+        return F.cross_entropy(logits_adv.float(), y, reduction="none")
 
 
-class TRADES(_Adversarial):
+class TRADES(AdversarialObjective):
     """TRADES (Zhang et al. 2019): ℓ_i = CE(f(x_i), y_i) + β·KL(f(x_i) ‖ f(x'_i)), see :func:`trades_loss`.
 
     x' maximises the KL term: start x + 0.001·N(0, I), then K L∞ steps of
@@ -181,13 +148,19 @@ class TRADES(_Adversarial):
         super().__init__(eps, alpha, steps)
         self.beta = check_real(beta, "beta", minimum=0.0)
 
-    def losses(self, model, x, y):
-        x_adv = attacks.kl_attack(model, x, self.eps, self.alpha, self.steps, y=y)
-        self.count(len(y), forward=self.steps + 3, backward=self.steps + 2)
-        return trades_loss(model(x), model(x_adv), y, self.beta)
+    def attack(self, model, x, y, steps=None, alpha=None):
+        return attacks.kl_attack(model, x, self.eps, self.alpha if alpha is None else alpha,
+                                 self.steps if steps is None else steps, y=y)
+
+    def attack_cost(self, steps=None):
+        steps = self.steps if steps is None else steps
+        return steps + 1, steps  # + the clean forward pass that fixes the KL target p(x)
+
+    def loss_from(self, logits_clean, logits_adv, y):
+        return trades_loss(logits_clean, logits_adv, y, self.beta)
 
 
-class MART(_Adversarial):
+class MART(AdversarialObjective):
     """MART (Wang et al. 2020): BCE(f(x'), y) + β·KL(f(x) ‖ f(x'))·(1 − p_y(x)), see :func:`mart_loss`.
 
     x' = L∞ PGD-K on CE from x + 0.001·N(0, I) (the MART reference start),
@@ -202,10 +175,12 @@ class MART(_Adversarial):
         super().__init__(eps, alpha, steps)
         self.beta = check_real(beta, "beta", minimum=0.0)
 
-    def losses(self, model, x, y):
-        x_adv = attacks.pgd(model, x, y, self.eps, self.alpha, self.steps, random_start="gaussian")
-        self.count(len(y), forward=self.steps + 2, backward=self.steps + 2)
-        return mart_loss(model(x), model(x_adv), y, self.beta)
+    def attack(self, model, x, y, steps=None, alpha=None):
+        return attacks.pgd(model, x, y, self.eps, self.alpha if alpha is None else alpha,
+                           self.steps if steps is None else steps, random_start="gaussian")
+
+    def loss_from(self, logits_clean, logits_adv, y):
+        return mart_loss(logits_clean, logits_adv, y, self.beta)
 
 
 class FastAT(Objective):

@@ -1,0 +1,396 @@
+"""A network as a plan for bound propagation: fx tracing, one table of supported operations, the walker.
+
+:func:`prepare` traces the model (cached per model and its structure), checks
+every input-dependent node against :data:`the handler table <_MODULES>` before
+any tensor work, then runs the graph once on a two-sample probe to record
+shapes and constants and turns each input-dependent node into a plan node:
+``affine`` (with its :class:`~.ops.Affine` map), ``relu``, ``add`` or ``sub``.
+Each supported operation has one :class:`Handler` holding both its check and
+its plan builder. :func:`walk` runs a plan forward for any propagation
+(interval or symbolic), freeing each intermediate state after its last use.
+"""
+from __future__ import annotations
+
+import math
+import operator
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checks import check_model_input
+from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation, unsupported
+from .ops import Affine, conv_affine, diag_affine, linear_affine, pool_affine, reshape_affine
+
+
+@dataclass
+class Node:
+    name: str
+    kind: str                   # "affine" | "relu" | "add" | "sub"
+    inputs: tuple               # names of dependent input nodes
+    op: Optional[Affine] = None
+    shape: tuple = ()           # per-sample output shape
+
+
+@dataclass
+class Plan:
+    nodes: list
+    input_name: str
+    output_name: str
+    in_shape: tuple
+    out_shape: tuple
+    last_use: dict = field(default_factory=dict)
+    max_numel: int = 1
+
+
+# ----------------------------------------------------------------------------- tracing
+
+# model → (structure signature, traced graph). The signature lists every submodule (name, object, class),
+# so replacing a layer (``net[3] = nn.Linear(8, 3)``) re-traces instead of bounding a stale copy.
+_TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _signature(model: nn.Module) -> tuple:
+    return tuple((name, id(m), type(m)) for name, m in model.named_modules()) + (type(model).forward,)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    sig = _signature(model)
+    cached = _TRACE_CACHE.get(model)
+    if cached is not None and cached[0] == sig:
+        return cached[1]
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means we cannot analyse the graph
+        raise UnsupportedOperation(
+            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); bounds need a "
+            f"traceable network made of: {SUPPORTED_OPERATIONS}") from exc
+    _TRACE_CACHE[model] = (sig, gm)
+    return gm
+
+
+# ----------------------------------------------------------------------------- the handler table
+
+@dataclass
+class Ctx:
+    """What a handler's ``build`` sees of one input-dependent node after the probe run."""
+    node: fx.Node
+    args: tuple                 # concrete argument values
+    kwargs: dict
+    deps: list                  # input-dependent argument nodes
+    shape: tuple                # per-sample output shape
+    in_shape: Optional[tuple]   # per-sample shape of the first dependent argument
+    module: Optional[nn.Module]
+    add: Callable               # add(kind, input nodes, Affine | None)
+
+    @property
+    def x(self):
+        return self.deps[0]
+
+    def arg(self, i: int, name: str, default=None):
+        return self.args[i] if len(self.args) > i else self.kwargs.get(name, default)
+
+
+def _no_check(node, dep, what, module):
+    return None
+
+
+@dataclass(frozen=True)
+class Handler:
+    build: Callable[[Ctx], None]
+    check: Callable = _no_check     # check(node, dep, what, module): raise before any tensor work
+
+
+def _is_dep(a, dep) -> bool:
+    return isinstance(a, fx.Node) and a.name in dep
+
+
+def _check_alpha(node, dep, what, module):
+    if node.kwargs.get("alpha", 1) != 1:
+        raise unsupported(node, what, "alpha != 1")
+
+
+def _check_linear_in_input(name):
+    def check(node, dep, what, module):
+        ndep = sum(_is_dep(a, dep) for a in node.all_input_nodes)
+        if ndep > 1 or (name == "div" and not _is_dep(node.args[0], dep)):
+            raise unsupported(node, what, "products / quotients of input-dependent tensors are not linear")
+    return check
+
+
+def _check_first_only(why):
+    def check(node, dep, what, module):
+        a0 = node.args[0] if node.args else node.kwargs.get("input")
+        if sum(_is_dep(a, dep) for a in node.all_input_nodes) > 1 or not _is_dep(a0, dep):
+            raise unsupported(node, what, why)
+    return check
+
+
+def _check_eval_bn(node, dep, what, mod):
+    if mod.training or not mod.track_running_stats or mod.running_mean is None:
+        raise unsupported(node, what, "BatchNorm must be in eval mode with running statistics: call model.eval() "
+                          "first")
+
+
+def _check_dropout(node, dep, what, mod):
+    training = mod.training and mod.p > 0 if mod is not None else \
+        node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
+    if training:
+        raise unsupported(node, what, "dropout in training mode is random: call model.eval() first")
+
+
+def _check_getitem(node, dep, what, module):
+    raise unsupported(node, "indexing / slicing (operator.getitem)", "slicing an input-dependent tensor is not "
+                      "supported")
+
+
+def _batchnorm(c: Ctx):
+    mod = c.module
+    scale = torch.rsqrt(mod.running_var + mod.eps)
+    if mod.weight is not None:
+        scale = scale * mod.weight
+    shift = -mod.running_mean * scale
+    if mod.bias is not None:
+        shift = shift + mod.bias
+    view = (-1,) + (1,) * (len(c.in_shape) - 1)
+    c.add("affine", [c.x], diag_affine(scale.view(view), c.in_shape, shift.view(view)))
+
+
+def _conv_function(c: Ctx):
+    names = ("stride", "padding", "dilation", "groups")
+    extra = {k: c.arg(3 + i, k) for i, k in enumerate(names)}
+    extra = {k: v for k, v in extra.items() if v is not None}
+    fn = c.node.target
+
+    def conv(u, w, b):
+        return fn(u, w, b, **extra)
+    c.add("affine", [c.x], conv_affine(conv, c.arg(1, "weight"), c.arg(2, "bias"), True))  # F.conv* pads zeros
+
+
+def _pool_function(c: Ctx):
+    fn, rest, kw = c.node.target, c.args[1:], {k: v for k, v in c.kwargs.items() if k != "input"}
+    c.add("affine", [c.x], pool_affine(lambda u: fn(u, *rest, **kw)))
+
+
+def _binary(name: str) -> Handler:
+    """add / sub / mul / div where at least one operand is input-dependent."""
+    def build(c: Ctx):
+        node = c.node
+        other_node = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+        a_dep, b_dep = (any(isinstance(n, fx.Node) and d.name == n.name for d in c.deps)
+                        for n in (node.args[0], other_node))
+        if a_dep and b_dep:
+            if name not in ("add", "sub"):
+                raise unsupported(node, name, "products / quotients of input-dependent tensors are not linear")
+            c.add(name, [node.args[0], other_node])
+            return
+        x = node.args[0] if a_dep else other_node
+        const = c.arg(1, "other") if a_dep else c.args[0]
+        if name == "add":
+            op = diag_affine(1.0, c.shape, const)
+        elif name == "sub":
+            op = diag_affine(1.0, c.shape, -const if torch.is_tensor(const) else -float(const)) if a_dep \
+                else diag_affine(-1.0, c.shape, const)
+        elif name == "mul":
+            op = diag_affine(const, c.shape)
+        else:   # div with the dividend input-dependent (checked)
+            op = diag_affine(const.reciprocal() if torch.is_tensor(const) else 1.0 / const, c.shape)
+        c.add("affine", [x], op)
+    checks = {"add": _check_alpha, "sub": _check_alpha}
+    return Handler(build, checks.get(name, _check_linear_in_input(name)))
+
+
+RELU = Handler(lambda c: c.add("relu", [c.x]))
+RESHAPE = Handler(lambda c: c.add("affine", [c.x], reshape_affine(c.shape)))
+NEG = Handler(lambda c: c.add("affine", [c.x], diag_affine(-1.0, c.shape)))
+
+_MODULES = (   # (module classes, handler): the first match wins
+    ((nn.ReLU,), RELU),
+    ((nn.Linear,), Handler(lambda c: c.add("affine", [c.x], linear_affine(c.module.weight, c.module.bias)))),
+    ((nn.Conv1d, nn.Conv2d), Handler(lambda c: c.add("affine", [c.x], conv_affine(
+        c.module._conv_forward, c.module.weight, c.module.bias, c.module.padding_mode == "zeros")))),
+    ((nn.BatchNorm1d, nn.BatchNorm2d), Handler(_batchnorm, _check_eval_bn)),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
+     Handler(lambda c: c.add("affine", [c.x], pool_affine(c.module)))),
+    ((nn.Flatten, nn.Unflatten, nn.Identity), RESHAPE),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d), Handler(RESHAPE.build, _check_dropout)),
+)
+_FUNCTIONS = {
+    **{f: RELU for f in (F.relu, torch.relu, F.relu_, torch.relu_)},
+    **{f: RESHAPE for f in (torch.flatten, torch.reshape)},
+    F.dropout: Handler(RESHAPE.build, _check_dropout),
+    **{f: NEG for f in (operator.neg, torch.neg)},
+    **{f: Handler(_pool_function, _check_first_only("only the pooled tensor may depend on the input"))
+       for f in (F.avg_pool2d, F.adaptive_avg_pool2d, F.avg_pool1d, F.adaptive_avg_pool1d)},
+    F.linear: Handler(lambda c: c.add("affine", [c.x], linear_affine(c.arg(1, "weight"), c.arg(2, "bias"))),
+                      _check_first_only("weights must not depend on the input")),
+    **{f: Handler(_conv_function, _check_first_only("weights must not depend on the input"))
+       for f in (F.conv1d, F.conv2d)},
+    **{f: _binary("add") for f in (operator.add, operator.iadd, torch.add)},
+    **{f: _binary("sub") for f in (operator.sub, operator.isub, torch.sub)},
+    **{f: _binary("mul") for f in (operator.mul, operator.imul, torch.mul)},
+    **{f: _binary("div") for f in (operator.truediv, operator.itruediv, torch.div)},
+    operator.getitem: Handler(RESHAPE.build, _check_getitem),
+}
+_METHODS = {
+    **{m: RESHAPE for m in ("view", "reshape", "flatten", "contiguous")},
+    "relu": RELU, "relu_": RELU, "neg": NEG,
+    **{m: _binary(m) for m in ("add", "sub", "mul", "div")},
+}
+_SHAPE_QUERIES = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
+
+
+def _fn_name(target) -> str:
+    mod = getattr(target, "__module__", None) or ""
+    name = getattr(target, "__name__", repr(target))
+    return f"{mod}.{name}" if mod else name
+
+
+def handler(node: fx.Node, gm: fx.GraphModule):
+    """``(Handler, module or None, description)`` of a node, or UnsupportedOperation naming it."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        what = f"{type(mod).__name__} (module {node.target!r})"
+        for types, h in _MODULES:
+            if isinstance(mod, types):
+                return h, mod, what
+        raise unsupported(node, what)
+    if node.op == "call_function":
+        h, what = _FUNCTIONS.get(node.target), f"function {_fn_name(node.target)}"
+    elif node.op == "call_method":
+        h, what = _METHODS.get(node.target), f"Tensor.{node.target}"
+    else:  # pragma: no cover - placeholders, outputs and attributes never reach here
+        h, what = None, node.op
+    if h is None:
+        raise unsupported(node, what)
+    return h, None, what
+
+
+def validate(gm: fx.GraphModule) -> set:
+    """Check every input-dependent node (graph and module attributes only); return their names."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise UnsupportedOperation(f"bounds need a network with exactly one input, got "
+                                   f"{len(placeholders)} ({[p.name for p in placeholders]})")
+    dep: set = {placeholders[0].name}
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or not any(a.name in dep for a in node.all_input_nodes):
+            if node.op == "output":
+                raise UnsupportedOperation("the network's output does not depend on its input")
+            continue
+        if node.op == "output":
+            if not isinstance(node.args[0], fx.Node):
+                raise UnsupportedOperation(f"the network must return a single tensor, got "
+                                           f"{type(node.args[0]).__name__} at graph node {node.name!r}")
+            continue
+        if (node.op, node.target) in _SHAPE_QUERIES:
+            continue  # shape queries: concrete, not input-dependent values
+        dep.add(node.name)
+        h, mod, what = handler(node, gm)
+        h.check(node, dep, what, mod)
+    return dep
+
+
+# ----------------------------------------------------------------------------- the plan
+
+def build_plan(gm: fx.GraphModule, dep: set, probe: torch.Tensor) -> Plan:
+    """Run the graph once on a small probe batch, record shapes, and describe each dependent node."""
+    values: dict = {}
+    shapes: dict = {}
+    nodes: list = []
+    input_name = output_name = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            values[node.name], shapes[node.name], input_name = probe, tuple(probe.shape[1:]), node.name
+            continue
+        if node.op == "output":
+            output_name = node.args[0].name
+            continue
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: values[n.name])
+        if node.op == "get_attr":
+            out = gm
+            for part in node.target.split("."):
+                out = getattr(out, part)
+        elif node.op == "call_module":
+            out = gm.get_submodule(node.target)(*args, **kwargs)
+        elif node.op == "call_function":
+            out = node.target(*args, **kwargs)
+        else:
+            out = getattr(args[0], node.target)(*args[1:], **kwargs)
+        values[node.name] = out
+        if node.name not in dep:
+            continue
+        if not torch.is_tensor(out):
+            raise unsupported(node, str(node.target), "it does not return a tensor")
+        if out.ndim == 0 or out.shape[0] != probe.shape[0]:
+            raise unsupported(node, str(node.target), f"it mixes the batch dimension (output shape "
+                              f"{tuple(out.shape)} for a batch of {probe.shape[0]})")
+        shape = shapes[node.name] = tuple(out.shape[1:])
+        deps = [a for a in node.all_input_nodes if a.name in dep]
+        in_shape = shapes[deps[0].name] if deps else None
+
+        def add(kind, inputs, op=None, _name=node.name, _shape=shape):
+            nodes.append(Node(_name, kind, tuple(i.name for i in inputs), op, _shape))
+
+        h, mod, _ = handler(node, gm)
+        h.build(Ctx(node, args, kwargs, deps, shape, in_shape, mod, add))
+        last = nodes[-1]
+        if last.kind == "affine" and not last.op.reshape and last.op.diag is not None \
+                and in_shape is not None and tuple(in_shape) != shape:
+            raise unsupported(node, str(node.target), f"an elementwise operation changed the shape "
+                              f"{in_shape} → {shape} by broadcasting")
+
+    plan = Plan(nodes, input_name, output_name, tuple(probe.shape[1:]), shapes[output_name])
+    for i, n in enumerate(nodes):
+        for a in n.inputs:
+            plan.last_use[a] = i
+        plan.max_numel = max(plan.max_numel, math.prod(n.shape))
+    plan.last_use[output_name] = len(nodes)
+    plan.max_numel = max(plan.max_numel, math.prod(plan.in_shape))
+    return plan
+
+
+def prepare(model: nn.Module, example: torch.Tensor) -> Plan:
+    """Trace + validate (no tensors), then a light probe forward on 2 samples for shapes."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    gm = trace(model)
+    dep = validate(gm)
+    check_model_input(model, example)
+    probe = example[:1].detach()
+    if probe.shape[0] == 0:
+        probe = torch.zeros((1, *example.shape[1:]), dtype=example.dtype, device=example.device)
+    probe = probe.expand(2, *probe.shape[1:]).contiguous()
+    try:
+        with torch.no_grad():
+            return build_plan(gm, dep, probe)
+    except UnsupportedOperation:
+        raise
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ValueError(f"an input of per-sample shape {tuple(example.shape[1:])} does not fit the model "
+                         f"{type(model).__name__}: {exc}") from exc
+
+
+def walk(plan: Plan, state, step: Callable):
+    """Propagate ``state`` through the plan: ``env[n] = step(n, [env[i] for i in n.inputs], env)``.
+
+    Each state is dropped after its last use (``env`` holds exactly the live ones when ``step``
+    runs, the inputs of ``n`` included). Returns the output node's state.
+    """
+    env = {plan.input_name: state}
+    for i, n in enumerate(plan.nodes):
+        env[n.name] = step(n, [env[a] for a in n.inputs], env)
+        for a in n.inputs:
+            if plan.last_use.get(a) == i:
+                env.pop(a, None)
+    return env[plan.output_name]
+
+
+def margin_spec(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``t[..., j] − t[..., y]`` for a (B, K) or (B, k, K) tensor: the specification C = e_j − e_y."""
+    idx = y.view(-1, *([1] * (t.ndim - 1))).expand(*t.shape[:-1], 1)
+    return t - t.gather(-1, idx)

@@ -1,0 +1,342 @@
+r"""Symbolic intervals (ReluVal / Neurify, as used by MixTrain): every neuron as an affine form of the noise.
+
+With the input ``x = x̂ + e ⊙ δ``, ``δ ∈ [−1, 1]^d``, a neuron is
+
+    z = c + Σ_i A_i δ_i + Σ_j E_j η_j,   η_j ∈ [−1, 1] one error symbol per unstable ReLU,
+
+concretised as ``c ± (Σ_i |A_i| + Σ_j |E_j|)`` (for an L2 ball ``ε‖A_row‖₂`` replaces
+``Σ|A_i|``). Affine layers map ``c``, ``A`` and ``E`` linearly; a ReLU with bounds
+``[l, u]`` is the identity (``l ≥ 0``), zero (``u ≤ 0``) or, when unstable, the
+band ``λz ≤ relu(z) ≤ λ(z − l)`` with ``λ = u/(u − l)``: scale by λ, add ``−λl/2``
+to ``c`` and a fresh error term of size ``−λl/2``. Error terms are keyed by the
+ReLU that made them, so the branches of a residual network add exactly.
+
+``A`` holds ``d × n`` numbers per sample for a layer of ``n`` neurons, so the
+batch runs in chunks sized by a memory budget; without autograd a ReLU scales
+coefficients in place when no other live node shares their storage.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .graph import Plan, margin_spec, prepare, walk
+from .interval import Box, L2Ball
+from .interval import affine as box_affine
+from .interval import relu as box_relu
+from .ops import Affine
+
+
+@dataclass
+class _Diag:
+    """Input coefficients that are still diagonal: A[b, d, :] = s[b, d] · onehot(d) (flat order)."""
+    s: torch.Tensor   # (B, D)
+
+
+@dataclass
+class _SparseE:
+    """A block of error terms that each still act on one neuron: E[b, k] = vals[b, k] · onehot(idx[b, k]).
+
+    A ReLU layer creates its error terms in this form (one per unstable neuron, padded with zeros
+    to the largest count in the batch); elementwise layers and reshapes keep it, the next
+    Linear / Conv materialises it, by gathering columns of that layer's Jacobian when that is cheaper.
+    """
+    idx: torch.Tensor   # (B, K) flat neuron index
+    vals: torch.Tensor  # (B, K)
+
+
+@dataclass
+class _Sym:
+    c: torch.Tensor                       # (B, *shape)
+    A: object                             # torch.Tensor (B, D, *shape) or _Diag
+    E: dict                               # relu-node name → (B, K, *shape) tensor or _SparseE
+    box: Optional[Box] = None            # IBP state run alongside (intersect_interval=True)
+
+
+def _fold_apply(fn: Callable, t: torch.Tensor) -> torch.Tensor:
+    """Apply a batched linear op to a coefficient tensor (B, k, *shape) by folding k into the batch."""
+    B, k = t.shape[:2]
+    out = fn(t.reshape(B * k, *t.shape[2:]))
+    return out.reshape(B, k, *out.shape[1:])
+
+
+def _storage_ptrs(s) -> list:
+    """Storage addresses of a symbolic state's dense coefficient tensors (views share their base's)."""
+    if not isinstance(s, _Sym):
+        return []
+    ts = [s.A] + list(s.E.values())
+    return [t.untyped_storage().data_ptr() for t in ts if isinstance(t, torch.Tensor)]
+
+
+def _materialize(A, shape: tuple) -> torch.Tensor:
+    if isinstance(A, torch.Tensor):
+        return A
+    s = A.s
+    B, D = s.shape
+    return torch.diag_embed(s).reshape(B, D, *shape)
+
+
+def _dense_e(e, shape: tuple) -> torch.Tensor:
+    if isinstance(e, torch.Tensor):
+        return e
+    B, K = e.idx.shape
+    n = math.prod(shape)
+    block = torch.zeros(B, K, n, dtype=e.vals.dtype, device=e.vals.device).scatter(
+        2, e.idx.unsqueeze(-1), e.vals.unsqueeze(-1))
+    return block.reshape(B, K, *shape)
+
+
+class _SymbolicRunner:
+    def __init__(self, plan: Plan, l2: bool, jac_budget: int, coefficients: bool = False):
+        self.plan, self.l2 = plan, l2
+        self.coefficients = coefficients  # also return the margins' input coefficients
+        self.jac_budget = jac_budget
+        self.jac: dict = {}   # node name → Jacobian of its linear part (n_in, *out), shared by all chunks
+        self.shapes = {plan.input_name: plan.in_shape, **{n.name: n.shape for n in plan.nodes}}
+        self.index = {n.name: i for i, n in enumerate(plan.nodes)}
+
+    def jacobian(self, name: str, op: Affine, in_shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        J = self.jac.get(name)
+        if J is None:
+            n = math.prod(in_shape)
+            eye = torch.eye(n, dtype=like.dtype, device=like.device).reshape(n, *in_shape)
+            J = op.lin(eye)
+            self.jac[name] = J
+        return J
+
+    # concretisation -----------------------------------------------------------------------------
+    def radius(self, s: _Sym, shape: tuple) -> torch.Tensor:
+        B = s.c.shape[0]
+        if isinstance(s.A, _Diag):
+            rad = s.A.s.abs().reshape(B, *shape)
+        else:  # ‖A_row‖₁ for the box (δ ∈ [−1, 1]^d), ‖A_row‖₂ for the L2 ball (dual norms)
+            rad = torch.linalg.vector_norm(s.A, 2 if self.l2 else 1, dim=1)
+        for e in s.E.values():
+            if isinstance(e, _SparseE):
+                rad = rad.reshape(B, -1).scatter_add(1, e.idx, e.vals.abs()).reshape(B, *shape)
+            else:
+                rad = rad + torch.linalg.vector_norm(e, 1, dim=1)
+        return rad
+
+    def bounds(self, s: _Sym, shape: tuple):
+        rad = self.radius(s, shape)
+        lo, hi = s.c - rad, s.c + rad
+        if s.box is not None:
+            lo = torch.maximum(lo, s.box.c - s.box.r)
+            hi = torch.minimum(hi, s.box.c + s.box.r)
+        return lo, hi
+
+    # layers -------------------------------------------------------------------------------------
+    def affine(self, name: str, op: Affine, s: _Sym, in_shape: tuple) -> _Sym:
+        c = op.full(s.c)
+        n_in = math.prod(in_shape)
+        d_flat = None
+        if op.diag is not None:
+            d_flat = op.diag.to(s.c)
+            d_flat = d_flat.expand(in_shape).reshape(1, -1) if d_flat.ndim else d_flat
+        if isinstance(s.A, _Diag):
+            if op.reshape:
+                A = s.A
+            elif d_flat is not None:
+                A = _Diag(s.A.s * d_flat)
+            else:
+                J = self.jacobian(name, op, in_shape, s.c)           # (D, *out), batch independent
+                A = s.A.s.reshape(*s.A.s.shape, *([1] * (J.ndim - 1))) * J.unsqueeze(0)
+        else:
+            A = _fold_apply(op.lin, s.A)
+        E = {}
+        for k, e in s.E.items():
+            if not isinstance(e, _SparseE):
+                E[k] = _fold_apply(op.lin, e)
+            elif op.reshape:
+                E[k] = e
+            elif d_flat is not None:
+                E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
+            else:
+                B, K = e.idx.shape
+                out_numel = math.prod(self.shapes[name])
+                if name in self.jac or (n_in <= 2 * B * K and
+                                        n_in * out_numel * s.c.element_size() <= self.jac_budget):
+                    J = self.jacobian(name, op, in_shape, s.c)
+                    cols = J.reshape(n_in, -1).index_select(0, e.idx.reshape(-1)).reshape(B, K, -1)
+                    E[k] = (cols * e.vals.unsqueeze(-1)).reshape(B, K, *J.shape[1:])
+                else:
+                    E[k] = _fold_apply(op.lin, _dense_e(e, in_shape))
+        box = box_affine(op, s.box) if s.box is not None else None
+        return _Sym(c, A, E, box)
+
+    def relu(self, s: _Sym, shape: tuple, name: str, owned: Callable = lambda t: False) -> _Sym:
+        """Relax a ReLU; ``owned(t)`` says a coefficient tensor may be scaled in place (no one else sees it)."""
+        B = s.c.shape[0]
+        lo, hi = self.bounds(s, shape)
+        unstable = (lo < 0) & (hi > 0)
+        # λ = u/(u − l) for unstable neurons, 1 for l ≥ 0, 0 for u ≤ 0
+        denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
+        lam = torch.where(unstable, hi / denom, (lo >= 0).to(hi.dtype))
+        mu = torch.where(unstable, -lam * lo / 2, torch.zeros_like(lo))    # −λl/2 ≥ 0
+        c = lam * s.c + mu
+        lam_b = lam.unsqueeze(1)
+        lam_flat = lam.reshape(B, -1)
+        if isinstance(s.A, torch.Tensor) and owned(s.A):   # no autograd, no other reader: scale in place
+            A = s.A.mul_(lam_b)
+        else:
+            A = _materialize(s.A, shape) * lam_b
+        E = {}
+        for k, e in s.E.items():
+            if isinstance(e, _SparseE):
+                E[k] = _SparseE(e.idx, e.vals * lam_flat.gather(1, e.idx))
+            else:
+                E[k] = e.mul_(lam_b) if owned(e) else e * lam_b
+        # one fresh error term of size −λl/2 per unstable neuron, packed per sample
+        flat_u = unstable.reshape(B, -1)
+        K = int(flat_u.sum(1).max()) if B else 0
+        if K > 0:
+            order = torch.argsort(flat_u.to(torch.int8), dim=1, descending=True, stable=True)[:, :K]
+            valid = flat_u.gather(1, order).to(mu.dtype)
+            E[name] = _SparseE(order, mu.reshape(B, -1).gather(1, order) * valid)
+        box = None
+        if s.box is not None:
+            box = box_relu(Box((hi + lo) / 2, (hi - lo) / 2))
+        return _Sym(c, A, E, box)
+
+    def add(self, a: _Sym, b: _Sym, shape: tuple, sign: float) -> _Sym:
+        c = a.c + b.c if sign > 0 else a.c - b.c
+        if isinstance(a.A, _Diag) and isinstance(b.A, _Diag):
+            A = _Diag(a.A.s + b.A.s if sign > 0 else a.A.s - b.A.s)
+        else:
+            A1, A2 = _materialize(a.A, shape), _materialize(b.A, shape)
+            A = A1 + A2 if sign > 0 else A1 - A2
+        E = dict(a.E)
+        for k, v in b.E.items():
+            if isinstance(v, _SparseE):
+                v = v if sign > 0 else _SparseE(v.idx, -v.vals)
+            else:
+                v = v if sign > 0 else -v
+            if k not in E:
+                E[k] = v
+            elif isinstance(E[k], _SparseE) and isinstance(v, _SparseE) and E[k].idx is v.idx:
+                E[k] = _SparseE(v.idx, E[k].vals + v.vals)   # same error terms (shared history)
+            else:
+                E[k] = _dense_e(E[k], shape) + _dense_e(v, shape)
+        box = None
+        if a.box is not None:
+            box = Box(a.box.c + b.box.c if sign > 0 else a.box.c - b.box.c, a.box.r + b.box.r)
+        return _Sym(c, A, E, box)
+
+    def step(self, n, ins, env) -> _Sym:
+        if n.kind == "affine":
+            return self.affine(n.name, n.op, ins[0], self.shapes[n.inputs[0]])
+        if n.kind == "relu":
+            src = n.inputs[0]
+            owned = lambda t: False  # noqa: E731 - with autograd on, or while src is read later: copy
+            if not torch.is_grad_enabled() and self.plan.last_use.get(src) == self.index[n.name]:
+                # Scaling in place is safe only for tensors no other live node shares: an addition
+                # reuses its operands' error-term tensors and a reshape returns views of its input.
+                shared = {p for k, v in env.items() if k != src for p in _storage_ptrs(v)}
+                owned = lambda t, _s=shared: t.untyped_storage().data_ptr() not in _s  # noqa: E731
+            return self.relu(ins[0], n.shape, n.name, owned)
+        return self.add(ins[0], ins[1], n.shape, 1.0 if n.kind == "add" else -1.0)
+
+    def run(self, state: _Sym, y: Optional[torch.Tensor]):
+        plan = self.plan
+        s = walk(plan, state, self.step)
+        shape = plan.out_shape
+        if y is None:
+            return self.bounds(s, shape)
+        # margin specification z_j − z_y, applied to the affine forms before concretising
+        B = s.c.shape[0]
+        A = _materialize(s.A, shape).reshape(B, -1, math.prod(shape))
+        E = {k: _dense_e(v, shape) for k, v in s.E.items()}
+        s2 = _Sym(margin_spec(s.c.reshape(B, -1), y), margin_spec(A, y),
+                  {k: margin_spec(v.reshape(B, v.shape[1], -1), y) for k, v in E.items()})
+        lo, hi = self.bounds(s2, (math.prod(shape),))
+        if self.coefficients:
+            return lo, hi, s2.A.transpose(1, 2)  # (B, K, D): ∂(margin_j)/∂δ, half-width included
+        return lo, hi
+
+
+def default_memory_budget(device) -> int:
+    """Bytes the symbolic coefficients may use: 1 GiB on CPU, 40 % of free memory on CUDA."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(0.4 * free)
+    return 1 << 30
+
+
+def estimate_sample_bytes(plan_or_model, example: Optional[torch.Tensor] = None) -> int:
+    """Estimated peak bytes of symbolic propagation for ONE sample.
+
+    ``≈ 4 · d · n_max · itemsize`` where ``d`` is the input dimension and
+    ``n_max`` the largest layer (the input coefficients ``A`` before and after a
+    layer plus a temporary of the same size). Error terms of unstable ReLUs come
+    on top and depend on the data; the chunking leaves them room by the factor 4.
+    """
+    if isinstance(plan_or_model, Plan):
+        plan = plan_or_model
+        itemsize = torch.finfo(torch.float32).bits // 8 if example is None else example.element_size()
+    else:
+        if example is None:
+            raise ValueError("estimate_sample_bytes(model, example) needs an example input")
+        plan = prepare(plan_or_model, example)
+        itemsize = example.element_size()
+    d = math.prod(plan.in_shape)
+    return 4 * d * plan.max_numel * itemsize
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
+    return isinstance(exc, oom) or "out of memory" in str(exc)
+
+
+def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
+                          coefficients: bool = False):
+    example = a
+    B = example.shape[0]
+    if B == 0:
+        K = math.prod(plan.out_shape)
+        shape = (0, K) if y is not None else (0, *plan.out_shape)
+        z = torch.zeros(shape, dtype=example.dtype, device=example.device)
+        return z, z.clone()
+    budget = default_memory_budget(example.device) if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    per = estimate_sample_bytes(plan, example)
+    chunk = int(max(1, min(B, budget // max(per, 1))))
+    runner = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4,
+                             coefficients=coefficients)
+    los, his, coefs = [], [], []
+    start = 0
+    while start < B:
+        stop = min(B, start + chunk)
+        try:
+            if mode == "l2":
+                c = a[start:stop]
+                e = b[start:stop]
+                D = math.prod(c.shape[1:])
+                state = _Sym(c, _Diag(e.unsqueeze(1).expand(-1, D)), {},
+                             L2Ball(c, e).box() if intersect else None)
+            else:
+                lo_in, hi_in = a[start:stop], b[start:stop]
+                st = Box.from_bounds(lo_in, hi_in)
+                state = _Sym(st.c, _Diag(st.r.reshape(st.r.shape[0], -1)), {}, st if intersect else None)
+            out = runner.run(state, None if y is None else y[start:stop])
+        except RuntimeError as exc:
+            if _is_oom(exc) and chunk > 1:
+                del exc
+                if example.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                chunk = max(1, chunk // 2)
+                continue
+            raise
+        los.append(out[0])
+        his.append(out[1])
+        if coefficients:
+            coefs.append(out[2])
+        start = stop
+    if coefficients:
+        return torch.cat(los), torch.cat(his), torch.cat(coefs)
+    return torch.cat(los), torch.cat(his)
