@@ -8,6 +8,10 @@ synchronisations, a progress bar, a history record per epoch, atomic
 checkpoints with resume, and an epoch-boundary ``selector`` hook for data
 pruning.
 
+Objective protocol: an objective with ``start_epoch(epoch, epochs, history, model) -> dict`` is called before
+every epoch (inside its timed region; the dict joins that epoch's record), and one with
+``state_dict()``/``load_state_dict()`` is checkpointed — how certified training ramps ε and moves α.
+
 Selector protocol: ``selector(epoch, model, data) -> None | (indices, weights)``
 is called before every epoch (its time counts in that epoch's wall-clock);
 returning indices (and optional per-example weights) makes the loader train
@@ -217,6 +221,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             loader.set_subset(*state["subset"])
         if selector is not None and state.get("selector") is not None and hasattr(selector, "load_state_dict"):
             selector.load_state_dict(state["selector"])
+        if state.get("objective") is not None and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(state["objective"])
         torch.set_rng_state(state["rng"].cpu())
         if on_cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
@@ -236,6 +242,9 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             synchronize(device)
             select_s = time.perf_counter() - t0
         loader.epoch = epoch
+        schedule_info = {}
+        if hasattr(objective, "start_epoch"):   # per-epoch state of the objective (ε ramp, α, w): timed, recorded
+            schedule_info = objective.start_epoch(epoch, epochs, history, model) or {}
         good = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
         model.train()
         objective.reset_spent()
@@ -268,7 +277,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         spent = objective.reset_spent()
         record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
                   "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
-                  **spent}
+                  **spent, **{k: _plain(v) for k, v in schedule_info.items()}}
         if eval_fn is not None:
             t1 = time.perf_counter()
             record.update({k: _plain(v) for k, v in eval_fn(model).items()})
@@ -281,6 +290,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 "history": list(history), "subset": subset, "rng": torch.get_rng_state(), "run": run,
                 "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
                 "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
+                "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
             })
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.3f}", s=f"{wall:.1f}")

@@ -31,8 +31,9 @@ class Objective:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-example losses w_i·ℓ_i (ℓ_i when ``weights`` is None), in float32."""
-        losses = self.losses(model, x, y).float()
+        """Per-example losses w_i·ℓ_i (ℓ_i when ``weights`` is None), in float32 (float64 stays float64)."""
+        losses = self.losses(model, x, y)
+        losses = losses.to(torch.promote_types(losses.dtype, torch.float32))
         if weights is None:
             return losses
         if weights.shape != losses.shape:
