@@ -69,10 +69,24 @@ class Record:
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._t0 = time.perf_counter()
         self.rows: list[dict] = []
+        self.runs: list[dict] = []
 
     def add(self, **row) -> dict:
         self.rows.append(row)
         return row
+
+    def fit(self, name: str, model, data, objective, **kwargs):
+        """:func:`robustlib.train.fit` as a keyed, resumable run under ``<results_dir>/runs/`` (see
+        :mod:`robustlib.runs`); the record keeps each run's original training wall-clock."""
+        from .runs import fit_run
+        history, info = fit_run(self.path.parent / "runs", name, model, data, objective, **kwargs)
+        self.runs.append(info)
+        return history
+
+    @property
+    def train_wall_s(self) -> float:
+        """Training wall-clock of the runs used, as they took originally (reloaded runs included)."""
+        return float(sum(r["train_wall_s"] for r in self.runs))
 
     def frame(self):
         import pandas as pd
@@ -85,7 +99,8 @@ class Record:
     def to_dict(self) -> dict:
         return {"notebook": self.notebook, "preset": self.preset, "device": self.device,
                 "versions": versions(), "started": self.started, "wall_s": round(self.wall_s, 2),
-                "config": self.config, "rows": self.rows}
+                "config": self.config, "rows": self.rows, "runs": self.runs,
+                "train_wall_s": round(self.train_wall_s, 2)}
 
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,7 +112,8 @@ class Record:
     def caption(self) -> str:
         """One line for figures and tables: which preset, device and wall-clock made these numbers."""
         scale = "SMOKE-SCALE, not a reproduction" if self.preset == "smoke" else f"preset {self.preset}"
-        return f"{scale} · {self.device} · notebook wall-clock {self.wall_s:.0f} s"
+        train = f" · training {self.train_wall_s:.0f} s" if self.runs else ""
+        return f"{scale} · {self.device}{train} · notebook wall-clock {self.wall_s:.0f} s"
 
 
 def _jsonable(value):

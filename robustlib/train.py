@@ -60,7 +60,9 @@ def lr_factor(schedule: str, t: float, epochs: int, milestones=None, gamma: floa
 
 
 class History(list):
-    """One dict per epoch; ``.frame()`` gives a pandas DataFrame."""
+    """One dict per epoch; ``.frame()`` gives a pandas DataFrame; ``resumed_epochs`` came from a checkpoint."""
+
+    resumed_epochs = 0
 
     def frame(self):
         import pandas as pd
@@ -216,7 +218,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history.extend(state["history"])
-        start_epoch = state["epoch"]
+        start_epoch = history.resumed_epochs = state["epoch"]
         if state.get("subset") is not None:
             loader.set_subset(*state["subset"])
         if selector is not None and state.get("selector") is not None and hasattr(selector, "load_state_dict"):

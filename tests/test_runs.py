@@ -1,0 +1,73 @@
+"""Keyed, resumable training runs (results/<preset>/runs/): reuse, resume, never a stale run."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustlib as rl
+from robustlib.objectives import PGDAT, Standard
+from robustlib.reproduce import Record
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def net(seed=0):
+    torch.manual_seed(seed)
+    return rl.models.build("small_cnn")
+
+
+def test_finished_run_is_reloaded_with_its_original_wall_clock(digits, tmp_path):
+    train, _ = digits
+    data = train.head(128)
+    rec = Record("ch", "smoke", tmp_path)
+    first = rec.fit("std", net(), data, Standard(), epochs=2, batch_size=64, progress=False)
+    model = net()
+    again = Record("ch", "smoke", tmp_path)
+    second = again.fit("std", model, data, Standard(), epochs=2, batch_size=64, progress=False)
+    assert second.resumed_epochs == 2 and [r["wall_s"] for r in second] == [r["wall_s"] for r in first]
+    assert again.runs[0]["reused_epochs"] == 2 and again.train_wall_s == pytest.approx(first.wall_s, abs=1e-3)
+    trained = net()
+    Record("ch", "smoke", tmp_path / "other").fit("std", trained, data, Standard(), epochs=2, batch_size=64,
+                                                  progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    assert len(list((tmp_path / "runs").glob("*.pt"))) == 1
+    assert rec.to_dict()["runs"][0]["key"] == again.to_dict()["runs"][0]["key"]
+
+
+def test_changed_configuration_is_a_new_run(digits, tmp_path):
+    train, _ = digits
+    data = train.head(128)
+    rec = Record("ch", "smoke", tmp_path)
+    rec.fit("m", net(), data, Standard(), epochs=1, batch_size=64, progress=False)
+    for change in (dict(objective=PGDAT(0.1, steps=1)), dict(lr=0.05), dict(model=net(seed=1)),
+                   dict(data=train.head(96)), dict(epochs=2)):
+        args = dict(model=net(), data=data, objective=Standard(), epochs=1, lr=0.1, **{})
+        args.update(change)
+        h = rec.fit("m", args.pop("model"), args.pop("data"), args.pop("objective"), batch_size=64, progress=False,
+                    **args)
+        assert h.resumed_epochs == 0, change        # trained afresh, not reloaded
+    assert len({r["key"] for r in rec.runs}) == 6 == len(list((tmp_path / "runs").glob("*.pt")))
+
+
+def test_interrupted_run_resumes_after_its_last_epoch(digits, tmp_path):
+    train, _ = digits
+    data = train.head(128)
+
+    class Stop(Exception):
+        pass
+
+    def stop(record):
+        if record["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        Record("ch", "smoke", tmp_path).fit("r", net(), data, Standard(), epochs=3, batch_size=64, progress=False,
+                                            callback=stop)
+    model = net()
+    h = Record("ch", "smoke", tmp_path).fit("r", model, data, Standard(), epochs=3, batch_size=64, progress=False)
+    assert h.resumed_epochs == 2 and len(h) == 3
+    uninterrupted = net()
+    rl.train.fit(uninterrupted, data, Standard(), epochs=3, batch_size=64, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), uninterrupted.state_dict().values()))
+    with pytest.raises(ValueError, match="checkpoint"):
+        Record("ch", "smoke", tmp_path).fit("r", net(), data, Standard(), epochs=1, checkpoint=tmp_path / "x.pt")
