@@ -75,6 +75,12 @@ class Record:
         self.rows.append(row)
         return row
 
+    def claim(self, claim_id: str, measured, **setting) -> dict:
+        """Record a measured value of one of the papers' headline claims (:mod:`robustlib.claims`);
+        ``setting`` says where ours differs (dataset, network, epochs, …)."""
+        from .claims import claim_row
+        return self.add(**claim_row(claim_id, measured, **setting))
+
     def fit(self, name: str, model, data, objective, **kwargs):
         """:func:`robustlib.train.fit` as a keyed, resumable run under ``<results_dir>/runs/`` (see
         :mod:`robustlib.runs`); the record keeps each run's original training wall-clock."""
@@ -164,7 +170,7 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
     import papermill as pm
 
     preset = presets.resolve(preset)
-    if preset != "smoke" and presets.PRESETS[preset]:
+    if preset in ("gpu", "paper") and presets.PRESETS[preset]:
         import torch
         if not torch.cuda.is_available():
             log(f"[reproduce] warning: preset {preset} is sized for a GPU and none is visible; on this CPU it "
@@ -280,7 +286,7 @@ def main(argv=None) -> int:
                         ("book", "reproduce, then build")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--preset", default="auto",
-                       help="smoke | gpu | paper | auto (gpu with CUDA, else smoke); for build, a comma "
+                       help="smoke | cpu | gpu | paper | auto (gpu with CUDA, else smoke); for build, a comma "
                             "list is tried in order per notebook, e.g. gpu,smoke")
         p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
         if name != "build":

@@ -37,3 +37,28 @@ def one_thread():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory):
+    """Every chapter of the book (the notebooks of _toc.yml), executed once at the smoke preset."""
+    from robustlib import reproduce
+    out = tmp_path_factory.mktemp("smoke")
+    outcome = reproduce.run("smoke", results=out, log=lambda *a: None)
+    return out, outcome
+
+
+def chapter_record(smoke_book, name: str) -> dict:
+    """The results record of one smoke-executed chapter, after checking it ran, is labelled and has figures."""
+    import json
+
+    import nbformat
+    out, outcome = smoke_book
+    assert outcome[name] is None, outcome[name]
+    rec = json.loads((out / f"{name}.json").read_text())
+    assert rec["preset"] == "smoke" and rec["device"].startswith(("CPU", "NVIDIA")) and rec["wall_s"] > 0
+    assert rec["status"] == "ok"
+    nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+               for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # the figures are there
+    return rec

@@ -90,23 +90,7 @@ def test_record_caption_labels_smoke_scale(tmp_path):
     assert "SMOKE" not in rl.reproduce.Record("x", "gpu", tmp_path).caption()
 
 
-@pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory):
-    """Every chapter of the book, executed once at the smoke preset."""
-    out = tmp_path_factory.mktemp("smoke")
-    outcome = reproduce.run("smoke", results=out, log=lambda *a: None)
-    return out, outcome
-
-
-def _record(smoke_book, name):
-    out, outcome = smoke_book
-    assert outcome[name] is None, outcome[name]
-    rec = json.loads((out / f"{name}.json").read_text())
-    assert rec["preset"] == "smoke" and rec["device"].startswith(("CPU", "NVIDIA")) and rec["wall_s"] > 0
-    nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
-               for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # the figures are there
-    return rec
+from conftest import chapter_record as _record  # noqa: E402 - the shared smoke_book fixture lives in conftest
 
 
 def test_every_chapter_ran(smoke_book):

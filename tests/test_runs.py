@@ -71,3 +71,22 @@ def test_interrupted_run_resumes_after_its_last_epoch(digits, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), uninterrupted.state_dict().values()))
     with pytest.raises(ValueError, match="checkpoint"):
         Record("ch", "smoke", tmp_path).fit("r", net(), data, Standard(), epochs=1, checkpoint=tmp_path / "x.pt")
+
+
+def test_claims_rows_and_verdicts(tmp_path):
+    from robustlib import claims
+    rec = Record("ch", "cpu", tmp_path)
+    row = rec.claim("p1-at-cost", 7.5, dataset="fashion-mnist", network="mnist_small")
+    assert row == {"section": "claim", "claim": "p1-at-cost", "measured": 7.5, "dataset": "fashion-mnist",
+                   "network": "mnist_small"}
+    with pytest.raises(ValueError, match="unknown claim"):
+        rec.claim("p9-nothing", 1.0)
+    assert claims.verdict("p1-at-cost", 7.5) == "reproduced"
+    assert claims.verdict("p1-at-cost", 12.0) == "partly" and claims.verdict("p1-at-cost", 30) == "not reproduced"
+    assert claims.verdict("p1-speedup-cifar10", 3.2) == "reproduced"       # within 10% of 3.44
+    assert claims.verdict("p1-speedup-cifar10", 2.0) == "partly"
+    assert claims.verdict("p1-speedup-cifar10", 1.2) == "not reproduced"
+    assert claims.verdict("p2-interval-attack", 0) == "not reproduced"
+    assert claims.verdict("p2-interval-attack", 3) == "reproduced"
+    assert claims.verdict("p2-vra", 0.99, preset="smoke") == "pipeline check only"
+    assert claims.verdict("p2-vra", None) == "not yet run"

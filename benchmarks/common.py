@@ -1,0 +1,49 @@
+"""What every benchmark script shares: the device's name, library versions, and one JSON format for results.
+
+``write_result(name, device, settings, figures, ratios)`` writes ``benchmarks/results/<name>-<device kind>.json``
+with the device name, library versions, the date, the settings, the raw figures and every ratio (each ratio is
+measured against a baseline run in the same process). Speed is never measured by a timed test.
+"""
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from robustlib.reproduce import device_name, versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def device_kind(device) -> str:
+    return "cuda" if torch.device(device).type == "cuda" else "cpu"
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeat: int = 1) -> float:
+    """Best-of-``repeat`` wall-clock seconds of ``fn()``, between device synchronisations."""
+    best = float("inf")
+    for _ in range(repeat):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}-{device_kind(device)}.json"
+    payload = {"benchmark": name, "device": device_name(device), "versions": versions(),
+               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
+               "figures": figures, "ratios": ratios}
+    path.write_text(json.dumps(payload, indent=1))
+    return path
