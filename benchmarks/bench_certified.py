@@ -1,0 +1,105 @@
+"""Certified-training cost: epoch time of MixTrain (k = 1, 5), full symbolic, IBP and PGD-AT training, as ratios.
+
+    python benchmarks/bench_certified.py [--device cuda] [--n 2000] [--quick]
+
+Part 1 trains one epoch of each objective on the same data (Fashion-MNIST when installed, else the embedded
+digits at 28×28) and network (MNIST_Small), batch 50, and prints seconds per epoch and every ratio. Goal:
+MixTrain with k = 5 of a batch of 50 at least 7× faster per epoch than full symbolic training (ideal 10×).
+
+Part 2 measures symbolic robust-loss forward + backward samples per second for MNIST_Small, MNIST_Large and
+CIFAR_Small, and the ratio of one sample's symbolic bound to one batched forward pass of d + 1 images (the
+affine forms carry d + 1 columns: that is the floor). Goal: at most 1.5×.
+
+Every figure is measured in this process; results go to benchmarks/results/certified-<cpu|cuda>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import timed, write_result  # noqa: E402
+
+import robustlib as rl  # noqa: E402
+from robustlib.objectives import PGDAT, IBPTraining, MixTrain, SymbolicTraining  # noqa: E402
+
+
+def load(n: int, device):
+    try:
+        train, _ = rl.data.load("fashion-mnist", device=device, n_train=n, download=False)
+    except rl.data.DataUnavailable:
+        train, _ = rl.data.load("digits", device=device, n_train=min(n, 1438))
+    return train
+
+
+def epoch_seconds(objective, data, device, batch: int) -> float:
+    torch.manual_seed(0)
+    model = rl.models.build("mnist_small", like=data).to(device)
+    return timed(lambda: rl.train.fit(model, data, objective, epochs=1, batch_size=batch, lr=0.01,
+                                      drop_last=True, progress=False), device)
+
+
+def symbolic_vs_forward(name: str, device, batch: int) -> dict:
+    model = rl.models.build(name).to(device).eval()
+    shape = (1, 28, 28) if name.startswith("mnist") else (3, 32, 32)
+    d = torch.Size(shape).numel()
+    x = torch.rand(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def sym():
+        loss = rl.bounds.robust_loss(model, x, y, 0.01).sum()
+        loss.backward()
+
+    def fwd():
+        with torch.no_grad():
+            model(torch.rand(d + 1, *shape, device=device))
+
+    sym()  # trace and warm up
+    t_sym = timed(sym, device, repeat=3) / batch
+    t_fwd = timed(fwd, device, repeat=3)
+    return {"network": name, "d": d, "batch": batch, "sym_fwd_bwd_s_per_sample": t_sym,
+            "samples_per_s": 1 / t_sym, "forward_d_plus_1_s": t_fwd, "ratio_to_floor": t_sym / t_fwd}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=2000, help="training examples for the epoch timings")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    n, batch = (200, 50) if args.quick else (args.n, 50)
+    data = load(n, device)
+    eps = 0.1
+    objectives = {"pgd-at": PGDAT(eps, steps=10), "ibp": IBPTraining(eps, kappa=(0.5, 0.5)),
+                  "symbolic": SymbolicTraining(eps), "mixtrain-k1": MixTrain(eps, k=1, rule="fixed"),
+                  "mixtrain-k5": MixTrain(eps, k=5, rule="fixed")}
+    seconds = {}
+    for name, obj in objectives.items():
+        seconds[name] = epoch_seconds(obj, data, device, batch)
+        print(f"{name:12s} {seconds[name]:8.2f} s per epoch of {len(data)} ({data.name})", flush=True)
+    ratios = {"symbolic / mixtrain-k5": seconds["symbolic"] / seconds["mixtrain-k5"],
+              "symbolic / mixtrain-k1": seconds["symbolic"] / seconds["mixtrain-k1"],
+              "pgd-at / mixtrain-k5": seconds["pgd-at"] / seconds["mixtrain-k5"],
+              "mixtrain-k5 / ibp": seconds["mixtrain-k5"] / seconds["ibp"],
+              "symbolic / pgd-at": seconds["symbolic"] / seconds["pgd-at"]}
+    for k, v in ratios.items():
+        print(f"{k:24s} {v:6.2f}×")
+    print(f"goal: symbolic / mixtrain-k5 ≥ 7 (ideal 10): {'met' if ratios['symbolic / mixtrain-k5'] >= 7 else 'NOT met'}")
+    floors = [symbolic_vs_forward(name, device, 2 if args.quick else 8)
+              for name in ("mnist_small", "mnist_large", "cifar_small")]
+    for f in floors:
+        print(f"{f['network']:12s} d = {f['d']:5d}: {f['samples_per_s']:7.2f} symbolic fwd+bwd samples/s; "
+              f"{f['ratio_to_floor']:.2f}× one forward pass of d + 1 images (goal ≤ 1.5)")
+        ratios[f"{f['network']} symbolic sample / forward(d+1)"] = f["ratio_to_floor"]
+    path = write_result("certified", device, {"n": len(data), "data": data.name, "batch": batch, "eps": eps,
+                                              "network": "mnist_small", "quick": args.quick},
+                        {"epoch_s": seconds, "symbolic_floor": floors}, ratios)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The MixTrain chapter at the smoke preset: every method, ablation, attack and claim row is there and consistent."""
+from __future__ import annotations
+
+from conftest import chapter_record
+
+
+def test_mixtrain_chapter(smoke_book):
+    rec = chapter_record(smoke_book, "mixtrain")
+    cfg, rows = rec["config"], rec["rows"]
+    methods = {r["method"]: r for r in rows if r["section"] == "methods"}
+    assert set(methods) == {"standard", "pgd-at", "ibp", "symbolic", "mixtrain"}
+    for r in methods.values():
+        assert 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1 and r["ibp_vra"] <= r["clean_acc"]
+        assert r["train_s"] > 0 and r["s_per_example"] > 0
+    # stochastic robust approximation: k symbolic bounds per batch, every example for full symbolic training
+    batches = methods["mixtrain"]["n_train"] // cfg["batch_size"]
+    assert methods["mixtrain"]["symbolic_per_epoch"] == cfg["k"] * batches
+    assert methods["symbolic"]["symbolic_per_epoch"] == methods["symbolic"]["n_train"] == cfg["n_symbolic"]
+    assert methods["standard"]["symbolic_per_epoch"] == 0 and methods["pgd-at"]["passes_per_example"] == 22
+    ks = sorted(r["k"] for r in rows if r["section"] == "k")
+    assert ks == [1, 5, 10, cfg["batch_size"]]
+    assert {r["rule"] for r in rows if r["section"] == "rule"} == {"fixed", "adaptive", "schedule"}
+    assert {r["sampling"] for r in rows if r["section"] == "sampling"} == {"uniform", "worst-ibp"}
+    for r in (r for r in rows if r["section"] == "attack"):
+        assert r["only_interval"] <= r["interval_broken"] and r["only_pgd"] <= r["pgd_broken"]
+        assert r["interval_broken"] + r["verified"] <= r["clean_correct"] <= r["n"]
+    claims = {r["claim"]: r for r in rows if r["section"] == "claim"}
+    assert set(claims) == {"p2-vra", "p2-vs-verifiable", "p2-vs-at", "p2-interval-attack"}
+    assert claims["p2-vra"]["measured"] == methods["mixtrain"]["symbolic_vra"]
+    assert claims["p2-vs-verifiable"]["measured"] > 1      # sampling k of the batch saves symbolic work
+    # the identical ablation settings share one keyed run (k = 5, fixed rule, uniform sampling)
+    names = [r["name"] for r in rec["runs"]]
+    assert names.count(f"ablation-k{cfg['k']}-fixed-uniform") == 3
+    assert sum(r["reused_epochs"] > 0 for r in rec["runs"]) >= 2
