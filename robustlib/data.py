@@ -310,7 +310,16 @@ class Loader:
             raise ValueError(f"augment must be None, 'crop-flip', 'crop' or 'flip', got {augment!r}")
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.augment, self.drop_last, self.epoch = augment, drop_last, 0
+        self.rank, self.world = 0, 1
         self.set_subset(indices, weights)
+
+    def shard(self, rank: int, world: int) -> None:
+        """Data-parallel sharding: of each global batch of ``world × batch_size`` positions of the (shared,
+        seeded) epoch order, rank ``r`` takes positions r, r + world, …; a last global batch with fewer than
+        ``world`` examples is dropped. Augmentation then draws from a per-rank generator."""
+        if not (isinstance(world, int) and world >= 1 and isinstance(rank, int) and 0 <= rank < world):
+            raise ValueError(f"need 0 ≤ rank < world, got rank {rank!r} of {world!r}")
+        self.rank, self.world = rank, world
 
     def set_subset(self, indices=None, weights=None) -> None:
         """Train on ``data[indices]`` with loss weights ``weights`` (None: all examples, weight 1).
@@ -348,9 +357,16 @@ class Loader:
         self.indices, self.weights = indices, weights
         self.distinct_examples = int(torch.unique(indices).numel())
 
+    def _stop(self) -> int:
+        """How many positions of the epoch order are used (whole global batches, or a last partial one)."""
+        n, step = self.num_examples, self.batch_size * self.world
+        full = (n // step) * step
+        if self.drop_last or n - full < self.world:
+            return full
+        return n
+
     def __len__(self) -> int:
-        n = len(self.data) if self.indices is None else len(self.indices)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return -(-self._stop() // (self.batch_size * self.world))
 
     @property
     def num_examples(self) -> int:
@@ -366,9 +382,11 @@ class Loader:
         dev = self.data.device
         n = self.num_examples
         order = torch.randperm(n, generator=g, device=dev) if self.shuffle else torch.arange(n, device=dev)
-        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
-            pos = order[start:start + self.batch_size]
+        if self.world > 1:   # the order is shared; augmentation draws differ per rank
+            g = self.generator(self.epoch * 65_537 + 7919 * (self.rank + 1))
+        step = self.batch_size * self.world
+        for start in range(0, self._stop(), step):
+            pos = order[start:start + step][self.rank::self.world]
             idx = pos if self.indices is None else self.indices[pos]
             x = self.data.images[idx].float().div_(255)
             if self.augment is not None:

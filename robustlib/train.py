@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import distributed
 from .checks import check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
@@ -174,7 +175,9 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         callback=None, progress: bool = True, desc: str | None = None) -> History:
     """Train ``model`` on ``data`` with ``objective`` for ``epochs`` epochs; return the :class:`History`.
 
-    The loss of a batch is Σ_i w_i ℓ_i / N with ℓ the objective's per-example
+    Under ``torchrun`` the same call trains data-parallel with DistributedDataParallel
+    (:mod:`robustlib.distributed`; ``batch_size`` is per process). The loss of a batch is
+    Σ_i w_i ℓ_i / N with ℓ the objective's per-example
     losses and w the loader's weights (1 unless a selector set a weighted
     subset). ``eval_fn(model) -> dict`` runs after each epoch (outside the
     timed region) and its entries join that epoch's record. ``callback(record)``
@@ -199,6 +202,14 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     loader = data if isinstance(data, Loader) else Loader(data, batch_size, seed=seed, augment=augment,
                                                           drop_last=drop_last)
     device = loader.data.device
+    parallel = distributed.active()          # started by torchrun: DistributedDataParallel on this rank's shard
+    if parallel:
+        device = distributed.setup(device)
+        if loader.data.device != device:
+            loader.data = loader.data.to(device)
+        rank, world, _ = distributed.world()
+        loader.shard(rank, world)
+    main = not parallel or distributed.is_main()
     model.to(device)
     on_cuda = device.type == "cuda"
     use_amp = on_cuda if amp == "auto" else bool(amp)
@@ -206,13 +217,15 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     if use_cl:
         model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile else model
+    step = distributed.wrap(net, objective, device) if parallel else (lambda x, y, w: objective(net, x, y, w))
     opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
     history, start_epoch = History(), 0
     ckpt = Path(checkpoint) if checkpoint is not None else None
     run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed)
+                        weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,
+                        **({"processes": loader.world} if loader.world > 1 else {}))
     if ckpt is not None and resume and ckpt.exists():
         state = _load_checkpoint(ckpt, device, run)
         model.load_state_dict(state["model"])
@@ -232,7 +245,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     if start_epoch == 0:
         torch.manual_seed(seed)  # the objective's randomness (attack starts) is part of the run's seed
     bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
-                       disable=not progress)
+                       disable=not (progress and main))
     for epoch in range(start_epoch, epochs):
         synchronize(device)
         t0 = time.perf_counter()
@@ -259,7 +272,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 x = x.contiguous(memory_format=torch.channels_last)
             checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
             with autocast(), checked:  # attacks validate the first batch only: no host sync per step
-                per_example = objective(net, x, y, w)
+                per_example = step(x, y, w)
             loss = per_example.mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -268,6 +281,12 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             seen += len(y)
         synchronize(device)
         wall = time.perf_counter() - t0
+        spent = objective.reset_spent()
+        if parallel:   # the history describes the whole run: sums over ranks, the slowest rank's time
+            keys = sorted(spent)
+            sums = distributed.reduce([float(total), seen] + [spent[k] for k in keys], "sum", device)
+            total, seen, spent = sums[0], int(sums[1]), {k: int(v) for k, v in zip(keys, sums[2:])}
+            wall, select_s = distributed.reduce([wall, select_s], "max", device)
         mean_loss = float(total) / max(seen, 1)
         if not math.isfinite(mean_loss):
             model.load_state_dict(good[0])
@@ -276,16 +295,16 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; the model and the "
                                      f"optimiser were restored to their state before that epoch; lower the learning "
                                      f"rate (lr={lr}) or check the inputs and the objective for NaN")
-        spent = objective.reset_spent()
         record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
                   "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
                   **spent, **{k: _plain(v) for k, v in schedule_info.items()}}
         if eval_fn is not None:
             t1 = time.perf_counter()
-            record.update({k: _plain(v) for k, v in eval_fn(model).items()})
+            metrics = {k: _plain(v) for k, v in eval_fn(model).items()} if main else None
+            record.update(distributed.broadcast(metrics, device) if parallel else metrics)
             record["eval_s"] = time.perf_counter() - t1
         history.append(record)
-        if ckpt is not None:
+        if ckpt is not None and main:
             subset = None if loader.indices is None else (loader.indices, loader.weights)
             _save_checkpoint(ckpt, {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
@@ -294,6 +313,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
                 "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
             })
+        if ckpt is not None and parallel:
+            distributed.barrier()   # no rank runs ahead of the checkpoint it might resume from
         bar.update(1)
         bar.set_postfix(loss=f"{mean_loss:.3f}", s=f"{wall:.1f}")
         if callback is not None:
