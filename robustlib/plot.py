@@ -56,3 +56,108 @@ def add_caption(fig, text: str, y: float = -0.02):
     """The small italic line under a figure that says which preset, device and wall-clock made it."""
     fig.text(0.5, y, text, ha="center", va="top", fontsize=8, style="italic")
     return fig
+
+
+def _method_style(frame):
+    """Colours per pruning method (fixed order, so every figure agrees) and markers per kept fraction."""
+    import matplotlib.pyplot as plt
+
+    from .pruning_study import METHODS
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(METHODS)}
+    fractions = sorted({float(f) for f in frame["fraction"]} - {1.0})
+    return colors, dict(zip(fractions, "osD^vPX<>"))
+
+
+def speedup_accuracy(frame, *, acc: str = "pgd_acc", tolerance: float = 0.015, title: str = "", caption: str = "",
+                     ylabel: str = "robust accuracy"):
+    """Speed-up over full-data training (x) against robust accuracy (y), one panel per objective.
+
+    ``frame``: one row per run with ``objective``, ``method``, ``bt``, ``fraction``, ``speedup`` and ``acc``.
+    Colour = method, marker = kept fraction (★ full data), hollow = with Bullet-Train; the dashed line joins the
+    Pareto front (:func:`robustlib.pruning_study.pareto_front`) and the green band is within ``tolerance`` of
+    full-data training without Bullet-Train.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from .pruning_study import pareto_front
+    colors, markers = _method_style(frame)
+    objectives = list(dict.fromkeys(frame["objective"]))
+    fig, axes = plt.subplots(1, len(objectives), figsize=(4.3 * len(objectives), 3.7), squeeze=False)
+    for ax, objective in zip(axes.flat, objectives):
+        t = frame[frame["objective"] == objective]
+        ref = t[(t["method"] == "full") & ~t["bt"].astype(bool)][acc]
+        if len(ref):
+            top = max(float(t[acc].max()), float(ref.iloc[0])) + 0.01
+            ax.axhspan(float(ref.iloc[0]) - tolerance, top, color="tab:green", alpha=0.08, lw=0)
+            ax.axhline(float(ref.iloc[0]) - tolerance, color="tab:green", ls=":", lw=1)
+        front = t[pareto_front(t["speedup"], t[acc])].sort_values("speedup")
+        ax.plot(front["speedup"], front[acc], "--", color="0.3", lw=0.9, zorder=1)
+        for r in t.to_dict("records"):
+            full = r["method"] == "full"
+            c = colors[r["method"]]
+            ax.scatter(r["speedup"], r[acc], marker="*" if full else markers[float(r["fraction"])],
+                       s=170 if full else 55, facecolors="none" if r["bt"] else [c], edgecolors=[c], linewidths=1.4,
+                       zorder=2)
+        ax.set_title(objective)
+        ax.set_xlabel("speed-up over full-data training (×)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    present = list(dict.fromkeys(frame["method"]))
+    handles = [Line2D([], [], ls="", marker="o", color=colors[m], label=m) for m in present]
+    handles += [Line2D([], [], ls="", marker=mk, color="0.4", label=f"f = {f:g}") for f, mk in markers.items()]
+    handles += [Line2D([], [], ls="", marker="*", ms=11, color="0.4", label="full data"),
+                Line2D([], [], ls="", marker="o", mfc="none", color="0.4", label="+ Bullet-Train"),
+                Line2D([], [], ls="--", color="0.3", label="Pareto front")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return _finish(fig, title, caption)
+
+
+def fraction_view(frame, fractions, *, acc: str = "pgd_acc", tolerance: float = 0.015, title: str = "",
+                  caption: str = ""):
+    """Robust accuracy of every run at the kept fraction(s) ``fractions`` (one row of panels per fraction, one
+    panel per objective; full-data runs in every panel), each bar labelled with its speed-up, hatched with
+    Bullet-Train; the solid line is full-data training (no Bullet-Train) and the dotted one ``tolerance`` below it.
+    What the chapter's fraction slider redraws."""
+    import matplotlib.pyplot as plt
+
+    from .pruning_study import METHODS
+    fractions = [float(f) for f in (fractions if hasattr(fractions, "__iter__") else [fractions])]
+    colors, _ = _method_style(frame)
+    order = list(METHODS)
+    objectives = list(dict.fromkeys(frame["objective"]))
+    per = frame.groupby("objective")["method"].count().max()
+    fig, axes = plt.subplots(len(fractions), len(objectives), squeeze=False,
+                             figsize=(4.3 * len(objectives), 0.75 + 0.24 * per * len(fractions)))
+    for row, f in zip(axes, fractions):
+        for ax, objective in zip(row, objectives):
+            t = frame[frame["objective"] == objective]
+            ref = t[(t["method"] == "full") & ~t["bt"].astype(bool)]
+            here = t[(t["fraction"] == f) | (t["method"] == "full")]
+            here = here.iloc[sorted(range(len(here)), key=lambda i: (order.index(here["method"].iloc[i]),
+                                                                      bool(here["bt"].iloc[i])))]
+            labels = [f"{m}{' + BT' if bt else ''}" for m, bt in zip(here["method"], here["bt"])]
+            ax.barh(range(len(here)), here[acc], color=[colors[m] for m in here["method"]], alpha=0.85,
+                    hatch=["//" if bt else "" for bt in here["bt"]])
+            for i, (a, s) in enumerate(zip(here[acc], here["speedup"])):
+                ax.text(a + 0.005, i, f"{s:.2f}×", va="center", fontsize=7)
+            if len(ref):
+                ax.axvline(float(ref[acc].iloc[0]), color="k", lw=1)
+                ax.axvline(float(ref[acc].iloc[0]) - tolerance, color="k", ls=":", lw=1)
+            ax.set_yticks(range(len(here)), labels, fontsize=7)
+            ax.invert_yaxis()   # full data on top, then the methods in the order of pruning_study.METHODS
+            ax.set_xlim(0, min(1.0, float(t[acc].max()) + 0.15))
+            ax.set_title(f"{objective}, f = {f:g}", fontsize=9)
+            ax.set_xlabel("robust accuracy", fontsize=8)
+            ax.grid(axis="x", alpha=0.3)
+    return _finish(fig, title, caption)
+
+
+def _finish(fig, title: str = "", caption: str = ""):
+    """A figure's suptitle, tight layout and caption line (which preset, device and wall-clock made it)."""
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    if caption:
+        add_caption(fig, caption)
+    return fig

@@ -29,6 +29,18 @@ DESCRIPTIONS = {
 PRESETS = {
     "smoke": {},
     "cpu": {
+        # data_pruning: PGD-AT with every method at f = 0.2 (Adv-GRAD-MATCH / Adv-GLISTER also at f = 0.4),
+        # Bullet-Train alone and with both selectors; TRADES and MART full data and Adv-GRAD-MATCH + Bullet-Train.
+        # Estimated from the measured 52 s per PGD-10 epoch on 60,000 images: about 60 min training, 10 min evaluation.
+        "data_pruning": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=8, batch_size=128, lr=0.05,
+                             schedule="onecycle", augment=None, eps=0.1, alpha=0.025, steps=10, beta=6.0,
+                             fractions=[0.2, 0.4], R=3, kappa=0.5, warmup=None, select_steps=3,
+                             gradmatch_variant="per_batch", n_valid=1000, attack="pgd-20x2", n_eval=5000,
+                             n_autoattack=100, autoattack_runs="claims",
+                             grid={"pgd-at": ["full+bt", "random@0.2", "random-static@0.2", "el2n@0.2", "el2n-adv@0.2",
+                                              "grand@0.2", "grand-adv@0.2", "gradmatch", "glister",
+                                              "gradmatch+bt@0.2", "glister+bt@0.2"],
+                                   "trades": ["gradmatch+bt@0.2"], "mart": ["gradmatch+bt@0.2"]}),
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, schedule="onecycle", augment=None, n_train=None, n_test=None),
         "adversarial_examples": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
@@ -37,11 +49,33 @@ PRESETS = {
         "adversarial_training": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=10,
                                      batch_size=128, lr=0.05, schedule="onecycle", augment=None, eps=0.1,
                                      alpha=0.025, steps=10, n_eval=10000, n_autoattack=200),
+        # interval_analysis: symbolic certification of MNIST_Small costs ≈ 0.05–0.1 s per image here, so the
+        # published checkpoint is certified on 2,000 real MNIST test images (SE ≤ 0.5 points at 95%).
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=10, batch_size=128,
-                                  lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
-                                  n_attack=500, interval_steps=5),
+                                  lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=2000,
+                                  n_attack=200, interval_steps=3),
+        # mixtrain: ≈ 70 min estimated (not yet measured). One symbolic bound of MNIST_Small at d = 784 costs about
+        # 0.1 s forward + backward on this CPU, so MixTrain runs on a seeded 10,000-image subset of Fashion-MNIST
+        # (1,000 symbolic bounds per epoch), full symbolic training on 500, the ablations on 2,000.
+        "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=10000,
+                         n_symbolic=500, n_ablation=2000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=200,
+                         n_eval=1000, n_attack=200, pgd_restarts=10, interval_steps=5),
     },
     "gpu": {
+        # data_pruning: every method with and without Bullet-Train for PGD-AT, the selectors and random for TRADES
+        # and MART, at three fractions (about 90 runs; not yet measured on a GPU).
+        "data_pruning": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=10, batch_size=256,
+                             lr=0.1, schedule="onecycle", augment="crop-flip", eps=0.1, alpha=0.025, steps=10,
+                             beta=6.0, fractions=[0.2, 0.3, 0.5], R=3, kappa=0.5, warmup=None, select_steps=3,
+                             gradmatch_variant="per_batch", n_valid=1000, attack="pgd-20x5", n_eval=None,
+                             n_autoattack=500, autoattack_runs="claims",
+                             grid={"pgd-at": ["full+bt"] + [m + bt for bt in ("", "+bt") for m in (
+                                       "random", "random-static", "el2n", "el2n-adv", "grand", "grand-adv",
+                                       "gradmatch", "glister")],
+                                   "trades": ["full+bt"] + [m + bt for m in ("random", "gradmatch", "glister")
+                                                            for bt in ("", "+bt")],
+                                   "mart": ["full+bt"] + [m + bt for m in ("random", "gradmatch", "glister")
+                                                          for bt in ("", "+bt")]}),
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="preact_resnet18", epochs=15,
                                   batch_size=256, lr=0.1, schedule="onecycle", augment="crop-flip",
                                   n_train=None, n_test=None),
@@ -55,8 +89,21 @@ PRESETS = {
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
                                   n_attack=500, interval_steps=5),
+        "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=None,
+                         n_symbolic=10000, n_ablation=10000, epochs=20, eps_warmup=5, eps=0.1, lr=1e-3, k=5, n_val=1000,
+                         n_eval=10000, n_attack=1000, pgd_restarts=10, interval_steps=5),
     },
     "paper": {
+        # data_pruning: the paper's setting as far as it is known (CIFAR-10/100, PreAct-ResNet-18, ε = 8/255,
+        # α = 2/255, K = 10, R = 20, about 100 epochs); the full grid for all three objectives. GPU-days.
+        "data_pruning": dict(datasets=["cifar10", "cifar100"], model_name="preact_resnet18", epochs=100,
+                             batch_size=128, lr=0.1, schedule="multistep", augment="crop-flip", eps=8 / 255,
+                             alpha=2 / 255, steps=10, beta=6.0, fractions=[0.1, 0.2, 0.3, 0.5], R=20, kappa=0.5,
+                             warmup=None, select_steps=10, gradmatch_variant="per_batch", n_valid=1000,
+                             attack="pgd-20x5", n_eval=None, n_autoattack=1000, autoattack_runs="claims",
+                             grid={o: ["full+bt"] + [m + bt for bt in ("", "+bt") for m in (
+                                       "random", "random-static", "el2n", "el2n-adv", "grand", "grand-adv",
+                                       "gradmatch", "glister")] for o in ("pgd-at", "trades", "mart")}),
         "setting_the_stage": dict(dataset="cifar10", model_name="preact_resnet18", epochs=100,
                                   batch_size=128, lr=0.1, schedule="multistep", augment="crop-flip",
                                   n_train=None, n_test=None),
@@ -70,6 +117,9 @@ PRESETS = {
         "interval_analysis": dict(dataset="mnist", model_name="mnist_small", epochs=50, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=10000, n_published=10000,
                                   n_attack=1000, interval_steps=5),
+        "mixtrain": dict(dataset="mnist", image_size=None, model_name="mnist_small", n_train=None,
+                         n_symbolic=None, n_ablation=10000, epochs=60, eps_warmup=15, eps=0.1, lr=1e-3, k=5, n_val=1000,
+                         n_eval=10000, n_attack=1000, pgd_restarts=10, interval_steps=5),
     },
 }
 

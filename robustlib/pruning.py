@@ -30,6 +30,7 @@ module's train/eval flag and leaves no parameter ``.grad`` behind. Tensors stay 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 import time
@@ -51,8 +52,6 @@ __all__ = ["score", "last_layer_grads", "omp", "glister_greedy", "ForgettingCoun
            "DynamicSelector", "budget_of", "warmup_epochs", "SCORES", "METHODS", "VARIANTS"]
 
 
-# ----------------------------------------------------------------------------- helpers
-
 def _seconds_since(t0: float, device) -> float:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -73,10 +72,9 @@ def _check_fraction(fraction) -> float:
 
 
 def _check_budget(budget, n: int) -> int:
-    budget = _check_int(budget, "budget", 1, "pick at least one row")
-    if budget > n:
+    if _check_int(budget, "budget", 1, "pick at least one row") > n:
         raise ValueError(f"budget {budget} is larger than the number of rows n={n}; use budget ≤ n")
-    return budget
+    return int(budget)
 
 
 def budget_of(fraction: float, n: int) -> int:
@@ -103,6 +101,19 @@ def _pgd_kwargs(adversarial) -> dict | None:
     if "eps" not in kw:
         raise ValueError("adversarial needs at least eps, e.g. adversarial={'eps': 8/255, 'steps': 10}")
     return kw
+
+
+def _selection_config(self) -> dict:
+    """What makes a selection this selection (a keyed run's checkpoint name digests it; selection state left out):
+    scalar settings, the PGD settings of ``adversarial``, digests of tensors (scores) and of a validation split."""
+    def digest(*ts):
+        return hashlib.sha256(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in ts)).hexdigest()[:16]
+    out = {}
+    for k, v in sorted(vars(self).items()):
+        if k not in self._STATE:
+            v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
+            out[k] = _pgd_kwargs(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
+    return {k: v for k, v in out.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
 
 
 def _batches(model, data: ImageData, batch_size: int, adversarial):
@@ -152,10 +163,8 @@ def _grand_full(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     from torch.func import functional_call, grad, vmap
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
-
     def loss_one(p, xi, yi):
         return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)).float(), yi[None])
-
     g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
     return sum(v.flatten(1).pow(2).sum(1) for v in g.values()).sqrt()
 
@@ -206,8 +215,7 @@ class ForgettingCounter:
     def __init__(self, model: nn.Module | None = None, data: ImageData | None = None, *, adversarial=None,
                  batch_size: int = 512):
         self.model, self.data, self.adversarial, self.batch_size = model, data, adversarial, batch_size
-        self.counts = self.learned = self.previous = None
-        self.epochs = 0
+        self.counts, self.learned, self.previous, self.epochs = None, None, None, 0
 
     def update(self, model: nn.Module, data: ImageData) -> torch.Tensor:
         with eval_mode(model), torch.no_grad():
@@ -222,11 +230,9 @@ class ForgettingCounter:
         return correct
 
     def __call__(self, *args):
-        if len(args) == 2:
-            return self.update(*args)
-        if self.model is None or self.data is None:
+        if len(args) != 2 and (self.model is None or self.data is None):
             raise ValueError("as a fit callback the counter needs its model and data: ForgettingCounter(model, train)")
-        return self.update(self.model, self.data)
+        return self.update(*(args if len(args) == 2 else (self.model, self.data)))
 
     def scores(self) -> torch.Tensor:
         """Forgetting counts as floats; never-learned examples get the number of updates (the maximum)."""
@@ -256,8 +262,7 @@ def _solve(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _nnls(Q: torch.Tensor, b: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
     """argmin_{w ≥ 0} ½wᵀQw − bᵀw (Q = AAᵀ + λI, k×k): Lawson–Hanson active set, warm-started at w0 ≥ 0,
     which must be optimal on its positive set (OMP's previous weights plus a 0): usually one solve."""
-    k = len(b)
-    w, free = w0.clone(), w0 > 0
+    k, w, free = len(b), w0.clone(), w0 > 0
     tol = 1e-12 * float(b.abs().max().clamp_min(1e-30))
     for _ in range(3 * k + 10):
         neg_grad = (b - Q @ w).masked_fill(free, -math.inf)
@@ -399,6 +404,7 @@ class StaticSelector:
         return self.indices, torch.ones(len(self.indices), device=self.indices.device)
 
     state_dict, load_state_dict = ForgettingCounter.state_dict, ForgettingCounter.load_state_dict
+    config = _selection_config
     _STATE = ("indices", "last_seconds")
 
 
@@ -435,9 +441,8 @@ class DynamicSelector:
             raise ValueError(f"need lam ≥ 0, eta > 0 and 0 < delta < 1; got lam={lam}, eta={eta}, delta={delta}")
         _pgd_kwargs(adversarial)  # validated now rather than at the first selection
         self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
-        self.eta, self.stochastic, self.delta, self.chunk = eta, stochastic, delta, chunk
-        self.batch_size, self.seed = batch_size, seed
-        self.indices = self.weights = None
+        self.eta, self.stochastic, self.delta, self.chunk, self.batch_size = eta, stochastic, delta, chunk, batch_size
+        self.seed, self.indices, self.weights = seed, None, None
         self.last_epoch, self.selections, self.last_seconds = -1, 0, 0.0
 
     def __call__(self, epoch: int, model: nn.Module, data: ImageData):
@@ -490,4 +495,5 @@ class DynamicSelector:
         return idx, chosen[group[idx]]
 
     state_dict, load_state_dict = ForgettingCounter.state_dict, ForgettingCounter.load_state_dict
+    config = _selection_config
     _STATE = ("indices", "weights", "last_epoch", "selections", "last_seconds")

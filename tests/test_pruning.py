@@ -333,3 +333,153 @@ def test_bad_input_raises_a_helpful_value_error(small, make, message):
     train, _, _ = small
     with pytest.raises(ValueError, match=message):
         make(train)
+
+
+# ----------------------------------------------------------------------------- selectors as keyed runs, and the study
+
+def test_selector_config_names_what_changes_the_selection_and_not_its_state(small):
+    train, test, model = small
+    kw = dict(R=2, warmup=1, adversarial={"eps": 0.1, "steps": 2})
+    a = DynamicSelector("gradmatch", 0.3, **kw)
+    before = a.config()
+    a(1, model, train)
+    assert a.config() == before and before["adversarial"] == {"eps": 0.1, "steps": 2}
+    assert DynamicSelector("gradmatch", 0.3, R=2, warmup=1, adversarial={"eps": 0.1, "steps": 3}).config() != before
+    g1, g2 = (DynamicSelector("glister", 0.3, valid=v).config() for v in (test.head(20), test.head(21)))
+    assert g1["valid"]["n"] == 20 and g1 != g2
+    s = score("random", model, train, seed=1)
+    assert StaticSelector(s, 0.5).config() != StaticSelector(s.flip(0), 0.5).config()
+    # the run key digests the selector's config: another selection attack is another run
+    from robustlib.runs import run_config, run_key
+    net = rl.models.build("small_cnn", like=train)
+    keys = {run_key(run_config("r", net, train, rl.objectives.Standard(), {"selector": sel}))
+            for sel in (DynamicSelector("gradmatch", 0.3, **kw), DynamicSelector("gradmatch", 0.3, R=2, warmup=1,
+                                                                                 adversarial={"eps": 0.1, "steps": 3}))}
+    assert len(keys) == 2
+
+
+def test_score_selector_scores_the_warm_model_once_after_the_warm_up(small):
+    from robustlib.pruning_study import ScoreSelector
+    train, _, model = small
+    sel = ScoreSelector("el2n", 0.25, warmup=2)
+    assert sel(0, model, train) is None and sel(1, model, train) is None
+    idx, w = sel(2, model, train)
+    ref, _ = StaticSelector(score("el2n", model, train), 0.25)(0, model, train)
+    assert torch.equal(idx, ref) and torch.equal(w, torch.ones(50)) and sel.selections == 1 and sel.last_seconds > 0
+    with torch.no_grad():
+        model[-1].bias.add_(1.0)   # a changed model no longer changes the choice
+    assert torch.equal(sel(5, model, train)[0], idx)
+    model[-1].bias.data.sub_(1.0)
+    resumed = ScoreSelector("el2n", 0.25, warmup=2)
+    resumed.load_state_dict(_roundtrip(sel.state_dict()))
+    assert torch.equal(resumed(3, model, train)[0], idx)
+    adv = {"eps": 0.1, "steps": 2}
+    torch.manual_seed(5)
+    got = ScoreSelector("grand", 0.25, adversarial=adv)(0, model, train)[0]
+    torch.manual_seed(5)
+    want = StaticSelector(score("grand", model, train, adversarial=adv), 0.25)(0, model, train)[0]
+    assert torch.equal(got, want)
+    assert ScoreSelector("el2n", 0.25, adversarial=adv).config()["adversarial"] == adv
+    for bad, message in ((dict(name="forgetting"), "needs a counter"), (dict(warmup=-1), "warmup"),
+                         (dict(fraction=0.0), "fraction"), (dict(keep="middle"), "keep")):
+        with pytest.raises(ValueError, match=message):
+            ScoreSelector(**{"name": "el2n", "fraction": 0.5, **bad})
+
+
+def test_study_builds_every_method_on_one_schedule(small):
+    from robustlib.pruning_study import METHODS, ScoreSelector, selector
+    train, test, _ = small
+    attack = {"eps": 0.1, "steps": 2}
+    built = {m: selector(m, 0.3, 10, R=4, attack=attack, valid=test) for m in METHODS}
+    assert built.pop("full") is None
+    assert all(s.warmup == rl.pruning.warmup_epochs(0.3, 10) == 2 and s.fraction == 0.3 for s in built.values())
+    assert {m for m, s in built.items() if isinstance(s, ScoreSelector)} == {
+        "random-static", "el2n", "el2n-adv", "grand", "grand-adv"}
+    assert built["el2n"].adversarial is None and built["grand-adv"].adversarial == attack
+    assert built["gradmatch"].method == "gradmatch" and built["glister"].valid is test and built["random"].R == 4
+    assert selector("gradmatch", 0.5, 10, warmup=0).warmup == 0
+    with pytest.raises(ValueError, match="unknown method"):
+        selector("coreset", 0.3, 10)
+    with pytest.raises(ValueError, match="attack="):
+        selector("el2n-adv", 0.3, 10)
+
+
+def test_parse_grid_expands_fractions_bullet_train_and_adds_full_data():
+    from robustlib.pruning_study import parse_grid
+    runs = parse_grid({"pgd-at": ["gradmatch", "el2n@0.3", "gradmatch+bt@0.5", "full+bt"], "mart": ["full"]},
+                      [0.3, 0.5])
+    got = [(r["objective"], r["method"], r["bt"], r["fraction"]) for r in runs]
+    assert got == [("pgd-at", "full", False, 1.0), ("pgd-at", "gradmatch", False, 0.3),
+                   ("pgd-at", "gradmatch", False, 0.5), ("pgd-at", "el2n", False, 0.3),
+                   ("pgd-at", "gradmatch", True, 0.5), ("pgd-at", "full", True, 1.0), ("mart", "full", False, 1.0)]
+    for grid, message in (({"pgd-at": ["coreset"]}, "unknown method"), ({"pgd-at": "gradmatch"}, "list"),
+                          ({"pgd-at": ["random@1.5"]}, "fraction")):
+        with pytest.raises(ValueError, match=message):
+            parse_grid(grid, [0.3])
+
+
+def test_holdout_splits_disjointly():
+    from robustlib.pruning_study import holdout
+    data, _ = rl.data.load("digits", size=8, n_train=100, n_test=10)
+    rest, held = holdout(data, 30, seed=1)
+    assert len(rest) == 70 and len(held) == 30
+    both = torch.cat([rest.images, held.images]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == len(torch.unique(data.images.flatten(1), dim=0))
+    assert torch.equal(holdout(data, 30, seed=1)[1].images, held.images)
+    with pytest.raises(ValueError, match="hold out"):
+        holdout(data, 100)
+
+
+def _runs(**accs):
+    rows = []
+    for key, (acc, s) in accs.items():
+        objective, method, bt, f = key.split("_")
+        rows.append(dict(dataset="fashion-mnist", objective=objective, method=method, bt=bt == "bt",
+                         fraction=float(f), pgd_acc=acc, train_s=100.0 / s, speedup=s, run=key))
+    return rows
+
+
+def test_speedups_ideal_speedup_pareto_front_and_the_claim_rule():
+    from robustlib.pruning_study import best_speedup, headline, ideal_speedup, pareto_front, speedups
+    assert ideal_speedup(100, 15, 0.3) == pytest.approx(100 / 40.5) and ideal_speedup(10, 10, 0.2) == 1.0
+    assert pareto_front([1, 2, 3, 2.5, 3], [0.5, 0.45, 0.3, 0.45, 0.2]) == [True, False, True, True, False]
+    rows = _runs(**{"pgd-at_full_no_1": (0.50, 1.0), "pgd-at_gradmatch_no_0.3": (0.49, 2.5),
+                    "pgd-at_random_no_0.2": (0.47, 3.5), "pgd-at_glister_bt_0.2": (0.495, 4.0),
+                    "trades_full_no_1": (0.52, 1.0), "trades_gradmatch_bt_0.3": (0.506, 5.0),
+                    "trades_gradmatch_no_0.3": (0.51, 2.8), "mart_full_no_1": (0.50, 1.0),
+                    "mart_gradmatch_bt_0.3": (0.40, 4.0)})
+    assert speedups(rows) == pytest.approx([1.0, 2.5, 3.5, 4.0, 1.0, 5.0, 2.8, 1.0, 4.0])
+    assert best_speedup(rows[:3], 0.50)["run"] == "pgd-at_gradmatch_no_0.3"   # 3.5× is 3 points lower
+    got = {c["claim"]: c for c in headline(rows, ["fashion-mnist"], "mnist_small")}
+    assert set(got) == {f"{p}-{d}" for p in ("p1-speedup", "p1-bt-trades", "p1-bt-mart")
+                        for d in ("cifar10", "cifar100")}
+    assert got["p1-speedup-cifar10"]["measured"] == 2.8 and got["p1-speedup-cifar10"]["objective"] == "trades"
+    assert got["p1-bt-trades-cifar10"]["measured"] == 5.0 and got["p1-bt-trades-cifar10"]["bullet_train"]
+    assert got["p1-bt-mart-cifar100"]["measured"] == 1.0 and "no pruned run" in got["p1-bt-mart-cifar100"]["note"]
+    assert all("measured on fashion-mnist, not CIFAR" in c["note"] and c["network"] == "mnist_small"
+               for c in got.values())
+    cifar = [dict(r, dataset="cifar10") for r in rows]
+    on_cifar = {c["claim"]: c for c in headline(cifar, ["cifar10"], "x")}
+    assert "not CIFAR-10" not in on_cifar["p1-speedup-cifar10"]["note"]
+    assert {c["claim"] for c in headline(rows[:3], ["fashion-mnist"], "x")} == {"p1-speedup-cifar10",
+                                                                              "p1-speedup-cifar100"}
+    with pytest.raises(ValueError, match="no full-data run"):
+        speedups(rows[1:3])
+
+
+def test_pruning_figures_draw_every_run():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from robustlib.pruning_study import speedups
+    rows = _runs(**{"pgd-at_full_no_1": (0.50, 1.0), "pgd-at_gradmatch_no_0.3": (0.49, 2.5),
+                    "pgd-at_gradmatch_bt_0.3": (0.48, 3.0), "pgd-at_full_bt_1": (0.5, 1.8),
+                    "mart_full_no_1": (0.45, 1.0), "mart_el2n_no_0.5": (0.40, 1.7)})
+    frame = pd.DataFrame(rows).assign(speedup=speedups(rows))  # the same as the rows' own speed-ups
+    fig = rl.plot.speedup_accuracy(frame, caption="caption line")
+    assert len(fig.axes) == 2 and sum(len(ax.collections) for ax in fig.axes) == len(rows)
+    assert any(t.get_text() == "caption line" for t in fig.texts)
+    fig2 = rl.plot.fraction_view(frame, [0.3, 0.5], caption="c")
+    assert len(fig2.axes) == 4
+    plt.close("all")

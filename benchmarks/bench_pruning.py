@@ -1,0 +1,167 @@
+"""Speed of pruned adversarial training, as ratios to baselines measured in the same run.
+
+    python benchmarks/bench_pruning.py                      # CPU, Fashion-MNIST (60,000 images), 5 epochs
+    python benchmarks/bench_pruning.py --device cuda --model preact_resnet18
+    python benchmarks/bench_pruning.py --quick              # tiny sizes: checks that the script runs
+
+On Fashion-MNIST with MNIST_Small, ε = 0.1, K = 10 (α = 2.5·ε/K), batch 128:
+
+(a) **Selection cost.** One Adv-GRAD-MATCH (per-batch OMP) and one Adv-GLISTER re-selection of k = f·n examples
+    on all n training images, each as a ratio to one full-data PGD-AT epoch on the same data (goal ≤ 10%), with the
+    selection attack at K_s = K (the training attack) and at K_s = ``--select-steps`` (the chapter's default below
+    the paper preset); ``grads`` is the part spent attacking and taking last-layer gradients, the rest is the solver.
+(b) **End-to-end speed-up.** PGD-AT for E epochs on full data vs Adv-GRAD-MATCH pruned PGD-AT at f = 0.3 with the
+    same epochs (warm-up T_w = round(f·κ·E), re-selection every R epochs, selection included), against the ideal
+    E / (T_w + (E − T_w)·f) (goal ≥ 0.9× ideal).
+(c) **Bullet-Train** on full-data PGD-AT: attack steps saved (share of K·n per epoch) and the wall-clock gain; and
+    pruning + Bullet-Train together, the combination of the paper's 5.66×/5.12× claims.
+
+Every time is wall-clock between device synchronisations; training times are ``fit``'s per-epoch records
+(evaluation excluded). Run it on a quiet machine: two PyTorch processes sharing two cores distort every figure.
+Writes ``benchmarks/results/pruning-<cpu|cuda>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import robustlib as rl  # noqa: E402
+from robustlib import pruning_study as study  # noqa: E402
+from robustlib.pruning import DynamicSelector, last_layer_grads, warmup_epochs  # noqa: E402
+
+from common import device_name, timed, write_result  # noqa: E402
+
+
+def train(model_name, data, objective, epochs, args, selector=None, seed=0):
+    torch.manual_seed(seed)
+    model = rl.models.build(model_name, like=data)
+    history = rl.train.fit(model, data, objective, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                           schedule="onecycle", selector=selector, seed=seed, progress=False)
+    return model, history
+
+
+def selection_cost(model, train, valid, method, fraction, select_steps, args):
+    """Seconds of one re-selection, and of its attack + last-layer gradients alone."""
+    attack = dict(eps=args.eps, steps=select_steps)
+    kw = dict(variant="per_batch") if method == "gradmatch" else dict(valid=valid)
+    sel = DynamicSelector(method, fraction, R=1, adversarial=attack, seed=0, **kw)
+    total = timed(lambda: sel(0, model, train), train.device)
+    grads = timed(lambda: last_layer_grads(model, train, adversarial=attack), train.device)
+    if method == "glister":
+        grads += timed(lambda: last_layer_grads(model, valid, adversarial=attack), train.device)
+    return total, grads
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--model", default="mnist_small")
+    p.add_argument("--n", type=int, default=None, help="training images (default: all)")
+    p.add_argument("--epochs", type=int, default=5, help="E for the end-to-end runs")
+    p.add_argument("--fraction", type=float, default=0.3, help="f, the kept fraction")
+    p.add_argument("--R", type=int, default=3, help="re-select every R epochs")
+    p.add_argument("--kappa", type=float, default=0.5)
+    p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--steps", type=int, default=10, help="K, the training attack's steps")
+    p.add_argument("--select-steps", type=int, default=3, help="K_s, the cheaper selection attack")
+    p.add_argument("--n-valid", type=int, default=1000, help="Adv-GLISTER's held-out validation images")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (1,000 images, 2 epochs, K = 3): a smoke test")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n, a.epochs, a.steps, a.select_steps, a.n_valid, a.R = a.n or 1000, 2, 3, 1, 100, 1
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    t_start = time.perf_counter()
+
+    full_train, _ = rl.data.load(a.dataset, device=device, n_train=a.n, n_test=1)
+    train_set, valid = study.holdout(full_train, a.n_valid, seed=0)
+    n, E, f, K = len(train_set), a.epochs, a.fraction, a.steps
+    alpha = 2.5 * a.eps / K
+    pgd = lambda: rl.objectives.PGDAT(eps=a.eps, alpha=alpha, steps=K)  # noqa: E731
+    settings = dict(dataset=a.dataset, model=a.model, n=n, n_valid=len(valid), epochs=E, fraction=f, R=a.R,
+                    kappa=a.kappa, eps=a.eps, alpha=alpha, steps=K, select_steps=a.select_steps,
+                    batch_size=a.batch_size, lr=a.lr, threads=torch.get_num_threads(), quick=a.quick)
+    print(f"# pruning benchmark on {device_name(device)}: {a.dataset} n = {n}, {a.model}, ε = {a.eps}, K = {K}, "
+          f"E = {E}, f = {f}, R = {a.R}, {torch.get_num_threads()} threads")
+
+    # (b) baseline first: full-data PGD-AT for E epochs; its model (E epochs of AT) is the one selections score
+    model, full = train(a.model, train_set, pgd(), E, a)
+    epoch_s = min(r["wall_s"] for r in full[1:]) if len(full) > 1 else full[0]["wall_s"]
+    figures = dict(full_epoch_s=epoch_s, full_train_s=full.wall_s)
+
+    # (a) one re-selection on all n images vs one full-data PGD-AT epoch
+    for method in ("gradmatch", "glister"):
+        for ks in sorted({K, a.select_steps}, reverse=True):
+            total, grads = selection_cost(model, train_set, valid, method, f, ks, a)
+            figures[f"{method}_Ks{ks}_s"], figures[f"{method}_Ks{ks}_grads_s"] = total, grads
+
+    # (b) pruned PGD-AT with Adv-GRAD-MATCH at f, the same epochs
+    t_w = warmup_epochs(f, E, a.kappa)
+    sel = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
+                          variant="per_batch")
+    _, pruned = train(a.model, train_set, pgd(), E, a, selector=sel)
+    ideal = study.ideal_speedup(E, t_w, f)
+    figures.update(pruned_train_s=pruned.wall_s, pruned_select_s=sum(r["select_s"] for r in pruned),
+                   warmup_epochs=t_w, selections=sel.selections, ideal_speedup=ideal)
+
+    # (c) Bullet-Train on full data, and with the same pruning
+    _, bt = train(a.model, train_set, rl.objectives.BulletTrain(pgd()), E, a)
+    sel_bt = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
+                             variant="per_batch")
+    _, pruned_bt = train(a.model, train_set, rl.objectives.BulletTrain(pgd()), E, a, selector=sel_bt)
+    saved = sum(r["bt_steps_saved"] for r in bt) / (K * sum(r["seen"] for r in bt))
+    figures.update(bt_train_s=bt.wall_s, bt_steps_saved_share=saved,
+                   bt_groups={g: sum(r[f"bt_{g}"] * r["seen"] for r in bt) / sum(r["seen"] for r in bt)
+                              for g in ("outlier", "robust", "boundary")},
+                   pruned_bt_train_s=pruned_bt.wall_s)
+
+    ratios = {}
+    for method in ("gradmatch", "glister"):
+        for ks in sorted({K, a.select_steps}, reverse=True):
+            ratios[f"{method}_Ks{ks}_selection_per_epoch"] = figures[f"{method}_Ks{ks}_s"] / epoch_s
+    speedup = full.wall_s / pruned.wall_s
+    ratios.update(pruned_speedup=speedup, pruned_speedup_over_ideal=speedup / ideal,
+                  selection_share_of_pruned_run=figures["pruned_select_s"] / pruned.wall_s,
+                  bt_speedup=full.wall_s / bt.wall_s, pruned_bt_speedup=full.wall_s / pruned_bt.wall_s)
+
+    print(f"{'measurement':58s} {'value':>9s}  goal")
+    print(f"{'one full-data PGD-AT epoch (s)':58s} {epoch_s:9.2f}")
+    for method, name in (("gradmatch", "Adv-GRAD-MATCH (per batch)"), ("glister", "Adv-GLISTER")):
+        for ks in sorted({K, a.select_steps}, reverse=True):
+            s, g = figures[f"{method}_Ks{ks}_s"], figures[f"{method}_Ks{ks}_grads_s"]
+            print(f"{f'(a) {name} selection, K_s = {ks} / epoch':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
+                  f"({s:.2f} s: attack + gradients {g:.2f} s, solver {max(s - g, 0):.2f} s)")
+    print(f"{f'(b) pruned PGD-AT speed-up, f = {f}, T_w = {t_w}, {sel.selections} selections':58s} {speedup:9.3f}  "
+          f"(ideal {ideal:.3f})")
+    print(f"{'(b) ... as a share of the ideal':58s} {speedup / ideal:9.3f}  ≥ 0.90")
+    print(f"{'(b) ... selection share of the pruned run':58s} {ratios['selection_share_of_pruned_run']:9.3f}")
+    print(f"{'(c) Bullet-Train: attack steps saved (share of K·n)':58s} {saved:9.3f}  "
+          f"(groups {', '.join(f'{k} {v:.2f}' for k, v in figures['bt_groups'].items())})")
+    print(f"{'(c) Bullet-Train wall-clock speed-up over PGD-AT':58s} {ratios['bt_speedup']:9.3f}")
+    print(f"{'(c) pruning + Bullet-Train speed-up over PGD-AT':58s} {ratios['pruned_bt_speedup']:9.3f}")
+    settings["wall_s"] = time.perf_counter() - t_start
+    if a.quick:   # sizes too small for the numbers to mean anything: written to a temporary folder
+        import tempfile
+
+        import common
+        common.RESULTS = Path(tempfile.mkdtemp(prefix="bench_pruning_quick_"))
+    path = write_result("pruning", device, settings, figures, ratios)
+    print(f"# wrote {path} ({settings['wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
