@@ -1,5 +1,6 @@
-# Two commands: `make book` (reproduce at preset auto, then render the book) and `make test`.
-# Each creates .venv and installs everything on first use.
+# Two commands: `make book` (render the book from the best results per chapter, executing at smoke only the chapters
+# that have no committed paper/gpu/cpu results) and `make test`. Each creates .venv and installs everything on first use.
+# `make book PRESET=gpu` executes every chapter at that preset instead; `make build` renders without executing.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -18,14 +19,17 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
+# book and build default to `best` (paper, then gpu, then cpu, then smoke, per chapter) unless PRESET is given.
+BOOK_PRESET = $(if $(filter command line environment,$(origin PRESET)),$(PRESET),best)
+
 book: setup
-	$(PY) -m robustlib book --preset $(PRESET)
+	$(PY) -m robustlib book --preset $(BOOK_PRESET)
 
 reproduce: setup
 	$(PY) -m robustlib reproduce --preset $(PRESET)
 
 build: setup
-	$(PY) -m robustlib build --preset $(PRESET)
+	$(PY) -m robustlib build --preset $(BOOK_PRESET)
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,16 +1,18 @@
 """Batch reproduction: run the book's notebooks with papermill, keep results records, build the book.
 
     python -m robustlib reproduce --preset smoke [--only NAME ...]
-    python -m robustlib build --preset smoke          # render already-executed notebooks
-    python -m robustlib book --preset auto            # both
+    python -m robustlib build --preset best           # render already-executed notebooks, best preset per chapter
+    python -m robustlib book --preset best            # smoke-execute chapters without real results, then build
 
 ``reproduce`` executes the notebooks listed in ``_toc.yml`` in order into
 ``results/<preset>/<name>.ipynb``; each notebook writes its results record
 ``results/<preset>/<name>.json`` through :class:`Record`. A failing notebook
 does not stop the others; every failure is reported at the end and the exit
 status is non-zero. ``build`` copies the executed notebooks next to the
-book's pages in ``_build/source`` and runs ``jupyter-book build`` with
-execution off, so committed full-scale outputs render without re-running.
+book's pages in ``_build/source`` (per chapter the best preset that has
+them, labelled with it: see :mod:`robustlib.book`), generates the pages made
+from the results records, and runs ``jupyter-book build`` with execution
+off, so committed full-scale outputs render without re-running.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import presets
+from . import book, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -240,42 +242,70 @@ def _mark(path: Path, notebook: str, preset: str, status: str, error: str | None
     os.replace(tmp, path)
 
 
-def stage(prefer: list[str], root: Path = ROOT, log=print) -> Path:
-    """Copy the book's pages and, per notebook, the first executed copy found among ``prefer`` presets."""
-    src = root / "_build" / "source"
+def preference(preset: str) -> list[str]:
+    """The presets a build tries per chapter, in order: ``best`` (paper, gpu, cpu, smoke), a comma list such as
+    ``gpu,smoke``, or one preset (``auto`` resolved)."""
+    if preset == "best":
+        return list(book.BEST)
+    return [presets.resolve(p.strip()) for p in preset.split(",") if p.strip()]
+
+
+def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Path | None = None) -> Path:
+    """Stage the book's sources in ``<out>/_build/source`` (``out`` defaults to ``root``): its pages, and per
+    notebook of ``_toc.yml`` the executed copy of the first preset of ``prefer`` that ran it successfully (see
+    :func:`robustlib.book.choose`), labelled with its preset and with the papermill and Colab cells hidden; then
+    the generated pages ("Reproduction at a glance" and the snippets of the introduction and the outlook).
+    ``results`` is the results root (default ``<root>/results``) or a mapping ``{preset: folder}``."""
+    import nbformat
+
+    prefer = list(prefer)
+    src = Path(out if out is not None else root) / "_build" / "source"
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / f, src / f)
-    shutil.copytree(root / "book", src / "book")
+    shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns(book.GENERATED, "glance.md"))
     (src / "notebooks").mkdir()
-    missing = []
-    for name in toc_notebooks(root):
-        for p in prefer:
-            executed = root / "results" / p / f"{name}.ipynb"
-            if executed.exists():
-                shutil.copy2(executed, src / "notebooks" / f"{name}.ipynb")
-                log(f"[build] {name}: executed at preset {p}")
-                break
-        else:
-            missing.append(name)
+    names = toc_notebooks(root)
+    dirs = book.results_dirs(prefer, results if results is not None else root / "results")
+    chosen = book.choose(names, dirs)
+    missing = [n for n, ex in chosen.items() if ex is None]
     if missing:
         raise FileNotFoundError(f"no executed copy of {missing} for preset(s) {prefer}: run "
                                 f"`python -m robustlib reproduce --preset {prefer[0]}` first")
+    for name, ex in chosen.items():
+        nbformat.write(book.prepare_notebook(root / "notebooks" / f"{name}.ipynb", ex),
+                       src / "notebooks" / f"{name}.ipynb")
+        log(f"[build] {name}: executed at preset {ex.preset}" + ("" if ex.ok else " (FAILED run: its error shows)"))
+    book.write_generated(src / "book", chosen, dirs, names)
     return src
 
 
-def build(prefer: list[str], root: Path = ROOT, log=print) -> Path:
-    """Render the book from executed notebooks; return the path of ``index.html``."""
-    src = stage(prefer, root, log)
+def build(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Path | None = None,
+          strict: bool = False) -> Path:
+    """Render the book from executed notebooks into ``<out>/_build/html``; return the path of ``index.html``.
+    ``strict`` turns Sphinx warnings into errors (``jupyter-book build -W --keep-going``)."""
+    out = Path(out if out is not None else root)
+    src = stage(prefer, root, log, results=results, out=out)
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output", str(root)]
-    subprocess.run(cmd, check=True)
-    index = root / "_build" / "html" / "index.html"
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(src), "--path-output", str(out)]
+    if strict:
+        cmd += ["-W", "--keep-going"]
+    env = dict(os.environ)   # the API page imports robustlib (autodoc), installed or not
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    subprocess.run(cmd, check=True, env=env)
+    index = out / "_build" / "html" / "index.html"
     if not index.exists():
         raise RuntimeError(f"jupyter-book finished but {index} is missing")
     return index
+
+
+def without_results(root: Path = ROOT, results=None, presets_=("paper", "gpu", "cpu")) -> list[str]:
+    """The book's notebooks with no successful executed copy at any of ``presets_`` (what ``book --preset best``
+    executes at smoke)."""
+    dirs = book.results_dirs(list(presets_), results if results is not None else root / "results")
+    return [n for n, ex in book.choose(toc_notebooks(root), dirs).items() if ex is None or not ex.ok]
 
 
 def main(argv=None) -> int:
@@ -287,31 +317,45 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--preset", default="auto",
                        help="smoke | cpu | gpu | paper | auto (gpu with CUDA, else smoke); for build, a comma "
-                            "list is tried in order per notebook, e.g. gpu,smoke")
+                            "list tried in order per notebook (e.g. gpu,smoke) or best (paper, gpu, cpu, smoke); "
+                            "book --preset best executes at smoke only the chapters without paper/gpu/cpu results")
         p.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
         if name != "build":
             p.add_argument("--only", nargs="+", metavar="NAME", help="notebook names (file stems) to run")
             p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+        if name != "reproduce":
+            p.add_argument("--strict", action="store_true", help="Sphinx warnings are errors (-W)")
     args = parser.parse_args(argv)
+    if args.command == "reproduce" and args.preset == "best":
+        parser.error("--preset best picks among executed results: use it with build or book")
 
     status = 0
     if args.command in ("reproduce", "book"):
-        preset = presets.resolve(args.preset)
-        t0 = time.perf_counter()
-        outcome = run(preset, only=args.only, root=args.root, timeout=args.timeout)
-        failed = {k: v for k, v in outcome.items() if v is not None}
-        print(f"[reproduce] {len(outcome) - len(failed)}/{len(outcome)} notebooks ok at preset {preset} "
-              f"in {time.perf_counter() - t0:.0f} s; records in {args.root / 'results' / preset}")
-        if failed:
+        if args.preset == "best":
+            names = without_results(args.root)
+            if args.only:
+                names = [n for n in names if n in args.only]
+            preset, prefer = "smoke", preference("best")
+            print(f"[book] chapters without paper/gpu/cpu results, executed at smoke: {', '.join(names) or 'none'}")
+        else:
+            preset = presets.resolve(args.preset)
+            names, prefer = args.only, [preset]
+        outcome = {}
+        if names is None or names:
+            t0 = time.perf_counter()
+            outcome = run(preset, only=names, root=args.root, timeout=args.timeout)
+            failed = {k: v for k, v in outcome.items() if v is not None}
+            print(f"[reproduce] {len(outcome) - len(failed)}/{len(outcome)} notebooks ok at preset {preset} "
+                  f"in {time.perf_counter() - t0:.0f} s; records in {args.root / 'results' / preset}")
             for k, v in failed.items():
                 print(f"[reproduce] FAILED {k}: {v}")
-            status = 1
-        prefer = [preset]
+            status = 1 if failed else 0
     else:
-        prefer = [presets.resolve(p) for p in args.preset.split(",")]
+        prefer = preference(args.preset)
     if args.command in ("build", "book"):  # a failed notebook still renders, with its error shown
-        index = build(prefer, root=args.root)
-        print(f"[build] the book is at {index}")
+        t0 = time.perf_counter()
+        index = build(prefer, root=args.root, strict=args.strict)
+        print(f"[build] the book is at {index} ({time.perf_counter() - t0:.0f} s)")
     return status
 
 
