@@ -117,8 +117,11 @@ def test_adversarial_examples(smoke_book):
 
 
 def test_adversarial_training(smoke_book):
-    rows = {r["method"]: r for r in _record(smoke_book, "adversarial_training")["rows"]}
+    all_rows = _record(smoke_book, "adversarial_training")["rows"]
+    rows = {r["method"]: r for r in all_rows if r.get("section") != "claim"}
     assert set(rows) == {"standard", "pgd-at", "trades", "mart", "fast-at"}
+    claim = [r for r in all_rows if r.get("section") == "claim"]
+    assert [c["claim"] for c in claim] == ["p1-at-cost"] and claim[0]["measured"] == rows["pgd-at"]["cost_ratio"]
     assert rows["pgd-at"]["pgd20_acc"] > rows["standard"]["pgd20_acc"] + 0.1
     assert rows["pgd-at"]["passes_per_example"] == 22 and rows["standard"]["passes_per_example"] == 2
     assert rows["pgd-at"]["cost_ratio"] > 3 and rows["fast-at"]["cost_ratio"] < rows["pgd-at"]["cost_ratio"]

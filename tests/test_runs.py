@@ -90,3 +90,13 @@ def test_claims_rows_and_verdicts(tmp_path):
     assert claims.verdict("p2-interval-attack", 3) == "reproduced"
     assert claims.verdict("p2-vra", 0.99, preset="smoke") == "pipeline check only"
     assert claims.verdict("p2-vra", None) == "not yet run"
+
+
+def test_run_key_of_a_network_with_batchnorm(digits, tmp_path):
+    """BatchNorm's 0-d `num_batches_tracked` buffer is part of the initial-weights digest."""
+    train, _ = digits
+    torch.manual_seed(0)
+    model = rl.models.PreActResNet(blocks=(1, 1), widths=(4, 8), in_channels=1)
+    h = Record("ch", "smoke", tmp_path).fit("bn", model, train.head(32), Standard(), epochs=1, batch_size=16,
+                                           progress=False)
+    assert len(h) == 1 and len(list((tmp_path / "runs").glob("bn-*.pt"))) == 1
