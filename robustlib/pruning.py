@@ -261,14 +261,25 @@ def _solve(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _nnls(Q: torch.Tensor, b: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
     """argmin_{w ≥ 0} ½wᵀQw − bᵀw (Q = AAᵀ + λI, k×k): Lawson–Hanson active set, warm-started at w0 ≥ 0,
-    which must be optimal on its positive set (OMP's previous weights plus a 0): usually one solve."""
+    which must be optimal on its positive set (OMP's previous weights plus a 0): usually one solve.
+
+    Give Q and b in float64: in float32 the rounding of ``b − Qw`` on nearly collinear rows (GRAD-MATCH's
+    summed batch gradients) exceeds any fixed tolerance, and the active set cycles — a weight re-enters
+    the free set with a gradient that is only rounding, is dropped again, and so on (measured: 35,000
+    solves without finishing one selection of 738 groups). A weight dropped in this call therefore
+    re-enters only with a gradient above the tolerance of the working precision times ‖b‖∞·k.
+    """
     k, w, free = len(b), w0.clone(), w0 > 0
-    tol = 1e-12 * float(b.abs().max().clamp_min(1e-30))
+    scale = float(b.abs().max().clamp_min(1e-30)) + float(Q.abs().max()) * float(w.abs().sum())
+    tol = 64 * k * torch.finfo(b.dtype).eps * scale
+    dropped = torch.zeros_like(free)
     for _ in range(3 * k + 10):
         neg_grad = (b - Q @ w).masked_fill(free, -math.inf)
         j = int(neg_grad.argmax())
         if float(neg_grad[j]) <= tol:
-            break  # KKT: no weight held at 0 would lower the objective
+            break  # KKT: no weight held at 0 would lower the objective (up to rounding)
+        if bool(dropped[j]):
+            break  # it left the free set in this call: its gradient is rounding, not progress
         free[j] = True
         for _ in range(k + 1):  # move towards the free-set solution until a weight reaches 0
             s = torch.zeros_like(w)
@@ -281,6 +292,7 @@ def _nnls(Q: torch.Tensor, b: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
             a = int(ratio.argmin())
             w = w + ratio[a].clamp(0, 1) * (s - w)
             w[a] = 0.0
+            dropped |= free & (w <= 0)
             free &= w > 0
             w = w.masked_fill(~free, 0.0)
     return w
@@ -305,7 +317,8 @@ def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = 
     if not bool(torch.isfinite(G).all() & torch.isfinite(target).all()):
         raise ValueError("G and target must be finite (NaN/inf gradients: check the model and its inputs)")
     target, used, support = target.to(G.dtype), torch.zeros(n, dtype=torch.bool, device=G.device), []
-    Q, b, w = G.new_zeros(0, 0), G.new_zeros(0), G.new_zeros(0)
+    f64 = dict(dtype=torch.float64, device=G.device)   # the small |S|×|S| system in float64 (see _nnls)
+    Q, b, w = torch.zeros(0, 0, **f64), torch.zeros(0, **f64), torch.zeros(0, **f64)
     residual, stop = target.clone(), tol * float(target.norm())
     for _ in range(budget):  # the only Python loop: one greedy step per pick
         corr = G @ residual
@@ -313,16 +326,17 @@ def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = 
         j = int(corr.argmax())
         if float(corr[j]) <= (0.0 if positive else 1e-12 * float(residual.norm())):
             break
-        q = G[support] @ G[j]  # grow the Gram matrix Q = G_S G_Sᵀ + λI by one row and column
-        Q = torch.cat([torch.cat([Q, q[:, None]], 1), torch.cat([q, (G[j] @ G[j] + lam)[None]])[None]], 0)
-        b = torch.cat([b, (G[j] @ target)[None]])
+        gj = G[j].double()
+        q = G[support].double() @ gj  # grow the Gram matrix Q = G_S G_Sᵀ + λI by one row and column
+        Q = torch.cat([torch.cat([Q, q[:, None]], 1), torch.cat([q, (gj @ gj + lam)[None]])[None]], 0)
+        b = torch.cat([b, (gj @ target.double())[None]])
         support.append(j)
         used[j] = True
         w = _nnls(Q, b, torch.cat([w, w.new_zeros(1)])) if positive else _solve(Q, b)
-        residual = target - w @ G[support]
+        residual = target - w.to(G.dtype) @ G[support]
         if float(residual.norm()) <= stop:
             break
-    idx = torch.tensor(support, dtype=torch.long, device=G.device)
+    idx, w = torch.tensor(support, dtype=torch.long, device=G.device), w.to(G.dtype)
     return (idx[w > 0], w[w > 0]) if positive else (idx, w)
 
 

@@ -483,3 +483,22 @@ def test_pruning_figures_draw_every_run():
     fig2 = rl.plot.fraction_view(frame, [0.3, 0.5], caption="c")
     assert len(fig2.axes) == 4
     plt.close("all")
+
+
+def test_nnls_on_a_singular_gram_matrix_stops_at_a_kkt_point():
+    """More rows than dimensions (GRAD-MATCH's summed batch gradients near the end of a selection): Q is singular
+    and the optimum is not unique. The active set must still stop (no cycling on rounding) at a point that meets
+    the KKT conditions to rounding: w ≥ 0, no zero weight with a positive gradient, zero gradient on the support."""
+    from robustlib.pruning import _nnls
+    g = torch.Generator().manual_seed(0)
+    k, d = 300, 200
+    A = (torch.randn(d, generator=g) + 0.01 * torch.randn(k, d, generator=g)).double()
+    t = A[:150].sum(0)
+    Q, b = A @ A.T, A @ t
+    w = _nnls(Q, b, torch.zeros(k, dtype=torch.float64))
+    grad = b - Q @ w
+    scale = float(b.abs().max())
+    assert bool((w >= 0).all()) and int((w > 0).sum()) > 0
+    assert float(grad[w == 0].max()) <= 1e-6 * scale
+    assert float(grad[w > 0].abs().max()) <= 1e-6 * scale
+    assert float((t - w @ A).norm()) <= 1e-3 * float(t.norm())   # t lies in the cone of the rows: matched
