@@ -47,6 +47,7 @@ PRESETS = {
         "adversarial_examples": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                      lr=0.05, augment=None, eps_list=[0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2],
                                      eps_show=0.1, n_eval=10000),
+        # adversarial_training: measured 2026-11-25 on the 2-core CPU: 18 min (17 min of training).
         "adversarial_training": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=10,
                                      batch_size=128, lr=0.05, schedule="onecycle", augment=None, eps=0.1,
                                      alpha=0.025, steps=10, n_eval=10000, n_autoattack=200),
