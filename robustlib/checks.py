@@ -54,6 +54,24 @@ def eval_mode(model: nn.Module):
             m.training = flag
 
 
+@contextmanager
+def input_gradients_only(model: nn.Module):
+    """Inside the block the parameters of ``model`` do not require gradients (each flag restored afterwards).
+
+    An attack differentiates with respect to its input only; with the parameters frozen, autograd neither
+    records nor saves anything for weight gradients, and a ``torch.compile``-d network traces a backward that
+    computes input gradients alone (its compiled backward would otherwise compute every weight gradient too).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 def progress_bar(iterable=None, **kwargs):
     """tqdm (notebook or terminal, chosen automatically); ``ROBUSTLIB_PROGRESS=off`` hides it."""
     from tqdm.auto import tqdm
@@ -111,10 +129,10 @@ def check_eps_per_sample(eps, batch: int, ref: torch.Tensor) -> torch.Tensor:
     return e.reshape(-1).expand(batch) if e.ndim == 1 else e.expand(batch)
 
 
-def check_int(value, name: str, minimum: int = 0) -> int:
-    """An integer ≥ ``minimum`` (bools and floats such as 2.5 are refused)."""
+def check_int(value, name: str, minimum: int = 0, hint: str = "") -> int:
+    """An integer ≥ ``minimum`` (bools and floats such as 2.5 are refused); ``hint`` ends the error message."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}" + (f"; {hint}" if hint else ""))
     return int(value)
 
 

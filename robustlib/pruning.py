@@ -40,8 +40,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import pgd
-from .checks import eval_mode
+from .checks import check_int, eval_mode
 from .data import ImageData
+from .greedy import glister_greedy, omp
 
 SCORES = ("random", "loss", "el2n", "grand", "forgetting")
 METHODS = ("random", "gradmatch", "glister")
@@ -58,23 +59,11 @@ def _seconds_since(t0: float, device) -> float:
     return time.perf_counter() - t0
 
 
-def _check_int(value, name: str, low: int, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an integer ≥ {low}, got {value!r}; {hint}")
-    return int(value)
-
-
 def _check_fraction(fraction) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction <= 1:
         raise ValueError(f"fraction must be a number in (0, 1] (the share of examples kept), got {fraction!r}; "
                          f"e.g. fraction=0.3 keeps 30% of the data")
     return float(fraction)
-
-
-def _check_budget(budget, n: int) -> int:
-    if _check_int(budget, "budget", 1, "pick at least one row") > n:
-        raise ValueError(f"budget {budget} is larger than the number of rows n={n}; use budget ≤ n")
-    return int(budget)
 
 
 def budget_of(fraction: float, n: int) -> int:
@@ -121,7 +110,7 @@ def _batches(model, data: ImageData, batch_size: int, adversarial):
     if not isinstance(data, ImageData):
         raise TypeError(f"data must be a robustlib.data.ImageData, got {type(data).__name__}")
     kw = _pgd_kwargs(adversarial)
-    batch_size = _check_int(batch_size, "batch_size", 1, "pass a positive batch size")
+    batch_size = check_int(batch_size, "batch_size", 1, "pass a positive batch size")
     for start in range(0, len(data), batch_size):
         x, y = data.x(slice(start, start + batch_size)), data.labels[start:start + batch_size]
         yield (x if kw is None else pgd(model, x, y, **kw)), y
@@ -251,129 +240,6 @@ class ForgettingCounter:
             setattr(self, k, state[k])
 
 
-# ----------------------------------------------------------------------------- OMP and greedy GLISTER
-
-def _solve(Q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Q s = b for the small symmetric PSD Q: Cholesky, or the pseudo-inverse when Q is singular."""
-    L, info = torch.linalg.cholesky_ex(Q)
-    return torch.cholesky_solve(b[:, None], L).squeeze(1) if int(info) == 0 else torch.linalg.pinv(Q) @ b
-
-
-def _nnls(Q: torch.Tensor, b: torch.Tensor, w0: torch.Tensor) -> torch.Tensor:
-    """argmin_{w ≥ 0} ½wᵀQw − bᵀw (Q = AAᵀ + λI, k×k): Lawson–Hanson active set, warm-started at w0 ≥ 0,
-    which must be optimal on its positive set (OMP's previous weights plus a 0): usually one solve.
-
-    Give Q and b in float64: in float32 the rounding of ``b − Qw`` on nearly collinear rows (GRAD-MATCH's
-    summed batch gradients) exceeds any fixed tolerance, and the active set cycles — a weight re-enters
-    the free set with a gradient that is only rounding, is dropped again, and so on (measured: 35,000
-    solves without finishing one selection of 738 groups). A weight dropped in this call therefore
-    re-enters only with a gradient above the tolerance of the working precision times ‖b‖∞·k.
-    """
-    k, w, free = len(b), w0.clone(), w0 > 0
-    scale = float(b.abs().max().clamp_min(1e-30)) + float(Q.abs().max()) * float(w.abs().sum())
-    tol = 64 * k * torch.finfo(b.dtype).eps * scale
-    dropped = torch.zeros_like(free)
-    for _ in range(3 * k + 10):
-        neg_grad = (b - Q @ w).masked_fill(free, -math.inf)
-        j = int(neg_grad.argmax())
-        if float(neg_grad[j]) <= tol:
-            break  # KKT: no weight held at 0 would lower the objective (up to rounding)
-        if bool(dropped[j]):
-            break  # it left the free set in this call: its gradient is rounding, not progress
-        free[j] = True
-        for _ in range(k + 1):  # move towards the free-set solution until a weight reaches 0
-            s = torch.zeros_like(w)
-            s[free] = _solve(Q[free][:, free], b[free])
-            bad = free & (s <= 0)
-            if not bool(bad.any()):
-                w = s
-                break
-            ratio = torch.where(bad, w / (w - s).where(bad, torch.ones_like(w)), math.inf)
-            a = int(ratio.argmin())
-            w = w + ratio[a].clamp(0, 1) * (s - w)
-            w[a] = 0.0
-            dropped |= free & (w <= 0)
-            free &= w > 0
-            w = w.masked_fill(~free, 0.0)
-    return w
-
-
-def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = True,
-        lam: float = 0.0, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthogonal matching pursuit: at most ``budget`` rows of G (n×d) with Σ_i w_i G_i ≈ ``target`` (d).
-
-    Each greedy step picks the unused row most correlated with the residual r = target − Σ_S w_i G_i
-    (largest G_i·r when ``positive``, largest |G_i·r| otherwise), then re-solves the weights on the
-    support S: min ‖G_Sᵀw − target‖² + λ‖w‖², with w ≥ 0 when ``positive`` (active-set NNLS on the
-    |S|×|S| normal equations). Stops early when ‖r‖ ≤ tol·‖target‖ or, when ``positive``, no row
-    correlates positively. Returns (indices, weights) on G's device; with ``positive``, rows the NNLS
-    set to 0 are dropped. Cost ≈ budget·(n·d + |S|³); use fewer rows (per class, per batch) for large k.
-    """
-    if G.dim() != 2 or target.shape != (G.shape[1],):
-        raise ValueError(f"G must be n×d and target of shape (d,); got {tuple(G.shape)} and {tuple(target.shape)}")
-    n, budget = G.shape[0], _check_budget(budget, G.shape[0])
-    if not (lam >= 0 and math.isfinite(lam)):
-        raise ValueError(f"lam must be a finite number ≥ 0 (the ridge weight λ), got {lam!r}")
-    if not bool(torch.isfinite(G).all() & torch.isfinite(target).all()):
-        raise ValueError("G and target must be finite (NaN/inf gradients: check the model and its inputs)")
-    target, used, support = target.to(G.dtype), torch.zeros(n, dtype=torch.bool, device=G.device), []
-    f64 = dict(dtype=torch.float64, device=G.device)   # the small |S|×|S| system in float64 (see _nnls)
-    Q, b, w = torch.zeros(0, 0, **f64), torch.zeros(0, **f64), torch.zeros(0, **f64)
-    residual, stop = target.clone(), tol * float(target.norm())
-    for _ in range(budget):  # the only Python loop: one greedy step per pick
-        corr = G @ residual
-        corr = (corr if positive else corr.abs()).masked_fill(used, -math.inf)
-        j = int(corr.argmax())
-        if float(corr[j]) <= (0.0 if positive else 1e-12 * float(residual.norm())):
-            break
-        gj = G[j].double()
-        q = G[support].double() @ gj  # grow the Gram matrix Q = G_S G_Sᵀ + λI by one row and column
-        Q = torch.cat([torch.cat([Q, q[:, None]], 1), torch.cat([q, (gj @ gj + lam)[None]])[None]], 0)
-        b = torch.cat([b, (gj @ target.double())[None]])
-        support.append(j)
-        used[j] = True
-        w = _nnls(Q, b, torch.cat([w, w.new_zeros(1)])) if positive else _solve(Q, b)
-        residual = target - w.to(G.dtype) @ G[support]
-        if float(residual.norm()) <= stop:
-            break
-    idx, w = torch.tensor(support, dtype=torch.long, device=G.device), w.to(G.dtype)
-    return (idx[w > 0], w[w > 0]) if positive else (idx, w)
-
-
-def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: float = 0.1, chunk: int = 1,
-                   stochastic: bool = False, delta: float = 0.01,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy first-order GLISTER: ``budget`` rows of G (n×d) chosen for their gain g_valᵀ g_i.
-
-    After each step the validation gradient is refreshed by a Hessian-free one-step Taylor update:
-    ∇L_val(θ − η Σ g_i) ≈ ∇L_val(θ) − η H Σ g_i with H ≈ I, i.e. g_val ← g_val − η·Σ_{picked} g_i,
-    which discounts directions already covered. Each step takes the ``chunk`` best rows, so the Python
-    loop runs ceil(budget/chunk) times. ``stochastic``: stochastic greedy (Mirzasoleiman et al. 2015),
-    each step scores only a random sample of chunk·(n/budget)·log(1/δ) unused rows.
-    """
-    if G.dim() != 2 or g_val.shape != (G.shape[1],):
-        raise ValueError(f"G must be n×d and g_val of shape (d,); got {tuple(G.shape)} and {tuple(g_val.shape)}")
-    n, budget = G.shape[0], _check_budget(budget, G.shape[0])
-    chunk = _check_int(chunk, "chunk", 1, "pick at least one row per greedy step")
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
-    used, g_val, picked, left = torch.zeros(n, dtype=torch.bool, device=G.device), g_val.to(G.dtype), [], budget
-    while left > 0:
-        m = min(chunk, left)
-        gain = (G @ g_val).masked_fill(used, -math.inf)
-        if stochastic:
-            size = min(n, max(m, math.ceil(m * n / budget * math.log(1 / delta))))
-            u = torch.rand(n, generator=generator, device=G.device).masked_fill(used, math.inf)
-            sample = u.topk(size, largest=False).indices
-            sample = sample[~used[sample]]
-            gain = torch.full_like(gain, -math.inf).index_copy(0, sample, gain[sample])
-        top = gain.topk(m).indices
-        used[top] = True
-        picked.append(top)
-        g_val, left = g_val - eta * G[top].sum(0), left - m
-    return torch.cat(picked)
-
-
 # ----------------------------------------------------------------------------- selectors
 
 def _fill(idx, w, pool, k, g):
@@ -445,9 +311,9 @@ class DynamicSelector:
             raise ValueError(f"unknown method {method!r} or variant {variant!r}; methods: {', '.join(METHODS)}; "
                              f"variants: {', '.join(VARIANTS)}")
         self.fraction = _check_fraction(fraction)
-        self.R = _check_int(R, "R", 1, "R is the number of epochs between two selections, e.g. R=20")
-        self.warmup = _check_int(warmup, "warmup", 0, "use 0 for no warm-up, or warmup_epochs(fraction, epochs)")
-        self.group_size = _check_int(group_size, "group_size", 1, "per_batch groups need at least one example")
+        self.R = check_int(R, "R", 1, "R is the number of epochs between two selections, e.g. R=20")
+        self.warmup = check_int(warmup, "warmup", 0, "use 0 for no warm-up, or warmup_epochs(fraction, epochs)")
+        self.group_size = check_int(group_size, "group_size", 1, "per_batch groups need at least one example")
         if method == "glister" and (valid is None or len(valid) == 0):
             raise ValueError("glister needs a non-empty validation split: valid=ImageData, e.g. a held-out part "
                              "of the training set (train.subset(idx)) that is not trained on")

@@ -489,7 +489,7 @@ def test_nnls_on_a_singular_gram_matrix_stops_at_a_kkt_point():
     """More rows than dimensions (GRAD-MATCH's summed batch gradients near the end of a selection): Q is singular
     and the optimum is not unique. The active set must still stop (no cycling on rounding) at a point that meets
     the KKT conditions to rounding: w ≥ 0, no zero weight with a positive gradient, zero gradient on the support."""
-    from robustlib.pruning import _nnls
+    from robustlib.greedy import _nnls
     g = torch.Generator().manual_seed(0)
     k, d = 300, 200
     A = (torch.randn(d, generator=g) + 0.01 * torch.randn(k, d, generator=g)).double()
