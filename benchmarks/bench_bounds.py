@@ -1,27 +1,30 @@
-"""Speed and memory of robustlib.bounds, as ratios to a plain forward pass measured in the same run.
+"""Speed and memory of robustlib.bounds, as ratios to baselines measured in the same run.
 
-    python benchmarks/bench_bounds.py                      # CPU, batch sizes 1 4, about a minute
+    python benchmarks/bench_bounds.py                      # CPU, batch sizes 1 4 16, a few minutes
     python benchmarks/bench_bounds.py --device cuda --batch-sizes 1 8 32 128
-    python benchmarks/bench_bounds.py --threads 1 --json bench_bounds.json
+    python benchmarks/bench_bounds.py --quick              # tiny: check that the script runs
 
-For each network (MixTrain's MNIST_Small, MNIST_Large, CIFAR_Small at random initialisation, inputs
-uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch size it times
-``model(x)``, ``bounds.interval`` and ``bounds.symbolic`` without gradients (warm-up, CUDA
-synchronisation, median of repeats; fewer repeats when one call is slow) and prints samples/second,
-the time ratio to the forward pass, and peak memory:
+For each network (MixTrain's MNIST_Small, MNIST_Large, CIFAR_Small, CIFAR_Large at random initialisation, inputs
+uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch size it times, without gradients
+(warm-up, CUDA synchronisation, median of repeats; fewer repeats when one call is slow):
 
-* CUDA: ``torch.cuda.max_memory_allocated`` above the memory held before the call (measured).
-* CPU: *analytic* — the largest coefficient tensor the method holds at once
-  (forward: B·n_max, interval: 2·B·n_max, symbolic: chunk·d·n_max numbers, d = input dimension,
-  n_max = largest layer; the error-term blocks of unstable ReLUs come on top). Process RSS is not
-  a usable measure for torch's caching allocator, so it is not reported.
+* ``forward``: ``model(x)``; ``forward(d+1)``: one forward pass of d + 1 images per sample — the floor of
+  symbolic propagation, whose affine forms carry d + 1 columns per neuron (plus one per unstable ReLU);
+* ``interval`` (IBP) and ``symbolic`` (robustlib.bounds);
+* ``naive symbolic``: the same relaxation written layer by layer the straightforward way
+  (``benchmarks/naive_symbolic.py``: dense coefficients from the first layer on, dense error blocks) — the
+  bounds of both are compared, and the speed ratio is robustlib's gain (goal ≥ 3×); skipped where its dense
+  coefficients would exceed 2 GiB at once.
+
+Peak memory: CUDA ``torch.cuda.max_memory_allocated`` above the memory held before the call (measured); CPU
+*analytic* — the largest coefficient tensor the method holds at once (forward: B·n_max, interval: 2·B·n_max,
+symbolic: chunk·d·n_max numbers, d = input dimension, n_max = largest layer; error-term blocks on top).
+Writes ``benchmarks/results/bounds-<cpu|cuda>.json``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -30,10 +33,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import naive_symbolic  # noqa: E402
+from common import write_result  # noqa: E402
 
 from robustlib import bounds, models  # noqa: E402
+from robustlib.reproduce import device_name  # noqa: E402
 
-NETS = {"mnist_small": (1, 28), "mnist_large": (1, 28), "cifar_small": (3, 32)}
+NAIVE_LIMIT = 2 * 2**30   # bytes of dense coefficients above which the naive baseline is skipped (said in the table)
+NETS = {"mnist_small": (1, 28), "mnist_large": (1, 28), "cifar_small": (3, 32), "cifar_large": (3, 32)}
 
 
 def _sync(device):
@@ -69,10 +78,11 @@ def _peak(fn, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int):
+def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int,
+          naive: bool) -> list:
     ch, size = NETS[name]
     torch.manual_seed(0)
-    model = models.build(name).to(device=device, dtype=dtype).eval()
+    model = models.build(name, in_channels=ch, input_size=size).to(device=device, dtype=dtype).eval()
     x = torch.rand(batch, ch, size, size, device=device, dtype=dtype)
     lower, upper = bounds.input_box(x, eps)
     plan = bounds.graph.prepare(model, x)                 # shapes for the analytic memory figures
@@ -81,76 +91,83 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     per_sample = bounds.estimate_sample_bytes(plan, x)
     budget_b = bounds.default_memory_budget(device) if budget is None else budget
     chunk = int(max(1, min(batch, budget_b // per_sample)))
+    floor_x = torch.rand(d + 1, ch, size, size, device=device, dtype=dtype)
 
     runs = {
-        "forward": lambda: model(x),
-        "interval": lambda: bounds.interval(model, lower, upper),
-        "symbolic": lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
+        "forward": (lambda: model(x), batch * n_max * item),
+        "forward(d+1)": (lambda: [model(floor_x) for _ in range(batch)], (d + 1) * n_max * item),
+        "interval": (lambda: bounds.interval(model, lower, upper), 2 * batch * n_max * item),
+        "symbolic": (lambda: bounds.symbolic(model, lower, upper, memory_budget=budget), chunk * d * n_max * item),
     }
-    analytic = {"forward": batch * n_max * item, "interval": 2 * batch * n_max * item,
-                "symbolic": chunk * d * n_max * item}
-    out = {"net": name, "batch": batch, "eps": eps, "chunk": chunk}
+    naive = naive and batch * d * n_max * item <= NAIVE_LIMIT   # its dense coefficients, all at once
+    if naive:
+        runs["naive symbolic"] = (lambda: naive_symbolic.symbolic(model, lower, upper), batch * d * n_max * item)
+    rows, seconds = [], {}
     with torch.no_grad():
-        for key, fn in runs.items():
+        for key, (fn, analytic) in runs.items():
             sec, reps = _time(fn, device, target_s, max_repeats)
             peak = _peak(fn, device)
-            out[key] = {"seconds": sec, "repeats": reps, "samples_per_s": batch / sec,
-                        "peak_bytes": peak if peak is not None else analytic[key],
-                        "peak_kind": "measured" if peak is not None else "analytic"}
-    for key in ("interval", "symbolic"):
-        out[key]["time_ratio_to_forward"] = out[key]["seconds"] / out["forward"]["seconds"]
-        out[key]["memory_ratio_to_forward"] = out[key]["peak_bytes"] / max(out["forward"]["peak_bytes"], 1)
-    return out
-
-
-def _mib(b):
-    return f"{b / 2**20:9.2f}"
+            seconds[key] = sec
+            rows.append({"net": name, "batch": batch, "method": key, "samples_per_s": batch / sec,
+                         "x_forward": sec / seconds["forward"],
+                         "peak_MiB": (peak if peak is not None else analytic) / 2**20,
+                         "peak": "measured" if peak is not None else "analytic", "repeats": reps})
+        if naive:
+            ours, ref = bounds.symbolic(model, lower, upper), naive_symbolic.symbolic(model, lower, upper)
+            gap = max(float((a - b).abs().max()) for a, b in zip(ours, ref))
+    for r in rows:
+        if r["method"] == "symbolic":
+            r["x_floor"] = seconds["symbolic"] / seconds["forward(d+1)"]
+            if naive:
+                r["naive_over_ours"] = seconds["naive symbolic"] / seconds["symbolic"]
+                r["max_bound_difference"] = gap
+    return rows
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--eps", type=float, default=0.01)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--memory-budget", type=float, default=None, help="bytes for symbolic chunks")
     p.add_argument("--target-seconds", type=float, default=1.5, help="time budget per measurement")
     p.add_argument("--max-repeats", type=int, default=7)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    p.add_argument("--json", type=Path, default=None, help="write the numbers here")
+    p.add_argument("--naive-nets", nargs="*", default=["mnist_small", "mnist_large", "cifar_small"],
+                   choices=list(NETS), help="networks on which the straightforward per-layer baseline runs too "
+                   "(CIFAR_Large is left out by default: its dense error blocks take minutes per call)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     a = p.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    if a.quick:
+        a.batch_sizes, a.nets, a.target_seconds, a.max_repeats = [1], ["mnist_small"], 0.0, 1
     device = torch.device(a.device)
     dtype = getattr(torch, a.dtype)
     budget = None if a.memory_budget is None else int(a.memory_budget)
-
-    env = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-           or platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "dtype": a.dtype, "eps": a.eps}
-    print(f"# robustlib.bounds benchmark: {env}")
-    mem_note = "measured max_memory_allocated" if device.type == "cuda" else \
-        "analytic size of the largest coefficient tensor (see docstring)"
-    print(f"# memory column: {mem_note}")
-    print(f"{'net':12s} {'B':>4s} {'method':9s} {'samples/s':>11s} {'x forward':>10s} {'peak MiB':>9s} "
-          f"{'x fwd mem':>9s} {'reps':>4s}")
-    rows = []
+    print(f"# robustlib.bounds benchmark on {device_name(device)}, {a.dtype}, eps {a.eps}; memory: "
+          f"{'measured' if device.type == 'cuda' else 'analytic'}")
+    print(f"{'net':12s} {'B':>4s} {'method':15s} {'samples/s':>11s} {'x forward':>10s} {'peak MiB':>9s} "
+          f"{'x floor':>8s} {'naive/ours':>10s}")
+    rows, ratios = [], {}
     t_start = time.perf_counter()
     for net in a.nets:
         for bs in a.batch_sizes:
-            r = bench(net, bs, device, dtype, a.eps, budget, a.target_seconds, a.max_repeats)
-            rows.append(r)
-            for key in ("forward", "interval", "symbolic"):
-                m = r[key]
-                ratio = "" if key == "forward" else f"{m['time_ratio_to_forward']:10.1f}"
-                mratio = "" if key == "forward" else f"{m['memory_ratio_to_forward']:9.1f}"
-                print(f"{net:12s} {bs:4d} {key:9s} {m['samples_per_s']:11.1f} {ratio:>10s} "
-                      f"{_mib(m['peak_bytes'])} {mratio:>9s} {m['repeats']:4d}", flush=True)
+            for r in bench(net, bs, device, dtype, a.eps, budget, a.target_seconds, a.max_repeats, net in a.naive_nets):
+                rows.append(r)
+                floor = f"{r['x_floor']:8.2f}" if "x_floor" in r else ""
+                gain = f"{r['naive_over_ours']:10.2f}" if "naive_over_ours" in r else ""
+                print(f"{net:12s} {bs:4d} {r['method']:15s} {r['samples_per_s']:11.1f} {r['x_forward']:10.1f} "
+                      f"{r['peak_MiB']:9.2f} {floor:>8s} {gain:>10s}", flush=True)
+                if "x_floor" in r:
+                    ratios[f"{net} B={bs} symbolic / forward(d+1)"] = r["x_floor"]
+                if "naive_over_ours" in r:
+                    ratios[f"{net} B={bs} naive symbolic / robustlib symbolic"] = r["naive_over_ours"]
+                    if r["max_bound_difference"] > 1e-3:
+                        print(f"WARNING: robustlib and the naive reference differ by {r['max_bound_difference']:.2e}")
     print(f"# total {time.perf_counter() - t_start:.1f} s")
-    if a.json:
-        a.json.write_text(json.dumps({"env": env, "memory": mem_note, "results": rows}, indent=2))
-        print(f"# wrote {a.json}")
+    path = write_result("bounds", device, {"nets": a.nets, "batch_sizes": a.batch_sizes, "eps": a.eps,
+                                           "dtype": a.dtype, "quick": a.quick}, rows, ratios)
+    print(f"# wrote {path}")
 
 
 if __name__ == "__main__":

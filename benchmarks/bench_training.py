@@ -10,16 +10,28 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
 * **textbook**: ``torch.utils.data.DataLoader`` over a float ``TensorDataset`` on the host, torchattacks' ``PGD``
   for the attack, fp32 eager, ``.to(device)`` per batch;
 * **robustlib**: ``train.fit`` with ``objectives.PGDAT`` (uint8 data resident on the device, on-device batching,
-  bf16 autocast and channels-last on CUDA, no host syncs in the step).
+  no host syncs in the step, parameters frozen while the attack differentiates), once per *variant* of ``fit``'s
+  speed options: ``fp32`` (eager, contiguous), ``channels-last``, ``bf16`` (autocast), ``compile``
+  (``torch.compile`` of the network) and their combinations, and ``default`` (what ``fit`` picks by itself on this
+  device). Every variant is a before/after pair with ``fp32`` measured in the same run: that is how each gain of
+  the library is recorded. ``fp32 unfrozen attack`` is fp32 with the attack's parameter freezing switched off
+  (monkeypatched in this script): the before/after of that change.
 
-It prints training images per second for both and their ratio, and writes
-``benchmarks/results/training-<cpu|cuda>.json``. The first pass of each side is a warm-up on a few batches.
+After a warm-up of every configuration on two batches (which also pays ``torch.compile``'s compilation, reported
+as ``warmup_s``), ``--repeat`` interleaved rounds time one epoch of every configuration each, in an order rotated
+from round to round; the best and the median per configuration are kept. Throughput on the shared 2-core machine
+drifts by up to ±25% over minutes, so configurations timed one after the other in blocks would compare machine
+states, not code; interleaving exposes them all to the same drift. Training FLOPs per image (convolutions and matrix
+products, forward and backward, counted by ``torch.utils.flop_counter`` on one robustlib step) turn images/s into
+achieved FLOP/s for the Performance page. Writes ``benchmarks/results/training-<cpu|cuda>.json``.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -31,6 +43,18 @@ from common import sync, write_result  # noqa: E402
 import robustlib as rl  # noqa: E402
 
 EPS, STEPS = 0.1, 10
+VARIANTS = {   # fit's speed options per variant (the compiled ones last: they leave compile workers behind)
+    "fp32": dict(amp=False, channels_last=False, compile=False),
+    "default": {},
+    # the "before" of freezing the parameters during attack steps: fp32 with input_gradients_only switched off
+    "fp32 unfrozen attack": dict(amp=False, channels_last=False, compile=False),
+    "channels-last": dict(amp=False, channels_last=True, compile=False),
+    "bf16": dict(amp=True, channels_last=False, compile=False),
+    "bf16+channels-last": dict(amp=True, channels_last=True, compile=False),
+    "compile": dict(amp=False, channels_last=False, compile=True),
+    "compile+bf16": dict(amp=True, channels_last=False, compile=True),
+    "compile+bf16+channels-last": dict(amp=True, channels_last=True, compile=True),
+}
 
 
 def data_for(device, n: int, gpu_like: bool):
@@ -70,11 +94,49 @@ def textbook_epoch(model, data, batch: int, device, limit: int | None = None) ->
     return seen / (time.perf_counter() - t0)
 
 
-def robustlib_epoch(model, data, batch: int, device, limit: int | None = None) -> float:
+def robustlib_epoch(model, data, batch: int, device, limit: int | None = None, **options) -> float:
     part = data if limit is None else data.head(limit * batch)
     h = rl.train.fit(model, part, rl.objectives.PGDAT(EPS, alpha=EPS / 4, steps=STEPS), epochs=1, batch_size=batch,
-                     lr=0.01, schedule="constant", progress=False)
+                     lr=0.01, schedule="constant", progress=False, **options)
     return h[-1]["seen"] / h.wall_s
+
+
+@contextmanager
+def unfrozen_attacks(active: bool):
+    """Inside the block (when ``active``) attacks no longer freeze the parameters: the "before" of that change."""
+    original = rl.attacks.input_gradients_only
+    if active:
+        rl.attacks.input_gradients_only = lambda model: nullcontext(model)
+    try:
+        yield
+    finally:
+        rl.attacks.input_gradients_only = original
+
+
+def flops_per_image(model, data, batch: int) -> float:
+    """Convolution and matrix-product FLOPs of one robustlib PGD-AT step per image, counted by torch's
+    FlopCounterMode on one batch: K attack steps (forward + input-gradient backward, parameters frozen as in
+    the attack) plus the training forward and backward. (The counter's module hooks do not support
+    ``torch.autograd.grad``, so each part is counted with ``.backward()`` on a leaf input.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+    x, y = data.x()[:batch], data.labels[:batch]
+
+    def count(fn) -> int:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    def attack_step():
+        xa = x.clone().requires_grad_(True)
+        with rl.checks.input_gradients_only(model):
+            F.cross_entropy(model(xa), y).backward()
+
+    def train_step():
+        F.cross_entropy(model(x), y).backward()
+
+    total = STEPS * count(attack_step) + count(train_step)
+    model.zero_grad(set_to_none=True)
+    return total / len(y)
 
 
 def main(argv=None):
@@ -82,6 +144,10 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--n", type=int, default=None, help="training images (default 10,000 on CPU, 50,000 on CUDA)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 128 on CPU, 512 on CUDA)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="robustlib configurations to time (fp32 is always timed: every gain is relative to it)")
+    p.add_argument("--repeat", type=int, default=5, help="interleaved rounds, one timed epoch of every "
+                   "configuration each (the best and the median are kept)")
     p.add_argument("--fast-at", action="store_true", help="also time 15 epochs of FGSM-RS (CIFAR-10-sized)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     args = p.parse_args(argv)
@@ -89,6 +155,7 @@ def main(argv=None):
     cuda = device.type == "cuda"
     n = args.n or (512 if args.quick else (50_000 if cuda else 10_000))
     batch = args.batch or (512 if cuda else 128)
+    repeat = 1 if args.quick else args.repeat
     data = data_for(device, n, gpu_like=cuda)
     name = "preact_resnet18" if cuda else "mnist_small"
 
@@ -96,16 +163,57 @@ def main(argv=None):
         torch.manual_seed(0)
         return rl.models.build(name, like=data).to(device)
 
-    textbook_epoch(fresh(), data, batch, device, limit=2)          # warm-ups
-    robustlib_epoch(fresh(), data, batch, device, limit=2)
-    ips = {"textbook": textbook_epoch(fresh(), data, batch, device),
-           "robustlib": robustlib_epoch(fresh(), data, batch, device)}
-    ratios = {"robustlib / textbook": ips["robustlib"] / ips["textbook"]}
-    for k, v in ips.items():
-        print(f"{k:10s} {v:9.1f} training images/s (PGD-{STEPS} AT, {name}, {len(data)} × {tuple(data.shape)}, "
-              f"batch {batch})")
-    print(f"ratio {ratios['robustlib / textbook']:.2f}× (goal: ≥ 1.5 on CPU, ≥ 3 and ≥ 5,000 images/s on an H100)")
-    figures = {"images_per_s": ips}
+    # One model per configuration, reset to the same initial weights before every timed epoch: a compiled
+    # network then keeps its compiled graphs from round to round (a new module would recompile).
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    configs = ["textbook", "fp32"] + [v for v in args.variants if v != "fp32"]
+    nets = {c: fresh() for c in configs}
+    init = {k: v.clone() for k, v in nets["fp32"].state_dict().items()}
+
+    def epoch(config: str, limit=None) -> float:
+        model = nets[config]
+        model.load_state_dict(init)
+        if config == "textbook":
+            return textbook_epoch(model, data, batch, device, limit)
+        with unfrozen_attacks(config == "fp32 unfrozen attack"):
+            return robustlib_epoch(model, data, batch, device, limit, **VARIANTS[config])
+
+    warmup, samples = {}, {}
+    for config in list(configs):   # warm-ups (compilation included), then interleaved timed rounds
+        t0 = time.perf_counter()
+        try:
+            epoch(config, limit=2)
+        except Exception as e:   # e.g. a compiler missing on this machine: say so, keep the other figures
+            print(f"{config}: failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})", flush=True)
+            configs.remove(config)
+            continue
+        warmup[config], samples[config] = time.perf_counter() - t0, []
+    for r in range(repeat):   # round r visits the configurations rotated by r: drift hits every one alike
+        for config in configs[r % len(configs):] + configs[:r % len(configs)]:
+            samples[config].append(epoch(config))
+        print(f"round {r + 1}/{repeat}: " + ", ".join(f"{c} {samples[c][-1]:.0f}" for c in configs), flush=True)
+    ips = {c: max(v) for c, v in samples.items()}
+    median = {c: statistics.median(v) for c, v in samples.items()}
+    for c in configs:
+        print(f"{c:28s} best {ips[c]:9.1f}, median {median[c]:9.1f} images/s over {repeat} rounds "
+              f"(warm-up {warmup[c]:.1f} s)", flush=True)
+    flops = flops_per_image(fresh(), data, min(batch, 64))
+    ratios = {f"robustlib[{v}] / textbook": ips[v] / ips["textbook"] for v in ips if v != "textbook"}
+    ratios.update({f"robustlib[{v}] / robustlib[fp32]": ips[v] / ips["fp32"] for v in ips
+                   if v not in ("textbook", "fp32")})
+    print(f"{'textbook':28s} {ips['textbook']:9.1f} images/s  (torchattacks PGD + DataLoader, fp32 eager)")
+    for k, v in ratios.items():
+        print(f"{k:48s} {v:6.2f}×")
+    best = max((v for v in ips if v != "textbook"), key=ips.get)
+    print(f"PGD-{STEPS} AT, {name}, {len(data)} × {tuple(data.shape)}, batch {batch}: fit's default is "
+          f"{ratios.get('robustlib[default] / textbook', float('nan')):.2f}× the textbook, the best variant "
+          f"({best}) {ips[best] / ips['textbook']:.2f}× (goal: ≥ 1.5 on CPU, ≥ 3 and ≥ 5,000 images/s on an H100); "
+          f"{flops / 1e6:.1f} MFLOP per training image")
+    figures = {"images_per_s": ips, "images_per_s_median": median, "images_per_s_rounds": samples,
+               "warmup_s": warmup, "flops_per_image": flops,
+               "throughput": [{"what": f"PGD-{STEPS} AT {name} [{v}]", "flop_per_s": ips[v] * flops,
+                               "dtype": "bf16" if VARIANTS.get(v, {}).get("amp") or (v == "default" and cuda)
+                               else "fp32"} for v in ips if v != "textbook"]}
     if args.fast_at:
         big = data_for(device, 5_000 if args.quick else 50_000, gpu_like=True)
         model = rl.models.build("preact_resnet18", like=big).to(device)
@@ -118,7 +226,9 @@ def main(argv=None):
         print(f"Fast-AT (FGSM-RS), {'1' if args.quick else '15'} epochs of {len(big)} 32×32×3 images: "
               f"{figures['fast_at_total_s']:.0f} s (published reference: ≈ 12 min on an RTX 2080 Ti)")
     path = write_result("training", device, {"n": len(data), "data": data.name, "network": name, "batch": batch,
-                                             "eps": EPS, "steps": STEPS, "quick": args.quick}, figures, ratios)
+                                             "eps": EPS, "steps": STEPS, "repeat": repeat, "quick": args.quick,
+                                             "variants": {v: VARIANTS[v] for v in ips if v != "textbook"}},
+                        figures, ratios)
     print(f"wrote {path}")
 
 

@@ -15,7 +15,9 @@ z_t − max_{j≠t} z_j.
 Conventions shared by every attack here:
 
 * gradients are taken with :func:`torch.autograd.grad` with respect to the
-  input only, so no parameter's ``.grad`` is created or changed;
+  input only, with the parameters frozen during the steps
+  (:func:`robustlib.checks.input_gradients_only`), so no parameter's ``.grad``
+  is created or changed and no weight gradient is computed;
 * the network runs in eval mode while the attack is crafted (BatchNorm uses,
   and never updates, its running statistics; dropout is off) and every
   module's train/eval flag is restored afterwards — the Madry/TRADES
@@ -38,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import (LOSSES, NORMS, check_choice, check_eps, check_int, check_model_input, check_values, check_x,
-                     check_y, default_alpha, eval_mode, fgsm_rs_alpha, logits_of,
+                     check_y, default_alpha, eval_mode, fgsm_rs_alpha, input_gradients_only, logits_of,
                      values_checked)
 
 _TINY = 1e-12
@@ -132,10 +134,11 @@ def _steps(model, x, x_adv, objective, eps, alpha, steps, norm):
     """
     if steps == 0:  # a start outside the ball (small-noise start with tiny ε) still comes back inside
         return _project(x_adv.detach(), x, eps, norm)
-    for _ in range(steps):
-        x_adv = x_adv.detach().requires_grad_(True)
-        grad, = torch.autograd.grad(objective(model(x_adv)).sum(), x_adv)
-        x_adv = _project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
+    with input_gradients_only(model):
+        for _ in range(steps):
+            x_adv = x_adv.detach().requires_grad_(True)
+            grad, = torch.autograd.grad(objective(model(x_adv)).sum(), x_adv)
+            x_adv = _project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
     return x_adv.detach()
 
 

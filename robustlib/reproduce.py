@@ -28,7 +28,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import book, presets
+from . import book, performance, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,19 @@ def device_name(device=None) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
+    return f"CPU ({cpu_model()}{platform.machine()}, {os.cpu_count()} logical cores, " \
+           f"{torch.get_num_threads()} torch threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo followed by ", " (empty where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + ", "
+    except OSError:
+        pass
+    return ""
 
 
 def versions() -> dict:
@@ -265,7 +277,8 @@ def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
     src.mkdir(parents=True)
     for f in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / f, src / f)
-    shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns(book.GENERATED, "glance.md"))
+    shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns(book.GENERATED, "glance.md",
+                                                                                 "performance.md"))
     (src / "notebooks").mkdir()
     names = toc_notebooks(root)
     dirs = book.results_dirs(prefer, results if results is not None else root / "results")
@@ -279,6 +292,7 @@ def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
                        src / "notebooks" / f"{name}.ipynb")
         log(f"[build] {name}: executed at preset {ex.preset}" + ("" if ex.ok else " (FAILED run: its error shows)"))
     book.write_generated(src / "book", chosen, dirs, names)
+    performance.write_page(src / "book", root / "benchmarks" / "results", book.GENERATED)
     return src
 
 

@@ -25,7 +25,7 @@ from robustlib import book, claims, reproduce
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHAPTERS = reproduce.toc_notebooks(ROOT)
 PAGES = ["index.html", "book/intro.html", "book/notation.html", "book/glance.html", "book/outlook.html",
-         "book/glossary.html", "book/api.html", "book/references.html"] + [f"notebooks/{n}.html" for n in CHAPTERS]
+         "book/performance.html", "book/glossary.html", "book/api.html", "book/references.html"] + [f"notebooks/{n}.html" for n in CHAPTERS]
 
 
 # ---------------------------------------------------------------- the book built from the smoke executions

@@ -1,0 +1,229 @@
+"""The book's Performance page, generated at build time from the benchmark scripts' JSON files.
+
+Every script in ``benchmarks/`` writes ``benchmarks/results/<name>-<cpu|cuda>.json`` (``benchmarks/common.py``):
+the device's name, library versions, the date, the settings, the raw figures and every ratio, each ratio between
+two figures measured in that one run. :func:`write_page` turns those files into ``performance.md`` in the staged
+book: one table per benchmark and device, the "how each gain was obtained" section from the training benchmark's
+before/after variants, and a roofline-style figure (achieved FLOP/s against the device's datasheet peak where it is
+known). A CPU file and a GPU file are never combined in one ratio or one panel. Nothing on the page is typed by
+hand; a benchmark without a file says how to produce it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+BENCHMARKS = {   # script → (section title, what it measures)
+    "training": ("Adversarial-training throughput", "robustlib's `train.fit` + PGD-AT (K = 10) against the textbook "
+                 "loop (torchattacks PGD, `DataLoader`, fp32 eager) in the same process, and each speed option of "
+                 "`fit` against plain fp32 eager robustlib."),
+    "bounds": ("Bounds", "interval and symbolic bounds per sample against one forward pass, against the floor of "
+               "one forward pass of d + 1 images, and against a straightforward per-layer implementation of the "
+               "same relaxation (`benchmarks/naive_symbolic.py`)."),
+    "certified": ("Certified training", "one epoch of MixTrain (k = 1, 5), full symbolic, IBP and PGD-AT training "
+                  "on the same data, and one symbolic bound's forward + backward against a forward pass of d + 1 "
+                  "images."),
+    "pruning": ("Pruned adversarial training", "the cost of one Adv-GRAD-MATCH / Adv-GLISTER selection against a "
+                "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),
+}
+GAINS = {   # training-benchmark variant → how the gain is obtained (the measured ratio comes from the JSON)
+    "fp32 unfrozen attack": "the *before* of freezing the parameters during attack steps "
+                            "(`checks.input_gradients_only`): the same fp32 step with the parameters left trainable "
+                            "while the attack differentiates; a ratio below 1 is the gain of freezing.",
+    "channels-last": "NHWC memory format for the network and every batch (`fit(channels_last=True)`): the layout "
+                     "oneDNN (CPU) and cuDNN (GPU) convolution kernels prefer, without reorders between layers.",
+    "bf16": "bf16 autocast for the attack and the training step (`fit(amp=True)`): half the bytes per activation, "
+            "and bf16 matrix units where the device has them; losses and the attack's sign step stay in fp32.",
+    "bf16+channels-last": "both of the above.",
+    "compile": "`torch.compile` of the network (`fit(compile=True)`): fused elementwise kernels around the "
+               "convolutions; the parameters are frozen while the attack differentiates, so the compiled backward "
+               "of an attack step computes input gradients only.",
+    "compile+bf16": "compilation and bf16 autocast together.",
+    "compile+bf16+channels-last": "all three options.",
+    "default": "what `fit` chooses by itself on this device (`amp`, `channels_last` = \"auto\").",
+}
+PEAKS = {   # dense datasheet peak FLOP/s by a substring of the device name, per dtype (vendor datasheets, SXM parts)
+    "H200": {"bf16": 989e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "fp32": 19.5e12},
+}
+COMMANDS = {"cpu": "python benchmarks/bench_{name}.py", "cuda": "python benchmarks/bench_{name}.py --device cuda"}
+KIND_TITLE = {"cpu": "CPU", "cuda": "GPU"}
+
+
+def load(folder: Path) -> dict:
+    """``{(name, kind): result}`` for every ``<name>-<cpu|cuda>.json`` in ``folder`` written by ``common.py``."""
+    out = {}
+    for path in sorted(Path(folder).glob("*-*.json")):
+        name, _, kind = path.stem.rpartition("-")
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a readable benchmark result ({e}); rerun its script") from e
+        if kind in KIND_TITLE and {"device", "figures", "ratios"} <= set(result):
+            out[(name, kind)] = result
+    return out
+
+
+def peak(device: str) -> dict | None:
+    """The datasheet peak FLOP/s per dtype of a device named ``device``, or ``None`` when not known."""
+    return next((p for key, p in PEAKS.items() if key in device), None)
+
+
+def fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value).replace("|", "\\|")
+
+
+def flatten(value, prefix: str = "") -> dict:
+    """Nested dicts as one dict of ``a · b`` keys (lists are left to :func:`rows_table`)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix} · {k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def table(header: tuple, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def rows_table(rows: list) -> str:
+    """A list of flat dicts (e.g. the bounds benchmark's rows) as one table over the union of their keys."""
+    cols = []
+    for r in rows:
+        cols += [k for k in flatten(r) if k not in cols]
+    return table(tuple(cols), [[flatten(r).get(c, "") for c in cols] for r in rows])
+
+
+def result_section(name: str, kind: str, result: dict) -> str:
+    settings = ", ".join(f"{k} = {fmt(v)}" for k, v in flatten(result.get("settings", {})).items())
+    versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
+    out = [f"### {KIND_TITLE[kind]}: {result['device']}\n",
+           f"Run {result.get('date', '?')} with {versions}. Settings: {settings}.\n"]
+    figures = result["figures"]
+    if isinstance(figures, list):
+        out.append(rows_table(figures))
+    else:
+        scalars = {k: v for k, v in flatten({k: v for k, v in figures.items() if not isinstance(v, list)}).items()}
+        if scalars:
+            out.append(table(("figure", "value"), list(scalars.items())))
+        for k, v in figures.items():
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                out.append(f"**{k}**\n\n" + rows_table(v))
+    if result["ratios"]:
+        out.append("Ratios (both sides measured in this run):\n\n" +
+                   table(("ratio", "value"), [(k, f"{v:.2f}×") for k, v in result["ratios"].items()]))
+    return "\n".join(out)
+
+
+def gains_section(results: dict) -> str:
+    out = []
+    for kind in KIND_TITLE:
+        result = results.get(("training", kind))
+        if result is None:
+            continue
+        ips = result["figures"].get("images_per_s", {})
+        if "fp32" not in ips:
+            continue
+        rows = [(v, GAINS.get(v, ""), f"{ips['fp32']:,.0f} → {ips[v]:,.0f}", f"{ips[v] / ips['fp32']:.2f}×")
+                for v in ips if v not in ("textbook", "fp32")]
+        out.append(f"**{KIND_TITLE[kind]} ({result['device']})**, PGD-{result['settings'].get('steps', '?')} AT "
+                   f"training images/s, before (fp32 eager robustlib) → after:\n\n" +
+                   table(("variant", "how", "images/s", "gain"), rows))
+    return "\n".join(out) or "No training benchmark has been run yet (`python benchmarks/bench_training.py`).\n"
+
+
+def roofline_figure(results: dict, path: Path) -> bool:
+    """Achieved FLOP/s of every throughput entry, one panel per device, beside the datasheet peak where known.
+    Returns False (and writes nothing) when no result carries throughput figures."""
+    panels = [(kind, r) for (name, kind), r in sorted(results.items())
+              if isinstance(r["figures"], dict) and r["figures"].get("throughput")]
+    if not panels:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 + 0.45 * sum(len(r["figures"]["throughput"])
+                                                                           for _, r in panels)), squeeze=False)
+    for ax, (kind, r) in zip(axes[:, 0], panels):
+        entries = r["figures"]["throughput"]
+        values = [e["flop_per_s"] for e in entries]
+        colours = ["tab:orange" if e.get("dtype") == "bf16" else "tab:blue" for e in entries]
+        ax.barh(range(len(entries)), values, color=colours)
+        ax.set_yticks(range(len(entries)), [e["what"] for e in entries], fontsize=8)
+        ax.set_xscale("log")
+        known = peak(r["device"])
+        if known:
+            for dtype, v in known.items():
+                ax.axvline(v, ls="--", color="tab:orange" if dtype == "bf16" else "tab:blue")
+                ax.text(v, len(entries) - 0.5, f" {dtype} peak", fontsize=8, va="top")
+            ax.set_xlim(min(values) / 3, max(known.values()) * 3)
+        title = f"{KIND_TITLE[kind]}: {r['device']}" + ("" if known else " (datasheet peak unknown)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("achieved FLOP/s (convolutions and matrix products; blue fp32, orange bf16)", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def page(results: dict, figure: str | None, when: str) -> str:
+    out = [f"""# Performance
+
+How fast robustlib's kernels are, measured by the scripts in `benchmarks/` and **generated when the book is built**
+({when}) from their JSON files in `benchmarks/results/` — nothing here is typed by hand. Each table is one run of
+one script on one device; every ratio is between two figures measured in that same run, and CPU and GPU figures are
+never combined in one ratio or one panel. Speed is never measured by a timed test.
+
+## How each gain was obtained
+
+{gains_section(results)}"""]
+    if figure:
+        out.append(f"""## Achieved against peak
+
+```{{figure}} {figure}
+:name: fig-roofline
+:alt: Achieved FLOP/s of each training configuration per device, with the datasheet peak where known.
+
+Achieved FLOP/s of PGD-AT training (convolution and matrix-product FLOPs per training image, counted by
+`torch.utils.flop_counter`, times images/s) per configuration and device; dashed lines mark the datasheet peak of
+the device where it is known (dense bf16 and fp32). A CPU's peak depends on its clock and vector units, which a
+virtual machine does not report reliably, so a CPU panel shows achieved values only.
+```
+""")
+    for name, (title, what) in BENCHMARKS.items():
+        out.append(f"## {title}\n\n`benchmarks/bench_{name}.py`: {what}\n")
+        for kind in KIND_TITLE:
+            result = results.get((name, kind))
+            if result is None:
+                out.append(f"*{KIND_TITLE[kind]}: not run yet* — `{COMMANDS[kind].format(name=name)}` writes "
+                           f"`benchmarks/results/{name}-{kind}.json`.\n")
+            else:
+                out.append(result_section(name, kind, result))
+    return "\n".join(out)
+
+
+def write_page(book_dir: Path, results_dir: Path, generated: str = "_generated") -> Path:
+    """Write ``performance.md`` (and its figure under ``generated/``) into the staged ``book_dir``."""
+    from datetime import datetime, timezone
+    results = load(results_dir)
+    Path(book_dir).mkdir(parents=True, exist_ok=True)
+    fig = Path(book_dir) / generated / "roofline.png"
+    has_fig = roofline_figure(results, fig)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    path = Path(book_dir) / "performance.md"
+    path.write_text(page(results, f"{generated}/roofline.png" if has_fig else None, when))
+    return path

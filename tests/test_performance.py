@@ -1,0 +1,117 @@
+"""The Performance page (robustlib.performance) from benchmark JSON files, and the benchmarks' independent pieces:
+the straightforward symbolic-interval reference must give robustlib's bounds, and attacks freeze the parameters."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import ROOT
+from robustlib import attacks, bounds, checks, models, performance
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import naive_symbolic  # noqa: E402
+
+
+def _write(folder, name, kind, device, figures, ratios, settings=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}-{kind}.json").write_text(json.dumps({
+        "benchmark": name, "device": device, "versions": {"torch": "2.x"}, "date": "2026-11-25T00:00:00+00:00",
+        "settings": settings or {"steps": 10}, "figures": figures, "ratios": ratios}))
+
+
+def _training(ips, dtype_of=lambda v: "fp32"):
+    return {"images_per_s": ips, "warmup_s": {k: 1.0 for k in ips}, "flops_per_image": 4e7,
+            "throughput": [{"what": f"PGD-10 AT [{v}]", "flop_per_s": ips[v] * 4e7, "dtype": dtype_of(v)}
+                           for v in ips if v != "textbook"]}
+
+
+def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
+    res = tmp_path / "results"
+    _write(res, "training", "cpu", "CPU (AMD EPYC, x86_64, 2 logical cores, 2 torch threads)",
+           _training({"textbook": 1000.0, "fp32": 1100.0, "channels-last": 1650.0}),
+           {"robustlib[fp32] / textbook": 1.1, "robustlib[channels-last] / robustlib[fp32]": 1.5})
+    _write(res, "training", "cuda", "NVIDIA H100 80GB HBM3",
+           _training({"textbook": 2000.0, "fp32": 3000.0, "bf16": 9000.0}, lambda v: "bf16" if v == "bf16" else "fp32"),
+           {"robustlib[bf16] / robustlib[fp32]": 3.0})
+    _write(res, "bounds", "cpu", "CPU (x)", [{"net": "mnist_small", "batch": 1, "method": "symbolic",
+                                              "samples_per_s": 37.3, "x_floor": 2.5}],
+           {"mnist_small B=1 symbolic / forward(d+1)": 2.5})
+    (res / "notes.json").write_text("{}")    # not a benchmark file: ignored
+    book_dir = tmp_path / "staged"
+    path = performance.write_page(book_dir, res)
+    page = path.read_text()
+    # gains: before → after with the ratio computed from the same file, per device
+    assert "1,100 → 1,650" in page and "1.50×" in page
+    assert "3,000 → 9,000" in page and "3.00×" in page
+    assert "### CPU: CPU (AMD EPYC" in page and "### GPU: NVIDIA H100" in page
+    # a ratio of the CPU file is never shown in the GPU section and vice versa
+    cpu_part = page[page.index("### CPU: CPU (AMD EPYC"):page.index("### GPU: NVIDIA H100")]
+    assert "robustlib[bf16] / robustlib[fp32]" not in cpu_part
+    # rows-style figures become a table; benchmarks without a file say how to make one
+    assert "| net | batch | method | samples_per_s | x_floor |" in page and "37.3" in page
+    assert "*GPU: not run yet* — `python benchmarks/bench_bounds.py --device cuda`" in page
+    assert "*CPU: not run yet* — `python benchmarks/bench_pruning.py`" in page
+    # the roofline figure: one panel per device, H100's peak known
+    assert (book_dir / "_generated" / "roofline.png").stat().st_size > 10_000
+    assert "fig-roofline" in page
+    assert performance.peak("NVIDIA H100 80GB HBM3")["bf16"] == 989e12
+    assert performance.peak("CPU (AMD EPYC)") is None
+
+
+def test_page_without_results_has_no_figure_and_says_so(tmp_path):
+    page = performance.write_page(tmp_path / "staged", tmp_path / "none").read_text()
+    assert "fig-roofline" not in page and "No training benchmark has been run yet" in page
+    assert page.count("not run yet") == 2 * len(performance.BENCHMARKS)
+
+
+def test_unreadable_result_names_the_file(tmp_path):
+    (tmp_path / "training-cpu.json").write_text("{broken")
+    with pytest.raises(ValueError, match="training-cpu.json.*rerun its script"):
+        performance.load(tmp_path)
+
+
+@pytest.mark.parametrize("name,shape", [("mnist_small", (1, 28, 28)), ("small_cnn", (1, 16, 16)),
+                                        ("cifar_small", (3, 32, 32))])
+def test_naive_symbolic_reference_matches_robustlib(name, shape, one_thread):
+    """Two independent implementations of the same relaxation: the benchmark's baseline must compute the same
+    bounds as robustlib (otherwise its speed ratio would compare different work)."""
+    torch.manual_seed(1)
+    model = models.build(name, in_channels=shape[0], input_size=shape[1]).eval()
+    x = torch.rand(3, *shape)
+    lower, upper = bounds.input_box(x, 0.02)
+    with torch.no_grad():
+        ours = bounds.symbolic(model, lower, upper)
+        ref = naive_symbolic.symbolic(model, lower, upper)
+        ibp = bounds.interval(model, lower, upper)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert (ref[1] - ref[0]).sum() < (ibp[1] - ibp[0]).sum()   # a non-trivial case: tighter than IBP
+
+
+def test_naive_symbolic_refuses_what_it_does_not_handle():
+    with pytest.raises(TypeError, match="naive_symbolic handles"):
+        naive_symbolic.symbolic(nn.Sequential(nn.Tanh()), torch.zeros(1, 2), torch.ones(1, 2))
+
+
+def test_attacks_freeze_parameters_and_restore_their_flags(one_thread):
+    model = models.build("small_cnn", in_channels=1, input_size=8)
+    model[0].weight.requires_grad_(False)          # a deliberately frozen layer stays frozen
+    seen = []
+
+    def spy(module, inputs, output):
+        seen.append([p.requires_grad for p in model.parameters()])
+
+    handle = model.register_forward_hook(spy)
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    attacks.pgd(model, x, y, 0.1, steps=2)
+    handle.remove()
+    assert seen and all(not any(flags) for flags in seen[1:])   # the steps ran with every parameter frozen
+    assert [p.requires_grad for p in model.parameters()] == [False] + [True] * (len(list(model.parameters())) - 1)
+    assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(RuntimeError, match="boom"), checks.input_gradients_only(model):
+        raise RuntimeError("boom")
+    assert model[2].weight.requires_grad and not model[0].weight.requires_grad
