@@ -201,6 +201,10 @@ def main(argv=None):
     ratios = {f"robustlib[{v}] / textbook": ips[v] / ips["textbook"] for v in ips if v != "textbook"}
     ratios.update({f"robustlib[{v}] / robustlib[fp32]": ips[v] / ips["fp32"] for v in ips
                    if v not in ("textbook", "fp32")})
+    # paired: the ratio within each round (same machine state), median over rounds — robust to the drift
+    ratios.update({f"paired median robustlib[{v}] / {base}": statistics.median(
+        a / b for a, b in zip(samples[v], samples[base])) for base in ("textbook", "fp32") for v in ips
+        if v not in ("textbook", base)})
     print(f"{'textbook':28s} {ips['textbook']:9.1f} images/s  (torchattacks PGD + DataLoader, fp32 eager)")
     for k, v in ratios.items():
         print(f"{k:48s} {v:6.2f}×")

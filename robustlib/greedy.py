@@ -1,8 +1,8 @@
 """Greedy subset solvers behind Adv-GRAD-MATCH and Adv-GLISTER, on plain tensors (no model, no data).
 
 * :func:`omp` — orthogonal matching pursuit: at most ``budget`` rows of G (n × d) whose weighted sum
-  approximates a target, with non-negative weights solved by an active-set NNLS (:func:`_nnls`) on the small
-  |S|×|S| Gram system in float64, whose Cholesky factor is extended row by row (:class:`_FreeSetSolver`).
+  approximates a target, with non-negative weights solved by an active-set NNLS (``_nnls``) on the small
+  Gram system of the picked rows (k × k) in float64, whose Cholesky factor is extended row by row.
 * :func:`glister_greedy` — greedy (or stochastic-greedy) first-order GLISTER gains against a validation
   gradient, refreshed as picks are made.
 

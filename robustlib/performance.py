@@ -128,6 +128,18 @@ def result_section(name: str, kind: str, result: dict) -> str:
     return "\n".join(out)
 
 
+def paired_median(rounds: dict, a: str, b: str) -> float | None:
+    """Median over interleaved rounds of a's throughput over b's in the same round (None without rounds)."""
+    import statistics
+    if a not in rounds or b not in rounds or not rounds[a]:
+        return None
+    return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
+
+
+def _ratio(value) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
 def gains_section(results: dict) -> str:
     out = []
     for kind in KIND_TITLE:
@@ -137,11 +149,14 @@ def gains_section(results: dict) -> str:
         ips = result["figures"].get("images_per_s", {})
         if "fp32" not in ips:
             continue
-        rows = [(v, GAINS.get(v, ""), f"{ips['fp32']:,.0f} → {ips[v]:,.0f}", f"{ips[v] / ips['fp32']:.2f}×")
+        rounds = result["figures"].get("images_per_s_rounds", {})
+        rows = [(v, GAINS.get(v, ""), f"{ips['fp32']:,.0f} → {ips[v]:,.0f}", f"{ips[v] / ips['fp32']:.2f}×",
+                 _ratio(paired_median(rounds, v, "fp32")))
                 for v in ips if v not in ("textbook", "fp32")]
         out.append(f"**{KIND_TITLE[kind]} ({result['device']})**, PGD-{result['settings'].get('steps', '?')} AT "
-                   f"training images/s, before (fp32 eager robustlib) → after:\n\n" +
-                   table(("variant", "how", "images/s", "gain"), rows))
+                   f"training images/s, before (fp32 eager robustlib) → after (best epoch of each), and the median "
+                   f"over rounds of the ratio within one round (the same machine state):\n\n" +
+                   table(("variant", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
     return "\n".join(out) or "No training benchmark has been run yet (`python benchmarks/bench_training.py`).\n"
 
 

@@ -46,6 +46,8 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     page = path.read_text()
     # gains: before → after with the ratio computed from the same file, per device
     assert "1,100 → 1,650" in page and "1.50×" in page
+    assert performance.paired_median({"a": [2.0, 3.0, 5.0], "b": [1.0, 2.0, 2.0]}, "a", "b") == 2.0
+    assert performance.paired_median({"a": [1.0]}, "a", "b") is None
     assert "3,000 → 9,000" in page and "3.00×" in page
     assert "### CPU: CPU (AMD EPYC" in page and "### GPU: NVIDIA H100" in page
     # a ratio of the CPU file is never shown in the GPU section and vice versa
