@@ -108,7 +108,8 @@ def rows_table(rows: list) -> str:
 
 
 def result_section(name: str, kind: str, result: dict) -> str:
-    settings = ", ".join(f"{k} = {fmt(v)}" for k, v in flatten(result.get("settings", {})).items())
+    settings = ", ".join(f"{k} = {fmt(v)}" for k, v in flatten(
+        {k: v for k, v in result.get("settings", {}).items() if k != "variants"}).items())   # variants: see gains
     versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
     out = [f"### {KIND_TITLE[kind]}: {result['device']}\n",
            f"Run {result.get('date', '?')} with {versions}. Settings: {settings}.\n"]
