@@ -41,10 +41,9 @@ class _FreeSetSolver:
     """
 
     def __init__(self):
-        self.order, self.L, self.Q = [], None, None
+        self.order, self.L = [], None
 
     def solve(self, Q: torch.Tensor, free: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        self.Q = Q
         idx = free.nonzero().squeeze(1).tolist()
         known = set(self.order)
         new = [i for i in idx if i not in known]
