@@ -105,8 +105,9 @@ class Record:
 
     @property
     def train_wall_s(self) -> float:
-        """Training wall-clock of the runs used, as they took originally (reloaded runs included)."""
-        return float(sum(r["train_wall_s"] for r in self.runs))
+        """Training wall-clock of the runs used, as they took originally (reloaded runs included); a run
+        that several cells use (same name and key) counts once."""
+        return float(sum({(r["name"], r["key"]): r["train_wall_s"] for r in self.runs}.values()))
 
     def frame(self):
         import pandas as pd

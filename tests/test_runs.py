@@ -26,6 +26,8 @@ def test_finished_run_is_reloaded_with_its_original_wall_clock(digits, tmp_path)
     second = again.fit("std", model, data, Standard(), epochs=2, batch_size=64, progress=False)
     assert second.resumed_epochs == 2 and [r["wall_s"] for r in second] == [r["wall_s"] for r in first]
     assert again.runs[0]["reused_epochs"] == 2 and again.train_wall_s == pytest.approx(first.wall_s, abs=1e-3)
+    again.fit("std", net(), data, Standard(), epochs=2, batch_size=64, progress=False)  # a second cell reuses it
+    assert len(again.runs) == 2 and again.train_wall_s == pytest.approx(first.wall_s, abs=1e-3)
     trained = net()
     Record("ch", "smoke", tmp_path / "other").fit("std", trained, data, Standard(), epochs=2, batch_size=64,
                                                   progress=False)
