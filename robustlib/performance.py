@@ -158,6 +158,19 @@ def gains_section(results: dict) -> str:
                    f"training images/s, before (fp32 eager robustlib) → after (best epoch of each), and the median "
                    f"over rounds of the ratio within one round (the same machine state):\n\n" +
                    table(("variant", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
+    for kind in KIND_TITLE:
+        result = results.get(("bounds", kind))
+        rows = result and result["figures"]
+        if not isinstance(rows, list):
+            continue
+        before = {(r["net"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == "symbolic, one chunk"}
+        rows = [(f"{r['net']}, B = {r['batch']}", f"{before[r['net'], r['batch']]:,.1f} → {r['samples_per_s']:,.1f}",
+                 f"{r['samples_per_s'] / before[r['net'], r['batch']]:.2f}×")
+                for r in rows if r["method"] == "symbolic" and (r["net"], r["batch"]) in before]
+        if rows:
+            out.append(f"**Symbolic bounds ({result['device']})**: samples/s with the whole batch in one chunk → "
+                       f"with chunks that fit the CPU's last-level cache (`bounds.symbolic.CPU_CHUNK_BYTES`), "
+                       f"both timed in the same run:\n\n" + table(("network, batch", "samples/s", "gain"), rows))
     return "\n".join(out) or "No training benchmark has been run yet (`python benchmarks/bench_training.py`).\n"
 
 

@@ -605,3 +605,27 @@ def test_certifiers_registered_for_evaluate():
     for name in ("interval", "symbolic"):
         ok = evaluate.certifier_fn(name)(net, x, y, 0.0)
         assert ok.dtype == torch.bool and torch.equal(ok, net(x).argmax(1) == y)
+
+
+def test_default_chunk_is_cache_sized_on_cpu_and_respects_an_explicit_budget(monkeypatch):
+    import importlib
+    sym = importlib.import_module("robustlib.bounds.symbolic")   # the module (bounds.symbolic is the function)
+    per = 10 << 20   # 10 MiB per sample
+    assert bounds.default_chunk(per, "cpu") == sym.CPU_CHUNK_BYTES // per == 3
+    assert bounds.default_chunk(sym.CPU_CHUNK_BYTES * 2, "cpu") == 1          # never below one sample
+    assert bounds.default_chunk(per, "cpu", memory_budget=1 << 30) == 102      # an explicit budget is the cap
+    with pytest.raises(ValueError, match="memory_budget must be a positive"):
+        bounds.default_chunk(per, "cpu", memory_budget=0)
+    # and run_chunked follows it: a tiny cache budget splits the batch, with the same bounds as one chunk
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.rand(5, 1, 8, 8)
+    lower, upper = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
+    whole = bounds.symbolic(net, lower, upper, memory_budget=1 << 30)
+    calls = []
+    run = sym._SymbolicRunner.run
+    monkeypatch.setattr(sym._SymbolicRunner, "run", lambda self, s, y: calls.append(s.c.shape[0]) or run(self, s, y))
+    monkeypatch.setattr(sym, "CPU_CHUNK_BYTES", 2 * bounds.estimate_sample_bytes(net, x[:1]))
+    split = bounds.symbolic(net, lower, upper)
+    assert calls == [2, 2, 1]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, split))

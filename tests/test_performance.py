@@ -38,7 +38,11 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
            _training({"textbook": 2000.0, "fp32": 3000.0, "bf16": 9000.0}, lambda v: "bf16" if v == "bf16" else "fp32"),
            {"robustlib[bf16] / robustlib[fp32]": 3.0})
     _write(res, "bounds", "cpu", "CPU (x)", [{"net": "mnist_small", "batch": 1, "method": "symbolic",
-                                              "samples_per_s": 37.3, "x_floor": 2.5}],
+                                              "samples_per_s": 37.3, "x_floor": 2.5},
+                                             {"net": "mnist_small", "batch": 16, "method": "symbolic",
+                                              "samples_per_s": 90.0, "x_floor": 1.6},
+                                             {"net": "mnist_small", "batch": 16, "method": "symbolic, one chunk",
+                                              "samples_per_s": 45.0}],
            {"mnist_small B=1 symbolic / forward(d+1)": 2.5})
     (res / "notes.json").write_text("{}")    # not a benchmark file: ignored
     book_dir = tmp_path / "staged"
@@ -49,6 +53,7 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert performance.paired_median({"a": [2.0, 3.0, 5.0], "b": [1.0, 2.0, 2.0]}, "a", "b") == 2.0
     assert performance.paired_median({"a": [1.0]}, "a", "b") is None
     assert "3,000 → 9,000" in page and "3.00×" in page
+    assert "| mnist_small, B = 16 | 45.0 → 90.0 | 2.00× |" in page    # the chunking gain, from the bounds file
     assert "### CPU: CPU (AMD EPYC" in page and "### GPU: NVIDIA H100" in page
     # a ratio of the CPU file is never shown in the GPU section and vice versa
     cpu_part = page[page.index("### CPU: CPU (AMD EPYC"):page.index("### GPU: NVIDIA H100")]

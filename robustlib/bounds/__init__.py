@@ -79,9 +79,10 @@ Supported networks
 """
 from .api import input_box, interval, margin_bounds, margin_coefficients, robust_loss, symbolic, verify
 from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation
-from .symbolic import default_memory_budget, estimate_sample_bytes
+from .symbolic import default_chunk, default_memory_budget, estimate_sample_bytes
 
 __all__ = [
     "UnsupportedOperation", "SUPPORTED_OPERATIONS", "input_box", "interval", "symbolic",
     "margin_bounds", "margin_coefficients", "verify", "robust_loss", "default_memory_budget", "estimate_sample_bytes",
+    "default_chunk",
 ]
