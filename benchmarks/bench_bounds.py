@@ -9,7 +9,8 @@ uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch
 (warm-up, CUDA synchronisation, median of repeats; fewer repeats when one call is slow):
 
 * ``forward``: ``model(x)``; ``forward(d+1)``: one forward pass of d + 1 images per sample — the floor of
-  symbolic propagation, whose affine forms carry d + 1 columns per neuron (plus one per unstable ReLU);
+  symbolic propagation, whose affine forms carry d + 1 columns per neuron, plus one per unstable ReLU after
+  that ReLU (``error_columns`` in the symbolic rows: how many per sample, beside ``d``);
 * ``interval`` (IBP) and ``symbolic`` (robustlib.bounds, its default chunking: on CPU chunks that fit
   ``bounds.symbolic.CPU_CHUNK_BYTES``); ``symbolic, one chunk``: the whole batch in one chunk (the default
   before the cache-sized CPU chunks; the ratio of the two is that change's gain, measured in the same run);
@@ -26,6 +27,7 @@ Writes ``benchmarks/results/bounds-<cpu|cuda>.json``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import statistics
 import sys
@@ -80,6 +82,28 @@ def _peak(fn, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def error_columns(model, lower, upper) -> float:
+    """Error-term columns that unstable ReLUs add per sample (mean over the batch): the part of symbolic
+    propagation's width beyond the d + 1 input columns (counted in one untimed call)."""
+    runner_cls = importlib.import_module("robustlib.bounds.symbolic")._SymbolicRunner
+    relu, count = runner_cls.relu, []
+
+    def counting(self, s, shape, name, owned):
+        out = relu(self, s, shape, name, owned)
+        e = out.E.get(name)
+        if e is not None and e is not s.E.get(name):
+            n = e.vals.ne(0).sum() if hasattr(e, "vals") else e.flatten(2).ne(0).any(2).sum()
+            count.append(int(n))
+        return out
+
+    runner_cls.relu = counting
+    try:
+        bounds.symbolic(model, lower, upper)
+    finally:
+        runner_cls.relu = relu
+    return sum(count) / lower.shape[0]
+
+
 def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int,
           naive: bool) -> list:
     ch, size = NETS[name]
@@ -116,12 +140,14 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
                          "x_forward": sec / seconds["forward"],
                          "peak_MiB": (peak if peak is not None else analytic) / 2**20,
                          "peak": "measured" if peak is not None else "analytic", "repeats": reps})
+        unstable = error_columns(model, lower, upper)
         if naive:
             ours, ref = bounds.symbolic(model, lower, upper), naive_symbolic.symbolic(model, lower, upper)
             gap = max(float((a - b).abs().max()) for a, b in zip(ours, ref))
     for r in rows:
         if r["method"] == "symbolic":
             r["x_floor"] = seconds["symbolic"] / seconds["forward(d+1)"]
+            r["d"], r["error_columns"] = d, unstable
             if "symbolic, one chunk" in seconds:
                 r["one_chunk_over_default"] = seconds["symbolic, one chunk"] / seconds["symbolic"]
             if naive:
@@ -153,7 +179,7 @@ def main(argv=None):
     print(f"# robustlib.bounds benchmark on {device_name(device)}, {a.dtype}, eps {a.eps}; memory: "
           f"{'measured' if device.type == 'cuda' else 'analytic'}")
     print(f"{'net':12s} {'B':>4s} {'method':15s} {'samples/s':>11s} {'x forward':>10s} {'peak MiB':>9s} "
-          f"{'x floor':>8s} {'naive/ours':>10s}")
+          f"{'x floor':>8s} {'naive/ours':>10s} {'d':>5s} {'err cols':>8s}")
     rows, ratios = [], {}
     t_start = time.perf_counter()
     for net in a.nets:
@@ -162,8 +188,9 @@ def main(argv=None):
                 rows.append(r)
                 floor = f"{r['x_floor']:8.2f}" if "x_floor" in r else ""
                 gain = f"{r['naive_over_ours']:10.2f}" if "naive_over_ours" in r else ""
+                cols = f"{r['d']:5d} {r['error_columns']:8.0f}" if "d" in r else ""
                 print(f"{net:12s} {bs:4d} {r['method']:15s} {r['samples_per_s']:11.1f} {r['x_forward']:10.1f} "
-                      f"{r['peak_MiB']:9.2f} {floor:>8s} {gain:>10s}", flush=True)
+                      f"{r['peak_MiB']:9.2f} {floor:>8s} {gain:>10s} {cols}", flush=True)
                 if "x_floor" in r:
                     ratios[f"{net} B={bs} symbolic / forward(d+1)"] = r["x_floor"]
                 if "one_chunk_over_default" in r:

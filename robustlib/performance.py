@@ -20,7 +20,8 @@ BENCHMARKS = {   # script → (section title, what it measures)
                  "`fit` against plain fp32 eager robustlib."),
     "bounds": ("Bounds", "interval and symbolic bounds per sample against one forward pass, against the floor of "
                "one forward pass of d + 1 images, and against a straightforward per-layer implementation of the "
-               "same relaxation (`benchmarks/naive_symbolic.py`)."),
+               "same relaxation (`benchmarks/naive_symbolic.py`). `error_columns`: the columns that unstable ReLUs "
+               "add per sample beyond the d + 1 of the floor."),
     "certified": ("Certified training", "one epoch of MixTrain (k = 1, 5), full symbolic, IBP and PGD-AT training "
                   "on the same data, and one symbolic bound's forward + backward against a forward pass of d + 1 "
                   "images."),
