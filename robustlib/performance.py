@@ -4,7 +4,7 @@ Every script in ``benchmarks/`` writes ``benchmarks/results/<name>-<cpu|cuda>.js
 the device's name, library versions, the date, the settings, the raw figures and every ratio, each ratio between
 two figures measured in that one run. :func:`write_page` turns those files into ``performance.md`` in the staged
 book: one table per benchmark and device, the "how each gain was obtained" section from the training benchmark's
-before/after variants, and a roofline-style figure (achieved FLOP/s against the device's datasheet peak where it is
+before/after variants and the bounds benchmark's one-chunk / default-chunk pair, and a roofline-style figure (achieved FLOP/s against the device's datasheet peak where it is
 known). A CPU file and a GPU file are never combined in one ratio or one panel. Nothing on the page is typed by
 hand; a benchmark without a file says how to produce it.
 """

@@ -269,8 +269,8 @@ def default_memory_budget(device) -> int:
 
 # On a CPU the coefficient tensors stream through memory several times per layer (the linear map, the
 # concretisation, the ReLU scaling), so chunks whose tensors stay in the last-level cache beat one large chunk:
-# on the 2-core EPYC here, one sample per chunk ran the bounds of a batch of 16 on MNIST_Small, MNIST_Large and
-# CIFAR_Small 1.3-2.1x faster than one chunk of 16 (benchmarks/bench_bounds.py, "symbolic, one chunk").
+# on the 2-core EPYC here, one sample per chunk ran the bounds of a batch of 16 1.05-2.0x faster than one chunk
+# of 16 (two runs of benchmarks/bench_bounds.py, "symbolic, one chunk"; MNIST_Small gains most, CIFAR_Small least).
 # CUDA wants large chunks and keeps the memory budget alone.
 CPU_CHUNK_BYTES = 32 << 20
 
