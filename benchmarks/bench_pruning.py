@@ -23,6 +23,7 @@ Writes ``benchmarks/results/pruning-<cpu|cuda>.json``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,7 +154,7 @@ def main(argv=None):
     print(f"{'(c) Bullet-Train wall-clock speed-up over PGD-AT':58s} {ratios['bt_speedup']:9.3f}")
     print(f"{'(c) pruning + Bullet-Train speed-up over PGD-AT':58s} {ratios['pruned_bt_speedup']:9.3f}")
     settings["wall_s"] = time.perf_counter() - t_start
-    if a.quick:   # sizes too small for the numbers to mean anything: written to a temporary folder
+    if a.quick and not os.environ.get("ROBUSTLIB_BENCH_RESULTS"):   # sizes too small to mean anything: to a temporary folder
         import tempfile
 
         import common

@@ -7,6 +7,7 @@ measured against a baseline run in the same process). Speed is never measured by
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +16,9 @@ import torch
 
 from robustlib.reproduce import device_name, versions
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where results go: benchmarks/results/, or $ROBUSTLIB_BENCH_RESULTS (run_all.sh quick points it at a temporary
+# folder, so that a check of the scripts never overwrites the committed figures)
+RESULTS = Path(os.environ.get("ROBUSTLIB_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def device_kind(device) -> str:

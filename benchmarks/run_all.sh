@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every benchmark in one go, each under its own time limit, inside one overall budget: what finishes is kept.
+#
+#   benchmarks/run_all.sh cuda [OUTDIR]   # one GPU (sizes for an H100 / H200): about 9 minutes
+#   benchmarks/run_all.sh quick [OUTDIR]  # CPU, tiny sizes: checks that every script runs (about 3 minutes)
+#
+# Each script writes benchmarks/results/<name>-<cpu|cuda>.json itself; with OUTDIR, each JSON (and this run's
+# log, run_all.log) is also copied there as soon as it lands, so a run cut short still hands back what it
+# finished. BUDGET_S (default 540) caps the whole run; a step gets min(its own limit, what is left).
+# The CPU figures of the book come from the scripts' own defaults (see each script's docstring): they take
+# longer than a GPU session allows for all of them at once, so this script does not run them.
+set -u
+mode=${1:?usage: benchmarks/run_all.sh cuda|quick [OUTDIR]}
+out=${2:-}
+PY=${PYTHON:-python3}
+here=$(cd "$(dirname "$0")" && pwd)
+budget=${BUDGET_S:-540}
+start=$(date +%s)
+log=${out:+$out/run_all.log}
+log=${log:-/dev/null}
+[ -n "$out" ] && mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+# step LIMIT_S RESULT_NAME OUT_NAME -- command...: runs the command under min(LIMIT_S, what is left), then
+# copies benchmarks/results/RESULT_NAME to OUTDIR/OUT_NAME when it exists and is newer than the step's start.
+step() {
+    local limit=$1 result=$2 name=$3
+    shift 4
+    local left=$((budget - ($(date +%s) - start)))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -le 10 ]; then
+        echo "## skipped (budget spent): $*" | tee -a "$log"
+        return
+    fi
+    echo "## $(date +%T) [${limit} s] $*" | tee -a "$log"
+    local marker
+    marker=$(mktemp)
+    timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+    echo "## exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" | tee -a "$log"
+    local path="${ROBUSTLIB_BENCH_RESULTS:-$here/results}/$result"
+    if [ -n "$out" ] && [ -f "$path" ] && [ "$path" -nt "$marker" ]; then
+        cp "$path" "$out/$name"
+    fi
+    rm -f "$marker"
+}
+
+case "$mode" in
+cuda)
+    { nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } \
+        2>&1 | tee -a "$log"
+    # training throughput without torch.compile (+ Fast-AT), then each kernel benchmark, then the compiled
+    # variant in a run of its own (compilation can take minutes: last, so it cannot starve the others)
+    step 170 training-cuda.json training-cuda.json -- "$PY" "$here/bench_training.py" --device cuda --n 10240 \
+        --repeat 3 --variants fp32 default bf16 channels-last --fast-at
+    step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
+        --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
+    step 70 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" --device cuda
+    step 150 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" --device cuda \
+        --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512
+    step 150 training-cuda.json training-compile-cuda.json -- "$PY" "$here/bench_training.py" --device cuda \
+        --n 10240 --repeat 2 --variants fp32 compile+bf16+channels-last
+    ;;
+quick)   # results to a temporary folder: a check never overwrites the committed figures
+    export ROBUSTLIB_BENCH_RESULTS=${ROBUSTLIB_BENCH_RESULTS:-$(mktemp -d)}
+    step 120 training-cpu.json training-cpu.json -- "$PY" "$here/bench_training.py" --device cpu --quick \
+        --variants fp32 default
+    step 60 bounds-cpu.json bounds-cpu.json -- "$PY" "$here/bench_bounds.py" --device cpu --quick
+    step 120 certified-cpu.json certified-cpu.json -- "$PY" "$here/bench_certified.py" --device cpu --quick
+    step 120 pruning-cpu.json pruning-cpu.json -- "$PY" "$here/bench_pruning.py" --device cpu --quick \
+        --model preact_resnet18 --n 300 --batch-size 64
+    ;;
+*)
+    echo "unknown mode '$mode': use cuda (one GPU) or quick (CPU, tiny sizes)" >&2
+    exit 2
+    ;;
+esac
+echo "## done in $(( $(date +%s) - start )) s" | tee -a "$log"
