@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in one go, each under its own time limit, inside one overall budget: what finishes is kept.
 #
-#   benchmarks/run_all.sh cuda [OUTDIR]   # one GPU (sizes for an H100 / H200): about 9 minutes
+#   benchmarks/run_all.sh cuda [OUTDIR]   # one GPU (sizes for an H100 / H200): about 8 minutes
 #   benchmarks/run_all.sh quick [OUTDIR]  # CPU, tiny sizes: checks that every script runs (about 3 minutes)
 #
 # Each script writes benchmarks/results/<name>-<cpu|cuda>.json itself; with OUTDIR, each JSON (and this run's
@@ -20,6 +20,10 @@ log=${out:+$out/run_all.log}
 log=${log:-/dev/null}
 [ -n "$out" ] && mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+
+# ONLY (default: all) names the steps to run, e.g. ONLY="training pruning".
+only=${ONLY:-training bounds certified pruning}
+wanted() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # step LIMIT_S RESULT_NAME OUT_NAME -- command...: runs the command under min(LIMIT_S, what is left), then
 # copies benchmarks/results/RESULT_NAME to OUTDIR/OUT_NAME when it exists and is newer than the step's start.
@@ -48,26 +52,26 @@ case "$mode" in
 cuda)
     { nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } \
         2>&1 | tee -a "$log"
-    # training throughput without torch.compile (+ Fast-AT), then each kernel benchmark, then the compiled
-    # variant in a run of its own (compilation can take minutes: last, so it cannot starve the others)
-    step 170 training-cuda.json training-cuda.json -- "$PY" "$here/bench_training.py" --device cuda --n 10240 \
-        --repeat 3 --variants fp32 default bf16 channels-last --fast-at
-    step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
+    # training throughput: every variant of fit in one process (the compiled ones pay ~30 s of compilation
+    # each in their warm-up), Fast-AT after it; then the kernel benchmarks
+    wanted training && step 260 training-cuda.json training-cuda.json -- "$PY" "$here/bench_training.py" \
+        --device cuda --n 10240 --repeat 2 --fast-at
+    wanted bounds && step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
-    step 70 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" --device cuda
-    step 150 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" --device cuda \
-        --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512
-    step 150 training-cuda.json training-compile-cuda.json -- "$PY" "$here/bench_training.py" --device cuda \
-        --n 10240 --repeat 2 --variants fp32 compile+bf16+channels-last
+    wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
+        --device cuda
+    wanted pruning && step 150 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" \
+        --device cuda --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512
     ;;
 quick)   # results to a temporary folder: a check never overwrites the committed figures
     export ROBUSTLIB_BENCH_RESULTS=${ROBUSTLIB_BENCH_RESULTS:-$(mktemp -d)}
-    step 120 training-cpu.json training-cpu.json -- "$PY" "$here/bench_training.py" --device cpu --quick \
-        --variants fp32 default
-    step 60 bounds-cpu.json bounds-cpu.json -- "$PY" "$here/bench_bounds.py" --device cpu --quick
-    step 120 certified-cpu.json certified-cpu.json -- "$PY" "$here/bench_certified.py" --device cpu --quick
-    step 120 pruning-cpu.json pruning-cpu.json -- "$PY" "$here/bench_pruning.py" --device cpu --quick \
-        --model preact_resnet18 --n 300 --batch-size 64
+    wanted training && step 120 training-cpu.json training-cpu.json -- "$PY" "$here/bench_training.py" \
+        --device cpu --quick --variants fp32 default
+    wanted bounds && step 60 bounds-cpu.json bounds-cpu.json -- "$PY" "$here/bench_bounds.py" --device cpu --quick
+    wanted certified && step 120 certified-cpu.json certified-cpu.json -- "$PY" "$here/bench_certified.py" \
+        --device cpu --quick
+    wanted pruning && step 120 pruning-cpu.json pruning-cpu.json -- "$PY" "$here/bench_pruning.py" \
+        --device cpu --quick --model preact_resnet18 --n 300 --batch-size 64
     ;;
 *)
     echo "unknown mode '$mode': use cuda (one GPU) or quick (CPU, tiny sizes)" >&2

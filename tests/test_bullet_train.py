@@ -177,7 +177,8 @@ def test_weights_config_and_autocast(digits):
         bt(net, x, y, w[:4])
     cfg = bt.config()
     assert cfg == {"name": "bullet-train", "base": TRADES(EPS, steps=2).config(), "probes": 1, "sigma": EPS / 2,
-                   "outlier": "misclassified", "robust_margin": 0.5, "light_steps": 1, "light_alpha": 2.5 * EPS}
+                   "outlier": "misclassified", "robust_margin": 0.5, "light_steps": 1, "light_alpha": 2.5 * EPS,
+                   "bucket": "auto"}
     json.dumps(cfg)
     assert repr(bt).startswith("BulletTrain(TRADES(eps=0.1")
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -217,6 +218,36 @@ def test_fit_with_a_selector(digits):
     assert r["bt_outlier"] + r["bt_robust"] + r["bt_boundary"] == pytest.approx(1.0)
 
 
+def test_sub_batches_are_padded_to_the_bucket_and_the_padding_is_discarded(digits):
+    net, x, y = batch(digits, n=24)
+    with torch.no_grad():
+        z = net.eval()(x)
+    net.train()
+    others = z.clone().scatter_(1, y[:, None], float("-inf"))
+    margin = z.gather(1, y[:, None]).squeeze(1) - others.amax(1)
+    kappa = margin[margin > 0].median().item()   # splits the correctly classified ones into robust and boundary
+    sizes = []
+
+    def row_by_row(model, xs, ys, steps, alpha):   # deterministic and per example: padding must not show
+        sizes.append(len(xs))
+        return (xs + steps * alpha * (2 * (ys % 2) - 1).float().view(-1, 1, 1, 1)).clamp(0, 1)
+
+    results = {}
+    for bucket in (1, 5):
+        base = PGDAT(EPS, steps=K)
+        base.attack = row_by_row
+        sizes.clear()
+        bt = BulletTrain(base, probes=1, sigma=0.0, robust_margin=kappa, bucket=bucket)
+        results[bucket] = bt.adversarial(net, x, y) + (list(sizes),)
+    (x1, g1, n1, s1), (x5, g5, n5, s5) = results[1], results[5]
+    assert n1 == n5 and n1[1] > 0 and n1[2] > 0 and torch.equal(g1, g5)
+    assert s1 == [n1[2], n1[1]]                               # boundary, then robust, unpadded
+    assert s5 == [-(-n1[2] // 5) * 5, -(-n1[1] // 5) * 5]     # each rounded up to a multiple of 5
+    assert s5 != s1 and torch.equal(x5, x1)                   # the padding rows are discarded
+    assert BulletTrain(PGDAT(EPS)).bucket_for("cpu") == 1 and BulletTrain(PGDAT(EPS)).bucket_for("cuda") == 32
+    assert BulletTrain(PGDAT(EPS), bucket=8).bucket_for("cuda") == 8
+
+
 def test_bad_input_is_rejected_with_clear_messages(digits):
     base = PGDAT(EPS, steps=K)
     for bad, match in ((lambda: BulletTrain(Standard()), "PGDAT, TRADES or MART"),
@@ -229,7 +260,10 @@ def test_bad_input_is_rejected_with_clear_messages(digits):
                        (lambda: BulletTrain(base, light_steps=K + 1), r"light_steps must lie in 0…K = 0…4"),
                        (lambda: BulletTrain(base, robust_margin=float("nan")), "robust_margin"),
                        (lambda: BulletTrain(base, outlier="loss"), "unknown outlier rule"),
-                       (lambda: BulletTrain(base, light_alpha=-1.0), "light_alpha")):
+                       (lambda: BulletTrain(base, light_alpha=-1.0), "light_alpha"),
+                       (lambda: BulletTrain(base, bucket=0), "bucket must be an integer ≥ 1"),
+                       (lambda: BulletTrain(base, bucket=2.5), "rounded up to"),
+                       (lambda: BulletTrain(base, bucket="big"), "'auto'")):
         with pytest.raises(ValueError, match=match):
             bad()
     net, x, y = batch(digits, n=4)

@@ -77,6 +77,16 @@ class BulletTrain(Objective):
     (``torch.bincount(...).tolist()``), the rest runs on the device with masks
     and index tensors, without a loop over examples.
 
+    **Shape buckets.** The robust and boundary sub-batches change size from
+    batch to batch. On CUDA every new input shape costs cuDNN a new
+    execution plan per convolution, forward and backward, which can cost
+    more than the attack steps saved. ``bucket`` = b rounds each sub-batch up
+    to a multiple of b by repeating some of its own examples; the attack runs
+    in eval mode, example by example independent, and the extra rows are
+    discarded, so x' is unchanged in distribution and only a few shapes ever
+    occur. ``"auto"``: 32 on CUDA, 1 (no padding) elsewhere. The padding
+    rows are extra work that :attr:`spent` does not count.
+
     :meth:`reset_spent` (what :func:`robustlib.train.fit` records per epoch)
     adds to ``examples``/``forward``/``backward`` the group fractions
     ``bt_outlier``, ``bt_robust``, ``bt_boundary`` (summing to 1), the attack
@@ -87,7 +97,7 @@ class BulletTrain(Objective):
 
     def __init__(self, base: Objective, *, probes: int = 2, sigma: float | None = None,
                  outlier: str | None = "misclassified", robust_margin: float = 2.0, light_steps: int = 1,
-                 light_alpha: float | None = None):
+                 light_alpha: float | None = None, bucket: int | str = "auto"):
         super().__init__()
         if not isinstance(base, (PGDAT, TRADES, MART)):
             raise ValueError(f"BulletTrain wraps a PGDAT, TRADES or MART objective, e.g. "
@@ -110,6 +120,10 @@ class BulletTrain(Objective):
                              f"got {light_steps}")
         self.light_alpha = (default_alpha(base.eps, self.light_steps) if light_alpha is None
                             else check_eps(light_alpha, "light_alpha"))
+        if bucket != "auto":
+            bucket = check_int(bucket, "bucket", 1, hint="it is the multiple that sub-batch sizes are rounded up to "
+                               "(1: no padding), or 'auto' (32 on CUDA, 1 elsewhere)")
+        self.bucket = bucket
         self.spent = self._zero()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -129,7 +143,7 @@ class BulletTrain(Objective):
     def config(self) -> dict:
         return {"name": self.name, "base": self.base.config(), "probes": self.probes, "sigma": self.sigma,
                 "outlier": self.outlier, "robust_margin": self.robust_margin, "light_steps": self.light_steps,
-                "light_alpha": self.light_alpha}
+                "light_alpha": self.light_alpha, "bucket": self.bucket}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "base"))
@@ -193,23 +207,39 @@ class BulletTrain(Objective):
                 group = torch.where(robust, ROBUST, group)
         return group
 
+    def bucket_for(self, device) -> int:
+        """The sub-batch size multiple on ``device``: ``bucket``, or for "auto" 32 on CUDA and 1 elsewhere."""
+        if self.bucket == "auto":
+            return 32 if torch.device(device).type == "cuda" else 1
+        return self.bucket
+
+    def _padded(self, idx: torch.Tensor, bucket: int) -> torch.Tensor:
+        """``idx`` followed by repeats of its own entries up to the next multiple of ``bucket``."""
+        pad = -len(idx) % bucket
+        if pad == 0:
+            return idx
+        return torch.cat([idx, idx.repeat(-(-pad // len(idx)))[:pad]])
+
     def adversarial(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
         """``(x', group, (n_outlier, n_robust, n_boundary))``: x' assembled group by group, counting nothing.
 
         x'_i = x_i for outliers (and for robust ones when L = 0); the base's
         attack with L steps (step ``light_alpha``) for robust ones and with K
         steps (its own α) for boundary ones, each group attacked as one
-        sub-batch (boundary first). One host synchronisation for the group sizes.
+        sub-batch (boundary first), padded to a multiple of :meth:`bucket_for`.
+        One host synchronisation for the group sizes.
         """
         group = self.groups(model, x, y)
         sizes = torch.bincount(group, minlength=len(GROUPS)).tolist()   # the one host synchronisation
         _, idx_robust, idx_boundary = torch.argsort(group, stable=True).split(sizes)
         x = x.detach()
         x_adv = x.clone()
+        bucket = self.bucket_for(x.device)
         for idx, steps, alpha in ((idx_boundary, self.base.steps, self.base.alpha),
                                   (idx_robust, self.light_steps, self.light_alpha)):
             if steps > 0 and len(idx) > 0:
-                x_adv[idx] = self.base.attack(model, x[idx], y[idx], steps, alpha)
+                run = self._padded(idx, bucket)
+                x_adv[idx] = self.base.attack(model, x[run], y[run], steps, alpha)[:len(idx)]
         return x_adv, group, tuple(sizes)
 
     def losses(self, model, x, y):
