@@ -30,6 +30,8 @@ module's train/eval flag and leaves no parameter ``.grad`` behind. Tensors stay 
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import math
 import numbers
@@ -137,10 +139,21 @@ def _logits_features(model: nn.Module, x: torch.Tensor):
 
 # ----------------------------------------------------------------------------- scores
 
-def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256) -> torch.Tensor:
-    """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1))."""
+def _network_precision(data: ImageData, amp):
+    """bf16 autocast for the network passes (attack and forward) when ``amp`` is True, or "auto" on CUDA (what
+    :func:`robustlib.train.fit` trains with); the scores, gradients and solvers stay float32."""
+    if amp not in (True, False, "auto"):
+        raise ValueError(f"amp must be True, False or 'auto' (bf16 autocast on CUDA), got {amp!r}")
+    on = data.device.type == "cuda" if amp == "auto" else amp
+    return torch.autocast(data.device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256,
+                     amp: bool | str = "auto") -> torch.Tensor:
+    """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1)),
+    float32; the network passes in bf16 autocast with ``amp`` (default "auto": on CUDA)."""
     out = []
-    with eval_mode(model):
+    with eval_mode(model), _network_precision(data, amp):
         for x, y in _batches(model, data, batch_size, adversarial):
             z, h = _logits_features(model, x)
             err = z.softmax(1) - F.one_hot(y, z.shape[1]).float()
@@ -159,12 +172,14 @@ def _grand_full(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 
 def score(name: str, model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256,
-          seed: int = 0, mode: str = "last", counter: ForgettingCounter | None = None) -> torch.Tensor:
+          seed: int = 0, mode: str = "last", counter: ForgettingCounter | None = None,
+          amp: bool | str = "auto") -> torch.Tensor:
     """Importance score of every example of ``data``: float32 (n,) on the data's device.
 
     ``name`` ∈ :data:`SCORES`; ``mode`` ("last" or "full") picks GraNd's parameters — lower
     ``batch_size`` for "full", which holds batch_size × #parameters floats; ``forgetting`` returns the
-    scores of ``counter``, a :class:`ForgettingCounter` updated during training.
+    scores of ``counter``, a :class:`ForgettingCounter` updated during training. ``amp``: bf16 autocast
+    for the network passes (default "auto": on CUDA, as ``fit`` trains), the scores in float32.
     """
     if name not in SCORES:
         raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORES)}")
@@ -179,7 +194,7 @@ def score(name: str, model: nn.Module, data: ImageData, *, adversarial=None, bat
     if mode not in ("last", "full"):
         raise ValueError(f"GraNd mode must be 'last' (last layer, closed form) or 'full', got {mode!r}")
     out = []
-    with eval_mode(model):
+    with eval_mode(model), _network_precision(data, amp):
         for x, y in _batches(model, data, batch_size, adversarial):
             if name == "grand" and mode == "full":
                 out.append(_grand_full(model, x, y))

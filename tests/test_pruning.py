@@ -175,6 +175,21 @@ def test_adversarial_scores_are_scores_on_pgd_examples(small):
     assert torch.equal(r1, r2) and not torch.equal(r1, score("random", model, data, seed=2))
 
 
+def test_bf16_network_passes_give_float32_scores_close_to_fp32(small):
+    train, _, model = small
+    data = train.head(64)
+    G32 = last_layer_grads(model, data, amp=False)
+    G16 = last_layer_grads(model, data, amp=True)        # what "auto" does on CUDA, here on the CPU
+    assert G16.dtype == torch.float32 and G16.shape == G32.shape and not torch.equal(G16, G32)
+    assert (G16 - G32).norm() <= 0.05 * G32.norm()        # bf16 keeps ~3 significant digits
+    assert torch.equal(last_layer_grads(model, data), G32)  # "auto" is fp32 off CUDA
+    e16 = score("el2n", model, data, amp=True)
+    assert e16.dtype == torch.float32
+    torch.testing.assert_close(e16, score("el2n", model, data, amp=False), atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="amp must be True, False or 'auto'"):
+        last_layer_grads(model, data, amp="bf16")
+
+
 def test_forgetting_counter_counts_correct_to_incorrect_transitions():
     n = 5
     images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
