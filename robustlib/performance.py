@@ -168,10 +168,25 @@ def gains_section(results: dict) -> str:
         rows = [(f"{r['net']}, B = {r['batch']}", f"{before[r['net'], r['batch']]:,.1f} → {r['samples_per_s']:,.1f}",
                  f"{r['samples_per_s'] / before[r['net'], r['batch']]:.2f}×")
                 for r in rows if r["method"] == "symbolic" and (r["net"], r["batch"]) in before]
+        chunks = ("chunks that fit the CPU's last-level cache (`bounds.symbolic.CPU_CHUNK_BYTES`)" if kind == "cpu"
+                  else "chunks that fit the memory budget (`bounds.default_memory_budget`: only batches larger than "
+                       "one chunk differ)")
         if rows:
             out.append(f"**Symbolic bounds ({result['device']})**: samples/s with the whole batch in one chunk → "
-                       f"with chunks that fit the CPU's last-level cache (`bounds.symbolic.CPU_CHUNK_BYTES`), "
-                       f"both timed in the same run:\n\n" + table(("network, batch", "samples/s", "gain"), rows))
+                       f"with {chunks}, both timed in the same run:\n\n"
+                       + table(("network, batch", "samples/s", "gain"), rows))
+    for kind in KIND_TITLE:
+        result = results.get(("pruning", kind))
+        figures = result and result["figures"]
+        if not isinstance(figures, dict) or "bt_unpadded_train_s" not in figures:
+            continue
+        before, after = figures["bt_unpadded_train_s"], figures["bt_train_s"]
+        out.append(f"**Bullet-Train ({result['device']})**: seconds of {result['settings'].get('epochs', '?')} "
+                   f"epochs of Bullet-Train PGD-AT with the robust and boundary sub-batches at their own sizes → "
+                   f"padded to a multiple of `BulletTrain.bucket` (so that cuDNN meets few shapes), both timed in "
+                   f"the same run:\n\n" + table(("run", "seconds", "gain"),
+                                               [("Bullet-Train, full data", f"{before:,.1f} → {after:,.1f}",
+                                                 f"{before / after:.2f}×")]))
     return "\n".join(out) or "No training benchmark has been run yet (`python benchmarks/bench_training.py`).\n"
 
 

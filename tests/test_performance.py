@@ -44,6 +44,11 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic, one chunk",
                                               "samples_per_s": 45.0}],
            {"mnist_small B=1 symbolic / forward(d+1)": 2.5})
+    _write(res, "bounds", "cuda", "NVIDIA H100 80GB HBM3",
+           [{"net": "cifar_large", "batch": 128, "method": "symbolic", "samples_per_s": 190.0},
+            {"net": "cifar_large", "batch": 128, "method": "symbolic, one chunk", "samples_per_s": 200.0}], {})
+    _write(res, "pruning", "cuda", "NVIDIA H100 80GB HBM3", {"bt_train_s": 10.0, "bt_unpadded_train_s": 17.5},
+           {"bt_bucket_gain": 1.75}, {"epochs": 4})
     (res / "notes.json").write_text("{}")    # not a benchmark file: ignored
     book_dir = tmp_path / "staged"
     path = performance.write_page(book_dir, res)
@@ -54,13 +59,18 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert performance.paired_median({"a": [1.0]}, "a", "b") is None
     assert "3,000 → 9,000" in page and "3.00×" in page
     assert "| mnist_small, B = 16 | 45.0 → 90.0 | 2.00× |" in page    # the chunking gain, from the bounds file
+    gpu_bounds = page[page.index("**Symbolic bounds (NVIDIA H100"):]
+    assert "memory budget" in gpu_bounds.split("\n")[0] and "last-level cache" not in gpu_bounds.split("\n")[0]
+    assert "| cifar_large, B = 128 | 200.0 → 190.0 | 0.95× |" in gpu_bounds
+    assert "**Bullet-Train (NVIDIA H100 80GB HBM3)**: seconds of 4 epochs" in page
+    assert "| Bullet-Train, full data | 17.5 → 10.0 | 1.75× |" in page
     assert "### CPU: CPU (AMD EPYC" in page and "### GPU: NVIDIA H100" in page
     # a ratio of the CPU file is never shown in the GPU section and vice versa
     cpu_part = page[page.index("### CPU: CPU (AMD EPYC"):page.index("### GPU: NVIDIA H100")]
     assert "robustlib[bf16] / robustlib[fp32]" not in cpu_part
     # rows-style figures become a table; benchmarks without a file say how to make one
     assert "| net | batch | method | samples_per_s | x_floor |" in page and "37.3" in page
-    assert "*GPU: not run yet* — `python benchmarks/bench_bounds.py --device cuda`" in page
+    assert "*GPU: not run yet* — `python benchmarks/bench_certified.py --device cuda`" in page
     assert "*CPU: not run yet* — `python benchmarks/bench_pruning.py`" in page
     # the roofline figure: one panel per device, H100's peak known
     assert (book_dir / "_generated" / "roofline.png").stat().st_size > 10_000
