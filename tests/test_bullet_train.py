@@ -177,8 +177,8 @@ def test_weights_config_and_autocast(digits):
         bt(net, x, y, w[:4])
     cfg = bt.config()
     assert cfg == {"name": "bullet-train", "base": TRADES(EPS, steps=2).config(), "probes": 1, "sigma": EPS / 2,
-                   "outlier": "misclassified", "robust_margin": 0.5, "light_steps": 1, "light_alpha": 2.5 * EPS,
-                   "bucket": "auto"}
+                   "outlier": "misclassified", "robust_margin": 0.5, "light_steps": 1, "light_alpha": 2.5 * EPS}
+    assert BulletTrain(TRADES(EPS, steps=2), bucket=8).config()["bucket"] == 8
     json.dumps(cfg)
     assert repr(bt).startswith("BulletTrain(TRADES(eps=0.1")
     with torch.autocast("cpu", dtype=torch.bfloat16):

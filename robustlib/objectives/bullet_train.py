@@ -143,7 +143,10 @@ class BulletTrain(Objective):
     def config(self) -> dict:
         return {"name": self.name, "base": self.base.config(), "probes": self.probes, "sigma": self.sigma,
                 "outlier": self.outlier, "robust_margin": self.robust_margin, "light_steps": self.light_steps,
-                "light_alpha": self.light_alpha, "bucket": self.bucket}
+                "light_alpha": self.light_alpha,
+                # the default "auto" is left out, so that runs recorded before buckets existed keep their keys
+                # (off CUDA it pads nothing; on CUDA the record's device says it meant 32)
+                **({} if self.bucket == "auto" else {"bucket": self.bucket})}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k not in ("name", "base"))
