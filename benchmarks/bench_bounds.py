@@ -10,7 +10,11 @@ uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch
 
 * ``forward``: ``model(x)``; ``forward(d+1)``: one forward pass of d + 1 images per sample — the floor of
   symbolic propagation, whose affine forms carry d + 1 columns per neuron, plus one per unstable ReLU after
-  that ReLU (``error_columns`` in the symbolic rows: how many per sample, beside ``d``);
+  that ReLU (``error_columns`` in the symbolic rows: how many per sample, beside ``d``; per ReLU layer in
+  ``error_columns_per_relu``); ``forward(d+1+E)``: the floor with those columns counted — the same forward
+  pass with, after each ReLU, one more input per error column it adds (``x_width_floor``). Both are
+  references, not strict bounds: fresh error columns are one-hot, and robustlib maps them through the next
+  layer by gathering weight columns, cheaper than a dense pass;
 * ``interval`` (IBP) and ``symbolic`` (robustlib.bounds, its default chunking: on CPU chunks that fit
   ``bounds.symbolic.CPU_CHUNK_BYTES``); ``symbolic, one chunk``: the whole batch in one chunk (the default
   before the cache-sized CPU chunks; the ratio of the two is that change's gain, measured in the same run);
@@ -35,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -82,18 +87,18 @@ def _peak(fn, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def error_columns(model, lower, upper) -> float:
-    """Error-term columns that unstable ReLUs add per sample (mean over the batch): the part of symbolic
-    propagation's width beyond the d + 1 input columns (counted in one untimed call)."""
+def error_columns(model, lower, upper) -> list:
+    """Error-term columns that each unstable ReLU layer adds per sample (mean over the batch), in the order of the
+    layers: the part of symbolic propagation's width beyond the d + 1 input columns (one untimed call)."""
     runner_cls = importlib.import_module("robustlib.bounds.symbolic")._SymbolicRunner
-    relu, count = runner_cls.relu, []
+    relu, count = runner_cls.relu, {}
 
     def counting(self, s, shape, name, owned):
         out = relu(self, s, shape, name, owned)
         e = out.E.get(name)
         if e is not None and e is not s.E.get(name):
             n = e.vals.ne(0).sum() if hasattr(e, "vals") else e.flatten(2).ne(0).any(2).sum()
-            count.append(int(n))
+            count[name] = count.get(name, 0) + int(n)    # summed over the chunks of the batch
         return out
 
     runner_cls.relu = counting
@@ -101,7 +106,33 @@ def error_columns(model, lower, upper) -> float:
         bounds.symbolic(model, lower, upper)
     finally:
         runner_cls.relu = relu
-    return sum(count) / lower.shape[0]
+    return [n / lower.shape[0] for n in count.values()]
+
+
+def width_floor(model: nn.Sequential, x1: torch.Tensor, per_relu: list):
+    """The floor with the error columns counted: the forward pass of ``forward(d+1)`` (d + 1 images, layer after
+    layer) with, after each ReLU, as many extra inputs appended as that layer adds error columns per sample
+    (``per_relu``, one entry per ReLU in order). With no error columns it is exactly ``forward(d+1)``.
+    Returns a function that runs it for one sample, the columns entering each layer and the largest
+    activation (numbers) it holds."""
+    d = x1[0].numel()
+    start = torch.rand(d + 1, *x1.shape[1:], device=x1.device, dtype=x1.dtype)
+    extra, widths, cols, relus, h, largest = [], [], d + 1, iter(per_relu), x1, 0
+    for layer in model:
+        widths.append(cols)
+        h = layer(h)
+        largest = max(largest, cols * h[0].numel())
+        add = int(round(next(relus, 0.0))) if isinstance(layer, nn.ReLU) else 0
+        extra.append(torch.rand(add, *h.shape[1:], device=x1.device, dtype=x1.dtype) if add else None)
+        cols += add
+
+    def run():
+        h = start
+        for layer, more in zip(model, extra):
+            h = layer(h)
+            if more is not None:
+                h = torch.cat([h, more])
+    return run, widths, largest
 
 
 def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int,
@@ -130,6 +161,10 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     naive = naive and batch * d * n_max * item <= NAIVE_LIMIT   # its dense coefficients, all at once
     if naive:
         runs["naive symbolic"] = (lambda: naive_symbolic.symbolic(model, lower, upper), batch * d * n_max * item)
+    with torch.no_grad():
+        per_relu = error_columns(model, lower, upper)
+        one_width, widths, width_numel = width_floor(model, x[:1], per_relu)
+    runs["forward(d+1+E)"] = (lambda: [one_width() for _ in range(batch)], width_numel * item)
     rows, seconds = [], {}
     with torch.no_grad():
         for key, (fn, analytic) in runs.items():
@@ -140,14 +175,15 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
                          "x_forward": sec / seconds["forward"],
                          "peak_MiB": (peak if peak is not None else analytic) / 2**20,
                          "peak": "measured" if peak is not None else "analytic", "repeats": reps})
-        unstable = error_columns(model, lower, upper)
+        unstable = sum(per_relu)
         if naive:
             ours, ref = bounds.symbolic(model, lower, upper), naive_symbolic.symbolic(model, lower, upper)
             gap = max(float((a - b).abs().max()) for a, b in zip(ours, ref))
     for r in rows:
         if r["method"] == "symbolic":
             r["x_floor"] = seconds["symbolic"] / seconds["forward(d+1)"]
-            r["d"], r["error_columns"] = d, unstable
+            r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
+            r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
             if "symbolic, one chunk" in seconds:
                 r["one_chunk_over_default"] = seconds["symbolic, one chunk"] / seconds["symbolic"]
             if naive:
@@ -179,7 +215,7 @@ def main(argv=None):
     print(f"# robustlib.bounds benchmark on {device_name(device)}, {a.dtype}, eps {a.eps}; memory: "
           f"{'measured' if device.type == 'cuda' else 'analytic'}")
     print(f"{'net':12s} {'B':>4s} {'method':15s} {'samples/s':>11s} {'x forward':>10s} {'peak MiB':>9s} "
-          f"{'x floor':>8s} {'naive/ours':>10s} {'d':>5s} {'err cols':>8s}")
+          f"{'x floor':>8s} {'x wfloor':>8s} {'naive/ours':>10s} {'d':>5s} {'err cols':>8s}")
     rows, ratios = [], {}
     t_start = time.perf_counter()
     for net in a.nets:
@@ -187,12 +223,14 @@ def main(argv=None):
             for r in bench(net, bs, device, dtype, a.eps, budget, a.target_seconds, a.max_repeats, net in a.naive_nets):
                 rows.append(r)
                 floor = f"{r['x_floor']:8.2f}" if "x_floor" in r else ""
+                wfloor = f"{r['x_width_floor']:8.2f}" if "x_width_floor" in r else ""
                 gain = f"{r['naive_over_ours']:10.2f}" if "naive_over_ours" in r else ""
                 cols = f"{r['d']:5d} {r['error_columns']:8.0f}" if "d" in r else ""
                 print(f"{net:12s} {bs:4d} {r['method']:15s} {r['samples_per_s']:11.1f} {r['x_forward']:10.1f} "
-                      f"{r['peak_MiB']:9.2f} {floor:>8s} {gain:>10s} {cols}", flush=True)
+                      f"{r['peak_MiB']:9.2f} {floor:>8s} {wfloor:>8s} {gain:>10s} {cols}", flush=True)
                 if "x_floor" in r:
                     ratios[f"{net} B={bs} symbolic / forward(d+1)"] = r["x_floor"]
+                    ratios[f"{net} B={bs} symbolic / forward(d+1+E)"] = r["x_width_floor"]
                 if "one_chunk_over_default" in r:
                     ratios[f"{net} B={bs} symbolic one chunk / default chunks"] = r["one_chunk_over_default"]
                 if "naive_over_ours" in r:

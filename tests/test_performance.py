@@ -40,7 +40,8 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     _write(res, "bounds", "cpu", "CPU (x)", [{"net": "mnist_small", "batch": 1, "method": "symbolic",
                                               "samples_per_s": 37.3, "x_floor": 2.5},
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic",
-                                              "samples_per_s": 90.0, "x_floor": 1.6},
+                                              "samples_per_s": 90.0, "x_floor": 1.6, "x_width_floor": 1.2,
+                                              "d": 64, "error_columns": 30.5},
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic, one chunk",
                                               "samples_per_s": 45.0}],
            {"mnist_small B=1 symbolic / forward(d+1)": 2.5})
@@ -63,6 +64,9 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert "memory budget" in gpu_bounds.split("\n")[0] and "last-level cache" not in gpu_bounds.split("\n")[0]
     assert "| cifar_large, B = 128 | 200.0 → 190.0 | 0.95× |" in gpu_bounds
     assert "**Bullet-Train (NVIDIA H100 80GB HBM3)**: seconds of 4 epochs" in page
+    floors = page[page.index("## Symbolic bounds against their floor"):]
+    assert "| mnist_small | 16 | 64 | 30.5 | 1.60× | 1.20× |" in floors     # both floors, from the file
+    assert "| mnist_small | 1 |" in floors and "| 2.50× | — |" in floors       # a row without the width floor
     assert "| Bullet-Train, full data | 17.5 → 10.0 | 1.75× |" in page
     assert "### CPU: CPU (AMD EPYC" in page and "### GPU: NVIDIA H100" in page
     # a ratio of the CPU file is never shown in the GPU section and vice versa
