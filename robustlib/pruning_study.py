@@ -16,7 +16,8 @@ Any method may be combined with Bullet-Train (a ``+bt`` suffix in a grid, see :f
 
 Reading the runs: the speed-up of a run is the training wall-clock of full-data training with the same objective
 (without Bullet-Train) over the run's own, selection included; the ideal speed-up of the schedule is
-E / (T_w + (E − T_w)·f) (:func:`ideal_speedup`). :func:`pareto_front` marks the runs no other run beats on both
+E / (T_w + (E − T_w)·f) (:func:`ideal_speedup`); :func:`matched_schedules` gives the two controls of a pruned
+schedule (full data at the same example budget, and pruning with as many updates as full data). :func:`pareto_front` marks the runs no other run beats on both
 speed-up and robust accuracy, and :func:`headline` turns a grid into the paper's six headline numbers with one
 rule: the best speed-up whose robust accuracy stays within ``tolerance`` (1.5 points) of full-data training.
 """
@@ -154,6 +155,29 @@ def ideal_speedup(epochs: int, warmup: int, fraction: float) -> float:
     if not 0 <= warmup <= epochs:
         raise ValueError(f"need 0 ≤ warmup ≤ epochs, got warmup={warmup}, epochs={epochs}")
     return epochs / (warmup + (epochs - warmup) * float(fraction))
+
+
+def matched_schedules(epochs: int, warmup: int, fraction: float, R: int) -> dict:
+    """The two controls of a pruned schedule (E epochs, warm-up T_w, kept fraction f, re-selection every R):
+
+    * ``budget_epochs``: full-data epochs that train as many examples as the pruned run,
+      round(T_w + (E − T_w)·f), at least 1 — is pruning better than simply training less?
+    * ``update_epochs``, ``update_R``: a pruned run with as many examples as full-data training's E epochs,
+      T_w + ⌈(E − T_w)/f⌉ epochs, re-selecting every max(1, round(R/f)) epochs so that selections fall at the
+      same points of training — does the subset carry what full data teaches, given the updates?
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 1:
+        raise ValueError(f"epochs must be an integer ≥ 1, got {epochs!r}")
+    if isinstance(R, bool) or not isinstance(R, numbers.Integral) or R < 1:
+        raise ValueError(f"R must be an integer ≥ 1 (epochs between two selections), got {R!r}")
+    if not 0 < float(fraction) < 1:
+        raise ValueError(f"fraction must lie in (0, 1) for a pruned schedule, got {fraction!r}")
+    if not 0 <= warmup < epochs:
+        raise ValueError(f"need 0 ≤ warmup < epochs for a pruned schedule, got warmup={warmup}, epochs={epochs}")
+    f, rest = float(fraction), epochs - warmup
+    return {"budget_epochs": max(1, round(warmup + rest * f)),
+            "update_epochs": warmup + math.ceil(rest / f - 1e-9),
+            "update_R": max(1, round(R / f))}
 
 
 def speedups(rows) -> list:

@@ -454,6 +454,23 @@ def _runs(**accs):
     return rows
 
 
+def test_matched_schedules_equal_the_examples_of_the_pruned_and_the_full_run():
+    from robustlib.pruning_study import matched_schedules
+    # the cpu preset: E = 8, T_w = 1, f = 0.2, R = 3 -> 2.4 epochs' worth of examples; 36 epochs for 8
+    assert matched_schedules(8, 1, 0.2, 3) == {"budget_epochs": 2, "update_epochs": 36, "update_R": 15}
+    for E, t_w, f, R in ((8, 1, 0.4, 3), (100, 15, 0.3, 20), (6, 0, 0.5, 2), (10, 3, 0.25, 1)):
+        m = matched_schedules(E, t_w, f, R)
+        pruned_examples = t_w + (E - t_w) * f                           # in units of n
+        assert abs(m["budget_epochs"] - pruned_examples) <= 0.5 or m["budget_epochs"] == 1
+        equal_updates = t_w + (m["update_epochs"] - t_w) * f            # the equal-update run's examples
+        assert E <= equal_updates < E + f + 1e-9                        # at least E epochs' worth, by < one epoch
+        assert m["update_R"] == max(1, round(R / f))
+    for bad, msg in (((0, 0, 0.2, 3), "epochs must be"), ((8, 1, 1.0, 3), r"fraction must lie in \(0, 1\)"),
+                     ((8, 8, 0.2, 3), "warmup < epochs"), ((8, 1, 0.2, 0), "R must be")):
+        with pytest.raises(ValueError, match=msg):
+            matched_schedules(*bad)
+
+
 def test_speedups_ideal_speedup_pareto_front_and_the_claim_rule():
     from robustlib.pruning_study import best_speedup, headline, ideal_speedup, pareto_front, speedups
     assert ideal_speedup(100, 15, 0.3) == pytest.approx(100 / 40.5) and ideal_speedup(10, 10, 0.2) == 1.0
