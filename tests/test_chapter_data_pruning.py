@@ -27,7 +27,27 @@ def test_every_method_and_objective_ran(record):
         assert {(r["method"], r["bt"]) for r in runs if r["objective"] == objective} >= {
             ("full", False), ("full", True), ("gradmatch", False), ("gradmatch", True)}
     assert len({r["fraction"] for r in runs if r["method"] != "full"}) >= 2
-    assert len({r["run"] for r in runs}) == len(runs) == len(record["runs"])
+    controls = [r for r in record["rows"] if r["section"] == "schedule"]
+    assert len({r["run"] for r in runs}) == len(runs) == len(record["runs"]) - len(controls)
+
+
+def test_schedule_controls_match_the_pruned_and_the_full_example_budgets(record):
+    from robustlib.pruning_study import matched_schedules
+    cfg = record["config"]
+    E, f = cfg["epochs"], cfg["schedule_fraction"] or cfg["fractions"][0]
+    t_w = round(f * cfg["kappa"] * E)
+    ctl = matched_schedules(E, t_w, f, cfg["R"])
+    controls = {r["method"]: r for r in record["rows"] if r["section"] == "schedule"}
+    assert set(controls) == {"full", *cfg["schedule_methods"]}
+    budget = controls.pop("full")
+    assert budget["epochs"] == ctl["budget_epochs"] and budget["examples"] == pytest.approx(ctl["budget_epochs"])
+    for r in controls.values():   # as many examples as full data's E epochs (whole groups of 32 add a little)
+        assert r["epochs"] == ctl["update_epochs"] and r["R"] == ctl["update_R"] and r["fraction"] == f
+        assert E - 0.5 <= r["examples"] <= E + f + 0.1, r
+        assert r["select_s"] > 0 or r["method"] == "random"
+    for r in [budget, *controls.values()]:
+        assert 0 <= r["pgd_acc"] <= r["clean_acc"] <= 1 and r["train_s"] > 0
+        assert r["run"] in {run["name"] for run in record["runs"]}
 
 
 def test_pruned_runs_train_on_the_kept_fraction_after_the_warm_up(record):

@@ -1,0 +1,62 @@
+"""The benchmark scripts run end to end at their --quick sizes and write coherent JSON (no timing is asserted:
+speed is measured by the scripts themselves, never by a test)."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import common  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    """Results go to a temporary folder: a test never overwrites the committed figures."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setenv("ROBUSTLIB_BENCH_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def _run(script: str, argv: list, folder) -> dict:
+    importlib.import_module(script).main(argv)
+    name = script.removeprefix("bench_")
+    payload = json.loads((folder / f"{name}-cpu.json").read_text())
+    assert payload["benchmark"] == name and payload["device"].startswith("CPU") and payload["versions"]["torch"]
+    return payload
+
+
+def test_bounds_benchmark_agrees_with_the_naive_reference_and_reports_both_floors(results):
+    out = _run("bench_bounds", ["--quick"], results)
+    sym = next(r for r in out["figures"] if r["method"] == "symbolic")
+    assert {r["method"] for r in out["figures"]} >= {"forward", "forward(d+1)", "forward(d+1+E)", "interval",
+                                                     "symbolic", "naive symbolic"}
+    assert sym["max_bound_difference"] < 1e-3                 # the same relaxation, two implementations
+    assert sym["d"] == 784 and sym["error_columns"] == pytest.approx(sum(sym["error_columns_per_relu"]))
+    assert len(sym["error_columns_per_relu"]) == 3 and sym["error_columns"] > 0   # MNIST_Small has 3 ReLUs
+    assert sym["x_floor"] > 0 and sym["x_width_floor"] > 0
+    assert "mnist_small B=1 symbolic / forward(d+1+E)" in out["ratios"]
+
+
+def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
+    out = _run("bench_pruning", ["--quick", "--model", "mnist_small", "--n", "400", "--batch-size", "64"], results)
+    f, r = out["figures"], out["ratios"]
+    assert out["settings"]["n"] == 300 and out["settings"]["quick"]          # 400 less the 100 held out
+    assert all(r[f"{m}_Ks{k}_selection_per_epoch"] > 0 for m in ("gradmatch", "glister") for k in (3, 1))
+    assert 0 <= f["bt_steps_saved_share"] <= 1 and sum(f["bt_groups"].values()) == pytest.approx(1.0)
+    assert r["pruned_speedup_over_ideal"] == pytest.approx(r["pruned_speedup"] / f["ideal_speedup"])
+    assert "bt_bucket_gain" not in r                                          # buckets pad nothing on a CPU
+
+
+def test_training_benchmark_compares_with_the_textbook_loop(results):
+    out = _run("bench_training", ["--quick", "--device", "cpu", "--variants", "fp32", "default"], results)
+    ips = out["figures"]["images_per_s"]
+    assert set(ips) == {"textbook", "fp32", "default"} and all(v > 0 for v in ips.values())
+    assert out["ratios"]["robustlib[default] / textbook"] == pytest.approx(ips["default"] / ips["textbook"])
+    assert out["figures"]["flops_per_image"] > 1e6
