@@ -49,6 +49,7 @@ def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
     f, r = out["figures"], out["ratios"]
     assert out["settings"]["n"] == 300 and out["settings"]["quick"]          # 400 less the 100 held out
     assert all(r[f"{m}_Ks{k}_selection_per_epoch"] > 0 for m in ("gradmatch", "glister") for k in (3, 1))
+    assert r["gradmatch_Ks1_selection_per_epoch_amortised_R20"] == pytest.approx(r["gradmatch_Ks1_selection_per_epoch"] / 20)
     assert 0 <= f["bt_steps_saved_share"] <= 1 and sum(f["bt_groups"].values()) == pytest.approx(1.0)
     assert r["pruned_speedup_over_ideal"] == pytest.approx(r["pruned_speedup"] / f["ideal_speedup"])
     assert "bt_bucket_gain" not in r                                          # buckets pad nothing on a CPU
