@@ -71,7 +71,9 @@ PRESETS = {
     },
     "gpu": {
         # data_pruning: every method with and without Bullet-Train for PGD-AT, the selectors and random for TRADES
-        # and MART, at three fractions (about 90 runs; not yet measured on a GPU).
+        # and MART, at three fractions (about 90 runs; not yet measured on a GPU). Estimated from the H200
+        # benchmarks (a full-data PGD-10 epoch of PreAct-ResNet-18 on 59,000 images ≈ 8–10 s, a selection ≈ 0.6
+        # of it): about 1.5 h of training and 1 h of evaluation on one H200.
         "data_pruning": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=10, batch_size=256,
                              lr=0.1, schedule="onecycle", augment="crop-flip", eps=0.1, alpha=0.025, steps=10,
                              beta=6.0, fractions=[0.2, 0.3, 0.5], R=3, kappa=0.5, warmup=None, select_steps=3,
@@ -97,6 +99,8 @@ PRESETS = {
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
                                   n_attack=500, interval_steps=5),
+        # mixtrain: estimated from the H200 certified-training benchmark (per 2,000 images: PGD-AT 0.81 s,
+        # MixTrain k = 5 0.60 s, symbolic 0.88 s, IBP 0.30 s): about 30 min on one H200.
         "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=None,
                          n_symbolic=10000, n_ablation=10000, epochs=20, eps_warmup=5, eps=0.1, lr=1e-3, k=5, n_val=1000,
                          n_eval=10000, n_attack=1000, pgd_restarts=10, interval_steps=5),
