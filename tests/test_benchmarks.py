@@ -45,7 +45,7 @@ def test_bounds_benchmark_agrees_with_the_naive_reference_and_reports_both_floor
 
 
 def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
-    out = _run("bench_pruning", ["--quick", "--model", "mnist_small", "--n", "400", "--batch-size", "64"], results)
+    out = _run("bench_pruning", ["--quick", "--dataset", "digits", "--n", "400", "--batch-size", "64"], results)
     f, r = out["figures"], out["ratios"]
     assert out["settings"]["n"] == 300 and out["settings"]["quick"]          # 400 less the 100 held out
     assert all(r[f"{m}_Ks{k}_selection_per_epoch"] > 0 for m in ("gradmatch", "glister") for k in (3, 1))
