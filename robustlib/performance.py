@@ -125,7 +125,10 @@ def result_section(name: str, kind: str, result: dict) -> str:
             if isinstance(v, list) and v and isinstance(v[0], dict):
                 out.append(f"**{k}**\n\n" + rows_table(v))
     if result["ratios"]:
-        out.append("Ratios (both sides measured in this run):\n\n" +
+        derived = any("amortised" in k for k in result["ratios"])
+        out.append("Ratios (both sides measured in this run" + (
+            "; an `_amortised_R20` ratio is the measured one divided by 20, the selection paid once every 20 "
+            "epochs: derived, not measured" if derived else "") + "):\n\n" +
                    table(("ratio", "value"), [(k, f"{v:.2f}×") for k, v in result["ratios"].items()]))
     return "\n".join(out)
 

@@ -49,7 +49,7 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
            [{"net": "cifar_large", "batch": 128, "method": "symbolic", "samples_per_s": 190.0},
             {"net": "cifar_large", "batch": 128, "method": "symbolic, one chunk", "samples_per_s": 200.0}], {})
     _write(res, "pruning", "cuda", "NVIDIA H100 80GB HBM3", {"bt_train_s": 10.0, "bt_unpadded_train_s": 17.5},
-           {"bt_bucket_gain": 1.75}, {"epochs": 4})
+           {"bt_bucket_gain": 1.75, "gradmatch_Ks3_selection_per_epoch_amortised_R20": 0.03}, {"epochs": 4})
     (res / "notes.json").write_text("{}")    # not a benchmark file: ignored
     book_dir = tmp_path / "staged"
     path = performance.write_page(book_dir, res)
@@ -68,6 +68,7 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert "| mnist_small | 16 | 64 | 30.5 | 1.60× | 1.20× |" in floors     # both floors, from the file
     assert "| mnist_small | 1 |" in floors and "| 2.50× | — |" in floors       # a row without the width floor
     assert "| Bullet-Train, full data | 17.5 → 10.0 | 1.75× |" in page
+    assert page.count("derived, not measured") == 1       # said once, where a derived ratio is shown
     assert "### CPU: CPU (AMD EPYC" in page and "### GPU: NVIDIA H100" in page
     # a ratio of the CPU file is never shown in the GPU section and vice versa
     cpu_part = page[page.index("### CPU: CPU (AMD EPYC"):page.index("### GPU: NVIDIA H100")]
