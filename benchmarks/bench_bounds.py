@@ -113,13 +113,11 @@ def width_floor(model: nn.Sequential, x1: torch.Tensor, per_relu: list):
     """The floor with the error columns counted: the forward pass of ``forward(d+1)`` (d + 1 images, layer after
     layer) with, after each ReLU, as many extra inputs appended as that layer adds error columns per sample
     (``per_relu``, one entry per ReLU in order). With no error columns it is exactly ``forward(d+1)``.
-    Returns a function that runs it for one sample, the columns entering each layer and the largest
-    activation (numbers) it holds."""
+    Returns a function that runs it for one sample, and the largest activation (numbers) it holds."""
     d = x1[0].numel()
     start = torch.rand(d + 1, *x1.shape[1:], device=x1.device, dtype=x1.dtype)
-    extra, widths, cols, relus, h, largest = [], [], d + 1, iter(per_relu), x1, 0
+    extra, cols, relus, h, largest = [], d + 1, iter(per_relu), x1, 0
     for layer in model:
-        widths.append(cols)
         h = layer(h)
         largest = max(largest, cols * h[0].numel())
         add = int(round(next(relus, 0.0))) if isinstance(layer, nn.ReLU) else 0
@@ -132,7 +130,7 @@ def width_floor(model: nn.Sequential, x1: torch.Tensor, per_relu: list):
             h = layer(h)
             if more is not None:
                 h = torch.cat([h, more])
-    return run, widths, largest
+    return run, largest
 
 
 def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int,
@@ -163,7 +161,7 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
         runs["naive symbolic"] = (lambda: naive_symbolic.symbolic(model, lower, upper), batch * d * n_max * item)
     with torch.no_grad():
         per_relu = error_columns(model, lower, upper)
-        one_width, widths, width_numel = width_floor(model, x[:1], per_relu)
+        one_width, width_numel = width_floor(model, x[:1], per_relu)
     runs["forward(d+1+E)"] = (lambda: [one_width() for _ in range(batch)], width_numel * item)
     rows, seconds = [], {}
     with torch.no_grad():

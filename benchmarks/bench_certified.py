@@ -38,14 +38,14 @@ def load(n: int, device):
 def epoch_seconds(objective, data, device, batch: int) -> float:
     """One epoch's seconds, after a two-batch warm-up (on CUDA the first objective timed would otherwise pay the
     context's and the kernels' start-up)."""
-    torch.manual_seed(0)
-    model = rl.models.build("mnist_small", like=data).to(device)
-    rl.train.fit(model, data.head(2 * batch), objective, epochs=1, batch_size=batch, lr=0.01, drop_last=True,
-                 progress=False)
-    torch.manual_seed(0)
-    model = rl.models.build("mnist_small", like=data).to(device)
-    return timed(lambda: rl.train.fit(model, data, objective, epochs=1, batch_size=batch, lr=0.01,
-                                      drop_last=True, progress=False), device)
+    def one_epoch(part) -> float:
+        torch.manual_seed(0)
+        model = rl.models.build("mnist_small", like=data).to(device)
+        return timed(lambda: rl.train.fit(model, part, objective, epochs=1, batch_size=batch, lr=0.01,
+                                          drop_last=True, progress=False), device)
+
+    one_epoch(data.head(2 * batch))
+    return one_epoch(data)
 
 
 def symbolic_vs_forward(name: str, device, batch: int) -> dict:

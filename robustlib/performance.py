@@ -145,16 +145,22 @@ def _ratio(value) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
+def _per_device(results: dict, name: str, shape: type):
+    """``(kind, result, figures)`` of benchmark ``name`` per device kind that has a file whose figures are a
+    ``shape`` (list: the bounds benchmark's rows; dict: named figures)."""
+    for kind in KIND_TITLE:
+        result = results.get((name, kind))
+        if result is not None and isinstance(result["figures"], shape):
+            yield kind, result, result["figures"]
+
+
 def gains_section(results: dict) -> str:
     out = []
-    for kind in KIND_TITLE:
-        result = results.get(("training", kind))
-        if result is None:
-            continue
-        ips = result["figures"].get("images_per_s", {})
+    for kind, result, figures in _per_device(results, "training", dict):
+        ips = figures.get("images_per_s", {})
         if "fp32" not in ips:
             continue
-        rounds = result["figures"].get("images_per_s_rounds", {})
+        rounds = figures.get("images_per_s_rounds", {})
         rows = [(v, GAINS.get(v, ""), f"{ips['fp32']:,.0f} → {ips[v]:,.0f}", f"{ips[v] / ips['fp32']:.2f}×",
                  _ratio(paired_median(rounds, v, "fp32")))
                 for v in ips if v not in ("textbook", "fp32")]
@@ -162,11 +168,7 @@ def gains_section(results: dict) -> str:
                    f"training images/s, before (fp32 eager robustlib) → after (best epoch of each), and the median "
                    f"over rounds of the ratio within one round (the same machine state):\n\n" +
                    table(("variant", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
-    for kind in KIND_TITLE:
-        result = results.get(("bounds", kind))
-        rows = result and result["figures"]
-        if not isinstance(rows, list):
-            continue
+    for kind, result, rows in _per_device(results, "bounds", list):
         before = {(r["net"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == "symbolic, one chunk"}
         rows = [(f"{r['net']}, B = {r['batch']}", f"{before[r['net'], r['batch']]:,.1f} → {r['samples_per_s']:,.1f}",
                  f"{r['samples_per_s'] / before[r['net'], r['batch']]:.2f}×")
@@ -178,10 +180,8 @@ def gains_section(results: dict) -> str:
             out.append(f"**Symbolic bounds ({result['device']})**: samples/s with the whole batch in one chunk → "
                        f"with {chunks}, both timed in the same run:\n\n"
                        + table(("network, batch", "samples/s", "gain"), rows))
-    for kind in KIND_TITLE:
-        result = results.get(("pruning", kind))
-        figures = result and result["figures"]
-        if not isinstance(figures, dict) or "bt_unpadded_train_s" not in figures:
+    for kind, result, figures in _per_device(results, "pruning", dict):
+        if "bt_unpadded_train_s" not in figures:
             continue
         before, after = figures["bt_unpadded_train_s"], figures["bt_train_s"]
         out.append(f"**Bullet-Train ({result['device']})**: seconds of {result['settings'].get('epochs', '?')} "
@@ -229,14 +229,10 @@ def roofline_figure(results: dict, path: Path) -> bool:
 
 
 def floors_section(results: dict) -> str:
-    """Symbolic bounds per sample against their two floors, per device: d + 1 forward passes, and every layer
-    applied to as many inputs as the affine forms have columns there (d + 1 plus the error columns so far)."""
+    """Symbolic bounds per sample against their two floors, per device: a forward pass of d + 1 images, and the
+    same pass with one more input per error column appended after each ReLU."""
     out = []
-    for kind in KIND_TITLE:
-        result = results.get(("bounds", kind))
-        rows = result and result["figures"]
-        if not isinstance(rows, list):
-            continue
+    for kind, result, rows in _per_device(results, "bounds", list):
         rows = [(r["net"], r["batch"], r.get("d", ""), r.get("error_columns", ""), f"{r['x_floor']:.2f}×",
                  f"{r['x_width_floor']:.2f}×" if "x_width_floor" in r else "—")
                 for r in rows if r["method"] == "symbolic" and "x_floor" in r]
