@@ -11,11 +11,16 @@ On Fashion-MNIST with MNIST_Small, ε = 0.1, K = 10 (α = 2.5·ε/K), batch 128:
     selection attack at K_s = K (the training attack), at K_s = ``--select-steps`` (the chapter's default below
     the paper preset) and at K_s = 1; ``grads`` is the part spent attacking and taking last-layer gradients, the
     rest is the solver. Beside each: the pass-count estimate (2·K_s + 1)/(2·K + 3) (:func:`selection_estimate`:
-    the 10% goal needs K_s = 0, clean gradients, by this count) and the share per epoch when the selection is
-    paid once every R = 20 epochs, the paper's default (derived, not measured).
+    the 10% goal needs K_s = 0 by this count) and the share per epoch when the selection is paid once every R = 20
+    epochs, the paper's default (derived, not measured). Then the same selections from a perturbation memory
+    (``K_s = memory``: gradients at the x' the last training epoch found, one forward pass per example; the
+    memory's writes are part of the baseline's epochs, about 0.05% of them), and how far each selection's summed
+    gradient (GRAD-MATCH's target) points from that of a fresh PGD-K attack: ``miss`` = 1 − cos (a second fresh
+    PGD-K attack, with other random starts, gives the noise floor).
 (b) **End-to-end speed-up.** PGD-AT for E epochs on full data vs Adv-GRAD-MATCH pruned PGD-AT at f = 0.3 with the
     same epochs (warm-up T_w = round(f·κ·E), re-selection every R epochs, selection included), against the ideal
-    E / (T_w + (E − T_w)·f) (goal ≥ 0.9× ideal).
+    E / (T_w + (E − T_w)·f) (goal ≥ 0.9× ideal); selecting with the K_s-step attack, and from a perturbation memory
+    (with the memory's ``miss`` at the end of that run, where most perturbations are R epochs old).
 (c) **Bullet-Train** on full-data PGD-AT: attack steps saved (share of K·n per epoch) and the wall-clock gain; and
     pruning + Bullet-Train together, the combination of the paper's 5.66×/5.12× claims.
 
@@ -38,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import robustlib as rl  # noqa: E402
 from robustlib import pruning_study as study  # noqa: E402
+from robustlib.memory import PerturbationMemory  # noqa: E402
 from robustlib.pruning import DynamicSelector, last_layer_grads, warmup_epochs  # noqa: E402
 
 from common import device_name, timed, write_result  # noqa: E402
@@ -51,16 +57,23 @@ def train(model_name, data, objective, epochs, args, selector=None, seed=0):
     return model, history
 
 
-def selection_cost(model, train, valid, method, fraction, select_steps, args):
-    """Seconds of one re-selection, and of its attack + last-layer gradients alone."""
+def selection_cost(model, train, valid, method, fraction, select_steps, args, memory=None):
+    """Seconds of one re-selection and of its attack + last-layer gradients alone, and those gradients."""
     attack = dict(eps=args.eps, steps=select_steps)
     kw = dict(variant="per_batch") if method == "gradmatch" else dict(valid=valid)
-    sel = DynamicSelector(method, fraction, R=1, adversarial=attack, seed=0, **kw)
+    sel = DynamicSelector(method, fraction, R=1, adversarial=attack, seed=0, memory=memory, **kw)
     total = timed(lambda: sel(0, model, train), train.device)
-    grads = timed(lambda: last_layer_grads(model, train, adversarial=attack), train.device)
+    out = {}
+    grads = timed(lambda: out.update(G=last_layer_grads(model, train, adversarial=attack, memory=memory)),
+                  train.device)
     if method == "glister":
         grads += timed(lambda: last_layer_grads(model, valid, adversarial=attack), train.device)
-    return total, grads
+    return total, grads, out["G"]
+
+
+def miss(G: torch.Tensor, G_ref: torch.Tensor) -> float:
+    """1 − cos between the summed gradients Σ_i g_i of two selections (GRAD-MATCH's target)."""
+    return 1.0 - float(torch.nn.functional.cosine_similarity(G.sum(0), G_ref.sum(0), dim=0))
 
 
 def selection_estimate(ks: int, K: int) -> float:
@@ -108,17 +121,29 @@ def main(argv=None):
     print(f"# pruning benchmark on {device_name(device)}: {a.dataset} n = {n}, {a.model}, ε = {a.eps}, K = {K}, "
           f"E = {E}, f = {f}, R = {a.R}, {torch.get_num_threads()} threads")
 
-    # (b) baseline first: full-data PGD-AT for E epochs; its model (E epochs of AT) is the one selections score
-    model, full = train(a.model, train_set, pgd(), E, a)
+    # (b) baseline first: full-data PGD-AT for E epochs; its model (E epochs of AT) is the one selections score,
+    # its memory (the perturbations of its last epoch) the one that memory selections read
+    baseline = pgd()
+    memory = PerturbationMemory.attach(baseline, train_set)
+    model, full = train(a.model, train_set, baseline, E, a)
     epoch_s = min(r["wall_s"] for r in full[1:]) if len(full) > 1 else full[0]["wall_s"]
     figures = dict(full_epoch_s=epoch_s, full_train_s=full.wall_s)
 
     # (a) one re-selection on all n images vs one full-data PGD-AT epoch, at K_s = K, the chapter's K_s and 1
     selection_steps = sorted({K, a.select_steps, 1}, reverse=True)
+    fresh = {}
     for method in ("gradmatch", "glister"):
         for ks in selection_steps:
-            total, grads = selection_cost(model, train_set, valid, method, f, ks, a)
+            total, grads, fresh[ks] = selection_cost(model, train_set, valid, method, f, ks, a)
             figures[f"{method}_Ks{ks}_s"], figures[f"{method}_Ks{ks}_grads_s"] = total, grads
+        total, grads, G_mem = selection_cost(model, train_set, valid, method, f, a.select_steps, a, memory)
+        figures[f"{method}_memory_s"], figures[f"{method}_memory_grads_s"] = total, grads
+    figures["miss"] = {**{f"Ks{ks}": miss(G, fresh[K]) for ks, G in fresh.items() if ks != K},
+                       "memory": miss(G_mem, fresh[K]),
+                       "clean": miss(last_layer_grads(model, train_set), fresh[K]),
+                       f"Ks{K}_again": miss(last_layer_grads(model, train_set, adversarial=dict(eps=a.eps, steps=K)),
+                                            fresh[K])}
+    del fresh, G_mem
 
     # (b) pruned PGD-AT with Adv-GRAD-MATCH at f, the same epochs
     t_w = warmup_epochs(f, E, a.kappa)
@@ -128,6 +153,16 @@ def main(argv=None):
     ideal = study.ideal_speedup(E, t_w, f)
     figures.update(pruned_train_s=pruned.wall_s, pruned_select_s=sum(r["select_s"] for r in pruned),
                    warmup_epochs=t_w, selections=sel.selections, ideal_speedup=ideal)
+    remembering = pgd()
+    sel_mem = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
+                              variant="per_batch", memory=PerturbationMemory.attach(remembering, train_set))
+    model_mem, pruned_mem = train(a.model, train_set, remembering, E, a, selector=sel_mem)
+    figures.update(pruned_memory_train_s=pruned_mem.wall_s,
+                   pruned_memory_select_s=sum(r["select_s"] for r in pruned_mem))
+    figures["miss"]["memory_after_pruned_run"] = miss(
+        last_layer_grads(model_mem, train_set, memory=sel_mem.memory),
+        last_layer_grads(model_mem, train_set, adversarial=dict(eps=a.eps, steps=K)))
+    del model_mem
 
     # (c) Bullet-Train on full data, and with the same pruning
     _, bt = train(a.model, train_set, rl.objectives.BulletTrain(pgd()), E, a)
@@ -151,9 +186,13 @@ def main(argv=None):
             ratios[f"{method}_Ks{ks}_selection_per_epoch"] = figures[f"{method}_Ks{ks}_s"] / epoch_s
             # derived, not measured: the same selection paid once every R = 20 epochs (the paper's default)
             ratios[f"{method}_Ks{ks}_selection_per_epoch_amortised_R20"] = figures[f"{method}_Ks{ks}_s"] / epoch_s / 20
+        ratios[f"{method}_memory_selection_per_epoch"] = figures[f"{method}_memory_s"] / epoch_s
     speedup = full.wall_s / pruned.wall_s
+    speedup_mem = full.wall_s / pruned_mem.wall_s
     ratios.update(pruned_speedup=speedup, pruned_speedup_over_ideal=speedup / ideal,
                   selection_share_of_pruned_run=figures["pruned_select_s"] / pruned.wall_s,
+                  pruned_memory_speedup=speedup_mem, pruned_memory_speedup_over_ideal=speedup_mem / ideal,
+                  selection_share_of_pruned_memory_run=figures["pruned_memory_select_s"] / pruned_mem.wall_s,
                   bt_speedup=full.wall_s / bt.wall_s, pruned_bt_speedup=full.wall_s / pruned_bt.wall_s)
     if unpadded is not None:
         ratios["bt_bucket_gain"] = unpadded.wall_s / bt.wall_s
@@ -166,10 +205,20 @@ def main(argv=None):
             print(f"{f'(a) {name} selection, K_s = {ks} / epoch':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
                   f"({s:.2f} s: attack + gradients {g:.2f} s, solver {max(s - g, 0):.2f} s; pass-count estimate "
                   f"{selection_estimate(ks, K):.3f}; once every 20 epochs: {s / epoch_s / 20:.3f} per epoch)")
+        s, g = figures[f"{method}_memory_s"], figures[f"{method}_memory_grads_s"]
+        print(f"{f'(a) {name}, from the memory / epoch':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
+              f"({s:.2f} s: forward + gradients {g:.2f} s, solver {max(s - g, 0):.2f} s; pass-count estimate "
+              f"{selection_estimate(0, K):.3f})")
+    print(f"{'(a) miss = 1 − cos(Σg, Σg of a fresh PGD-K attack)':58s} "
+          + ", ".join(f"{k} {v:.1e}" for k, v in figures["miss"].items()))
     print(f"{f'(b) pruned PGD-AT speed-up, f = {f}, T_w = {t_w}, {sel.selections} selections':58s} {speedup:9.3f}  "
           f"(ideal {ideal:.3f})")
     print(f"{'(b) ... as a share of the ideal':58s} {speedup / ideal:9.3f}  ≥ 0.90")
     print(f"{'(b) ... selection share of the pruned run':58s} {ratios['selection_share_of_pruned_run']:9.3f}")
+    print(f"{'(b) pruned PGD-AT speed-up, selecting from the memory':58s} {speedup_mem:9.3f}  (ideal {ideal:.3f})")
+    print(f"{'(b) ... as a share of the ideal':58s} {speedup_mem / ideal:9.3f}  ≥ 0.90")
+    print(f"{'(b) ... selection share of the pruned run':58s} "
+          f"{ratios['selection_share_of_pruned_memory_run']:9.3f}")
     print(f"{'(c) Bullet-Train: attack steps saved (share of K·n)':58s} {saved:9.3f}  "
           f"(groups {', '.join(f'{k} {v:.2f}' for k, v in figures['bt_groups'].items())})")
     print(f"{'(c) Bullet-Train wall-clock speed-up over PGD-AT':58s} {ratios['bt_speedup']:9.3f}")

@@ -311,6 +311,7 @@ class Loader:
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.augment, self.drop_last, self.epoch = augment, drop_last, 0
         self.rank, self.world = 0, 1
+        self.batch_indices = None
         self.set_subset(indices, weights)
 
     def shard(self, rank: int, world: int) -> None:
@@ -388,6 +389,7 @@ class Loader:
         for start in range(0, self._stop(), step):
             pos = order[start:start + step][self.rank::self.world]
             idx = pos if self.indices is None else self.indices[pos]
+            self.batch_indices = idx   # which examples the batch holds (fit hands them to the objective)
             x = self.data.images[idx].float().div_(255)
             if self.augment is not None:
                 x = random_crop_flip(x, g, pad=0 if self.augment == "flip" else (4 if x.shape[-1] >= 32 else 2),

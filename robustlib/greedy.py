@@ -135,22 +135,24 @@ def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = 
     target, used, support = target.to(G.dtype), torch.zeros(n, dtype=torch.bool, device=G.device), []
     f64 = dict(dtype=torch.float64, device=G.device)   # the small |S|×|S| system in float64 (see _nnls)
     Q, b, w = torch.zeros(0, 0, **f64), torch.zeros(0, **f64), torch.zeros(0, **f64)
-    residual, stop = target.clone(), tol * float(target.norm())
+    GS = torch.empty(budget, G.shape[1], **f64)         # the picked rows, filled in order (no gather per step)
+    residual, stop, target64 = target.clone(), tol * float(target.norm()), target.double()
     solver = _FreeSetSolver()   # keeps the free set's Cholesky factor from one greedy step to the next
-    for _ in range(budget):  # the only Python loop: one greedy step per pick
+    for m in range(budget):  # the only Python loop: one greedy step per pick
         corr = G @ residual
         corr = (corr if positive else corr.abs()).masked_fill(used, -math.inf)
         j = int(corr.argmax())
         if float(corr[j]) <= (0.0 if positive else 1e-12 * float(residual.norm())):
             break
-        gj = G[j].double()
-        q = G[support].double() @ gj  # grow the Gram matrix Q = G_S G_Sᵀ + λI by one row and column
+        GS[m] = G[j]
+        gj = GS[m]
+        q = GS[:m] @ gj  # grow the Gram matrix Q = G_S G_Sᵀ + λI by one row and column
         Q = torch.cat([torch.cat([Q, q[:, None]], 1), torch.cat([q, (gj @ gj + lam)[None]])[None]], 0)
-        b = torch.cat([b, (gj @ target.double())[None]])
+        b = torch.cat([b, (gj @ target64)[None]])
         support.append(j)
         used[j] = True
         w = _nnls(Q, b, torch.cat([w, w.new_zeros(1)]), solver) if positive else _solve(Q, b)
-        residual = target - w.to(G.dtype) @ G[support]
+        residual = target - (w @ GS[:m + 1]).to(G.dtype)
         if float(residual.norm()) <= stop:
             break
     idx, w = torch.tensor(support, dtype=torch.long, device=G.device), w.to(G.dtype)

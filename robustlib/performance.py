@@ -154,6 +154,32 @@ def _per_device(results: dict, name: str, shape: type):
             yield kind, result, result["figures"]
 
 
+def _memory_gain(result: dict, figures: dict) -> str:
+    """Selections from a fresh K_s-step attack → from the perturbation memory, as a table ('' without them)."""
+    ks, epoch = result["settings"].get("select_steps"), figures.get("full_epoch_s")
+    if "gradmatch_memory_s" not in figures or f"gradmatch_Ks{ks}_s" not in figures or not epoch:
+        return ""
+    rows = [(f"{name} selection", f"{figures[f'{m}_Ks{ks}_s']:,.2f} → {figures[f'{m}_memory_s']:,.2f}",
+             f"{figures[f'{m}_Ks{ks}_s'] / epoch:.3f} → {figures[f'{m}_memory_s'] / epoch:.3f}",
+             f"{figures[f'{m}_Ks{ks}_s'] / figures[f'{m}_memory_s']:.2f}×")
+            for m, name in (("gradmatch", "Adv-GRAD-MATCH"), ("glister", "Adv-GLISTER")) if f"{m}_memory_s" in figures]
+    if "pruned_memory_train_s" in figures:
+        before, after = figures["pruned_train_s"], figures["pruned_memory_train_s"]
+        rows.append((f"pruned PGD-AT, {result['settings'].get('epochs', '?')} epochs at f = "
+                     f"{result['settings'].get('fraction', '?')}", f"{before:,.1f} → {after:,.1f}",
+                     f"{figures['full_train_s'] / before:.2f}× → {figures['full_train_s'] / after:.2f}× of full data",
+                     f"{before / after:.2f}×"))
+    miss = figures.get("miss", {})
+    agree = ("" if "memory" not in miss else
+             f" How far each selection's summed gradient points from a fresh PGD-{result['settings'].get('steps')} "
+             f"attack's (1 − cos): " + ", ".join(f"{k} {v:.1e}" for k, v in miss.items()) + ".")
+    return (f"**Selections from a perturbation memory ({result['device']})**: seconds of one selection with a fresh "
+            f"PGD-{ks} attack on every example → with the gradients taken at the perturbations the last training "
+            f"epoch found (`rl.memory.PerturbationMemory`), both timed in the same run; the middle column is the "
+            f"selection over one full-data PGD-AT epoch (goal ≤ 0.10).{agree}\n\n"
+            + table(("what", "seconds", "per epoch / speed-up", "gain"), rows))
+
+
 def gains_section(results: dict) -> str:
     out = []
     for kind, result, figures in _per_device(results, "training", dict):
@@ -181,6 +207,8 @@ def gains_section(results: dict) -> str:
                        f"with {chunks}, both timed in the same run:\n\n"
                        + table(("network, batch", "samples/s", "gain"), rows))
     for kind, result, figures in _per_device(results, "pruning", dict):
+        if _memory_gain(result, figures):
+            out.append(_memory_gain(result, figures))
         if "bt_unpadded_train_s" not in figures:
             continue
         before, after = figures["bt_unpadded_train_s"], figures["bt_train_s"]

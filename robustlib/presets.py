@@ -30,7 +30,8 @@ PRESETS = {
     "smoke": {},
     "cpu": {
         # data_pruning: PGD-AT with every method at f = 0.2 (Adv-GRAD-MATCH / Adv-GLISTER also at f = 0.4),
-        # Bullet-Train alone and with both selectors; TRADES and MART full data and Adv-GRAD-MATCH + Bullet-Train.
+        # Bullet-Train alone and with both selectors, both selectors from a perturbation memory (ours); TRADES and
+        # MART full data and Adv-GRAD-MATCH + Bullet-Train.
         # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15).
         # Measured 2026-11-25/26 on the 2-core CPU: 49 min of training in all (a full-data PGD-10 epoch 25–39 s;
         # the controls 9.5 min), about an hour for the whole notebook from scratch, 14 min with every run cached.
@@ -41,7 +42,8 @@ PRESETS = {
                              n_autoattack=100, autoattack_runs="claims",
                              grid={"pgd-at": ["full+bt", "random@0.2", "random-static@0.2", "el2n@0.2", "el2n-adv@0.2",
                                               "grand@0.2", "grand-adv@0.2", "gradmatch", "glister",
-                                              "gradmatch+bt@0.2", "glister+bt@0.2"],
+                                              "gradmatch+bt@0.2", "glister+bt@0.2", "gradmatch-memory@0.2",
+                                              "glister-memory@0.2"],
                                    "trades": ["gradmatch+bt@0.2"], "mart": ["gradmatch+bt@0.2"]}),
         # setting_the_stage and adversarial_examples: measured 2026-11-25 on the 2-core CPU: 55 s and 120 s from
         # scratch; all 10,000 test images.
@@ -81,7 +83,7 @@ PRESETS = {
                              n_autoattack=500, autoattack_runs="claims",
                              grid={"pgd-at": ["full+bt"] + [m + bt for bt in ("", "+bt") for m in (
                                        "random", "random-static", "el2n", "el2n-adv", "grand", "grand-adv",
-                                       "gradmatch", "glister")],
+                                       "gradmatch", "glister")] + ["gradmatch-memory", "glister-memory"],
                                    "trades": ["full+bt"] + [m + bt for m in ("random", "gradmatch", "glister")
                                                             for bt in ("", "+bt")],
                                    "mart": ["full+bt"] + [m + bt for m in ("random", "gradmatch", "glister")

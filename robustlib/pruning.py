@@ -45,6 +45,7 @@ from .attacks import pgd
 from .checks import check_int, eval_mode
 from .data import ImageData
 from .greedy import glister_greedy, omp
+from .memory import PerturbationMemory
 
 SCORES = ("random", "loss", "el2n", "grand", "forgetting")
 METHODS = ("random", "gradmatch", "glister")
@@ -101,21 +102,38 @@ def _selection_config(self) -> dict:
         return hashlib.sha256(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in ts)).hexdigest()[:16]
     out = {}
     for k, v in sorted(vars(self).items()):
-        if k not in self._STATE:
+        if k == "memory":   # only when set, so that the keys of runs recorded before memories stay the same
+            if v is not None:
+                out[k] = True
+        elif k not in self._STATE:
             v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
             out[k] = _pgd_kwargs(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
     return {k: v for k, v in out.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
 
 
-def _batches(model, data: ImageData, batch_size: int, adversarial):
-    """(x, y) per batch of ``data``; x attacked with PGD when ``adversarial`` is set."""
+def _batches(model, data: ImageData, batch_size: int, adversarial, memory: PerturbationMemory | None = None):
+    """(x, y) per batch of ``data``; x attacked with PGD when ``adversarial`` is set. With a ``memory``: x + δ for
+    the examples it knows, the attack (then remembered) or x itself for the others."""
     if not isinstance(data, ImageData):
         raise TypeError(f"data must be a robustlib.data.ImageData, got {type(data).__name__}")
+    if memory is not None and (len(memory) != len(data) or tuple(memory.delta.shape[1:]) != tuple(data.shape)):
+        raise ValueError(f"the memory holds {len(memory)} examples of shape {tuple(memory.delta.shape[1:])}, the "
+                         f"data {len(data)} of shape {tuple(data.shape)}; use PerturbationMemory.like(train) for the "
+                         f"training set that fit and the selector see")
     kw = _pgd_kwargs(adversarial)
     batch_size = check_int(batch_size, "batch_size", 1, "pass a positive batch size")
     for start in range(0, len(data), batch_size):
-        x, y = data.x(slice(start, start + batch_size)), data.labels[start:start + batch_size]
-        yield (x if kw is None else pgd(model, x, y, **kw)), y
+        rows = slice(start, start + batch_size)
+        x, y = data.x(rows), data.labels[rows]
+        if memory is None:
+            yield (x if kw is None else pgd(model, x, y, **kw)), y
+            continue
+        x_mem, todo = memory.apply(rows, x), (~memory.known[rows]).nonzero().squeeze(1)
+        if kw is not None and len(todo) > 0:
+            x_new = pgd(model, x[todo], y[todo], **kw)
+            memory.write(todo + start, x[todo], x_new)
+            x_mem[todo] = x_new
+        yield x_mem, y
 
 
 def _logits_features(model: nn.Module, x: torch.Tensor):
@@ -148,13 +166,15 @@ def _network_precision(data: ImageData, amp):
     return torch.autocast(data.device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
-def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256,
-                     amp: bool | str = "auto") -> torch.Tensor:
+def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, memory: PerturbationMemory | None = None,
+                     batch_size: int = 256, amp: bool | str = "auto") -> torch.Tensor:
     """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1)),
-    float32; the network passes in bf16 autocast with ``amp`` (default "auto": on CUDA)."""
+    float32; the network passes in bf16 autocast with ``amp`` (default "auto": on CUDA). With a ``memory``
+    (:class:`robustlib.memory.PerturbationMemory` of ``data``), the examples it knows are taken at x + δ, one
+    forward pass each, and only the others are attacked (and remembered)."""
     out = []
     with eval_mode(model), _network_precision(data, amp):
-        for x, y in _batches(model, data, batch_size, adversarial):
+        for x, y in _batches(model, data, batch_size, adversarial, memory):
             z, h = _logits_features(model, x)
             err = z.softmax(1) - F.one_hot(y, z.shape[1]).float()
             out.append((err[:, :, None] * torch.cat([h, torch.ones_like(h[:, :1])], 1)[:, None, :]).flatten(1))
@@ -251,8 +271,8 @@ class ForgettingCounter:
         return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self._STATE:
-            setattr(self, k, state[k])
+        for k in self._STATE:   # a key that a checkpoint from an older version lacks keeps its current value
+            setattr(self, k, state[k] if k in state else getattr(self, k))
 
 
 # ----------------------------------------------------------------------------- selectors
@@ -314,14 +334,17 @@ class DynamicSelector:
     split, :func:`glister_greedy` with ``chunk`` picks per step, default ceil(k/64)). Slots OMP
     leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight), and
     weights are normalised to mean 1 over the selected examples. ``adversarial``: the PGD attack
-    (eps, steps, ...) whose examples give the gradients; None: clean data. Returns None during the
-    warm-up (full data), then (indices, weights) every epoch.
+    (eps, steps, ...) whose examples give the gradients; None: clean data. ``memory``: a
+    :class:`robustlib.memory.PerturbationMemory` that training writes into (``PerturbationMemory.attach``);
+    the gradients are then taken at the perturbations training found last, and only examples it never
+    attacked are attacked afresh (``last_fresh`` counts them) — our choice, not the paper's. Returns None
+    during the warm-up (full data), then (indices, weights) every epoch.
     """
 
     def __init__(self, method: str, fraction: float, R: int = 20, warmup: int = 0, *, adversarial=None,
                  variant: str = "per_class", lam: float = 0.0, group_size: int = 32, valid: ImageData | None = None,
                  eta: float = 0.1, stochastic: bool = False, delta: float = 0.01, chunk: int | None = None,
-                 batch_size: int = 256, seed: int = 0):
+                 batch_size: int = 256, seed: int = 0, memory: PerturbationMemory | None = None):
         if method not in METHODS or variant not in VARIANTS:
             raise ValueError(f"unknown method {method!r} or variant {variant!r}; methods: {', '.join(METHODS)}; "
                              f"variants: {', '.join(VARIANTS)}")
@@ -335,6 +358,10 @@ class DynamicSelector:
         if not (lam >= 0 and eta > 0 and 0 < delta < 1):
             raise ValueError(f"need lam ≥ 0, eta > 0 and 0 < delta < 1; got lam={lam}, eta={eta}, delta={delta}")
         _pgd_kwargs(adversarial)  # validated now rather than at the first selection
+        if memory is not None and not isinstance(memory, PerturbationMemory):
+            raise TypeError(f"memory must be a robustlib.memory.PerturbationMemory (PerturbationMemory.attach("
+                            f"objective, train)), got {type(memory).__name__}")
+        self.memory, self.last_fresh = memory, 0
         self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
         self.eta, self.stochastic, self.delta, self.chunk, self.batch_size = eta, stochastic, delta, chunk, batch_size
         self.seed, self.indices, self.weights = seed, None, None
@@ -345,6 +372,7 @@ class DynamicSelector:
             return None
         if self.indices is None or (epoch - self.warmup) % self.R == 0:
             t0 = time.perf_counter()
+            self.last_fresh = len(data) if self.memory is None else int((~self.memory.known).sum())
             g = torch.Generator(device=data.device).manual_seed(self.seed * 1_000_003 + epoch)
             idx, w = self._select(model, data, budget_of(self.fraction, len(data)), g)
             order = idx.argsort()
@@ -357,7 +385,7 @@ class DynamicSelector:
         n, dev = len(data), data.device
         if self.method == "random":
             return torch.randperm(n, generator=g, device=dev)[:k], torch.ones(k, device=dev)
-        G = last_layer_grads(model, data, adversarial=self.adversarial, batch_size=self.batch_size)
+        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=self.batch_size)
         if self.method == "glister":
             gv = last_layer_grads(model, self.valid.to(dev), adversarial=self.adversarial,
                                   batch_size=self.batch_size).mean(0)
@@ -391,4 +419,4 @@ class DynamicSelector:
 
     state_dict, load_state_dict = ForgettingCounter.state_dict, ForgettingCounter.load_state_dict
     config = _selection_config
-    _STATE = ("indices", "weights", "last_epoch", "selections", "last_seconds")
+    _STATE = ("indices", "weights", "last_epoch", "selections", "last_seconds", "last_fresh")

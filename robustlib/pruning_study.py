@@ -10,7 +10,10 @@ k = round(f·n) examples per epoch. The methods (:data:`METHODS`, built by :func
   ``el2n``, ``grand`` EL2N / GraNd (last layer, closed form) of the warm model on clean examples, top k kept;
   ``el2n-adv``, ``grand-adv``  the same scores on PGD examples of the warm model (static, :class:`ScoreSelector`);
   ``gradmatch``       Adv-GRAD-MATCH every R epochs (:class:`robustlib.pruning.DynamicSelector`);
-  ``glister``         Adv-GLISTER every R epochs, against a validation split held out of training (:func:`holdout`).
+  ``glister``         Adv-GLISTER every R epochs, against a validation split held out of training (:func:`holdout`);
+  ``gradmatch-memory``, ``glister-memory``  the same selections with their gradients taken at the perturbations
+                      training found last (:mod:`robustlib.memory`: one forward pass per example instead of a
+                      K_s-step attack) — ours, not the paper's.
 
 Any method may be combined with Bullet-Train (a ``+bt`` suffix in a grid, see :func:`parse_grid`).
 
@@ -31,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from .data import ImageData
+from .memory import PerturbationMemory
 from .pruning import DynamicSelector, StaticSelector, budget_of, score, warmup_epochs
 
 METHODS = {
@@ -43,6 +47,8 @@ METHODS = {
     "grand-adv": "top-k GraNd (last layer) of the warm model, PGD examples (static)",
     "gradmatch": "Adv-GRAD-MATCH: OMP on adversarial last-layer gradients, every R epochs",
     "glister": "Adv-GLISTER: greedy validation-gradient gain on adversarial gradients, every R epochs",
+    "gradmatch-memory": "Adv-GRAD-MATCH on gradients at the perturbations training remembered (ours)",
+    "glister-memory": "Adv-GLISTER on gradients at the perturbations training remembered (ours)",
 }
 _SCORE_METHODS = {"random-static": ("random", False), "el2n": ("el2n", False), "el2n-adv": ("el2n", True),
                   "grand": ("grand", False), "grand-adv": ("grand", True)}
@@ -88,17 +94,28 @@ class ScoreSelector:
 
 
 def selector(method: str, fraction: float, epochs: int, *, R: int = 20, kappa: float = 0.5, warmup: int | None = None,
-             attack=None, valid: ImageData | None = None, variant: str = "per_class", seed: int = 0):
+             attack=None, valid: ImageData | None = None, variant: str = "per_class", seed: int = 0,
+             objective=None, train: ImageData | None = None):
     """The selector of ``method`` (:data:`METHODS`; None for ``full``) at kept fraction f = ``fraction``.
 
     ``warmup``: T_w (default round(f·κ·E), E = ``epochs``); ``attack``: the PGD settings (``{"eps": ε, "steps":
     K_s, ...}`` or an objective) of the adversarial scores and gradients; ``valid``: GLISTER's validation split;
-    ``variant``: Adv-GRAD-MATCH's OMP variant (``per_class`` for small n, ``per_batch`` for large n).
+    ``variant``: Adv-GRAD-MATCH's OMP variant (``per_class`` for small n, ``per_batch`` for large n). A
+    ``-memory`` method attaches a perturbation memory of ``train`` to ``objective`` (the one the run trains with):
+    pass both. ``attack`` then serves only the examples training has not attacked yet.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if method == "full":
         return None
+    if method.endswith("-memory"):
+        if objective is None or train is None:
+            raise ValueError(f"{method} reads the perturbations that training writes: pass objective= (the run's "
+                             f"objective) and train= (its training set)")
+        plain = selector(method[:-len("-memory")], fraction, epochs, R=R, kappa=kappa, warmup=warmup,
+                         attack=attack, valid=valid, variant=variant, seed=seed)
+        plain.memory = PerturbationMemory.attach(objective, train)
+        return plain
     t_w = warmup_epochs(fraction, epochs, kappa) if warmup is None else warmup
     if method in _SCORE_METHODS:
         name, adversarial = _SCORE_METHODS[method]
@@ -212,7 +229,8 @@ def headline(rows, datasets, network: str, tolerance: float = 0.015, acc: str = 
     within ``tolerance`` of full-data training with the same objective. When none does, the measured value is
     1.0 (full-data training itself). A ``-cifar10``/``-cifar100`` claim is measured on that dataset when it is in
     ``datasets``, else on the first one, and the row's note says so. Claims whose objective has no run are
-    left out. ``rows``: dicts with dataset, objective, method, bt, fraction, speedup and ``acc``.
+    left out. The ``-memory`` methods are ours, not the paper's: they never stand for a claim. ``rows``: dicts with
+    dataset, objective, method, bt, fraction, speedup and ``acc``.
     """
     rows = list(rows)
     out = []
@@ -248,6 +266,7 @@ def headline(rows, datasets, network: str, tolerance: float = 0.015, acc: str = 
 
 def _best_within(rows, reference: dict, objective: str, bt: bool, tolerance: float = 0.015, acc: str = "pgd_acc"):
     """[the best pruned run of ``objective`` with (``bt``) or without Bullet-Train within tolerance], or []."""
-    pruned = [r for r in rows if r["objective"] == objective and r["method"] != "full" and bool(r["bt"]) == bt]
+    pruned = [r for r in rows if r["objective"] == objective and r["method"] != "full" and bool(r["bt"]) == bt
+              and not r["method"].endswith("-memory")]   # our own selections do not stand for the paper's
     best = best_speedup(pruned, reference[acc], tolerance, acc)
     return [] if best is None else [best]

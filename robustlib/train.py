@@ -270,6 +270,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 group["lr"] = lr * lr_factor(schedule, epoch + i / n_batches, epochs, milestones, gamma)
             if use_cl:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if not parallel:   # a perturbation memory learns which examples these are (one shard per rank: not fed)
+                objective.batch_indices = loader.batch_indices
             checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
             with autocast(), checked:  # attacks validate the first batch only: no host sync per step
                 per_example = step(x, y, w)
@@ -279,6 +281,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             opt.step()
             total += loss.detach() * len(y)
             seen += len(y)
+        objective.batch_indices = None   # outside fit, a call to the objective writes no memory
         synchronize(device)
         wall = time.perf_counter() - t0
         spent = objective.reset_spent()

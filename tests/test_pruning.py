@@ -405,13 +405,15 @@ def test_study_builds_every_method_on_one_schedule(small):
     from robustlib.pruning_study import METHODS, ScoreSelector, selector
     train, test, _ = small
     attack = {"eps": 0.1, "steps": 2}
-    built = {m: selector(m, 0.3, 10, R=4, attack=attack, valid=test) for m in METHODS}
+    objective = rl.objectives.PGDAT(eps=0.1, steps=2)
+    built = {m: selector(m, 0.3, 10, R=4, attack=attack, valid=test, objective=objective, train=train) for m in METHODS}
     assert built.pop("full") is None
     assert all(s.warmup == rl.pruning.warmup_epochs(0.3, 10) == 2 and s.fraction == 0.3 for s in built.values())
     assert {m for m, s in built.items() if isinstance(s, ScoreSelector)} == {
         "random-static", "el2n", "el2n-adv", "grand", "grand-adv"}
     assert built["el2n"].adversarial is None and built["grand-adv"].adversarial == attack
     assert built["gradmatch"].method == "gradmatch" and built["glister"].valid is test and built["random"].R == 4
+    assert built["glister-memory"].memory is objective.memory is not None and built["glister"].memory is None
     assert selector("gradmatch", 0.5, 10, warmup=0).warmup == 0
     with pytest.raises(ValueError, match="unknown method"):
         selector("coreset", 0.3, 10)

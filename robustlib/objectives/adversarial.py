@@ -102,6 +102,7 @@ class AdversarialObjective(Objective):
 
     def losses(self, model, x, y):
         x_adv = self.attack(model, x, y)
+        self.remember(x, x_adv)
         (fa, ba), (ft, bt) = self.attack_cost(), self.train_cost()
         self.count(len(y), forward=fa + ft, backward=ba + bt)
         return self.loss_on(model, x, x_adv, y)

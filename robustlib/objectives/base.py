@@ -11,9 +11,21 @@ class Objective:
     """Base class: subclasses implement :meth:`losses` and call :meth:`count`."""
 
     name = "objective"
+    memory = None          # a robustlib.memory.PerturbationMemory that training writes x' − x into
+    batch_indices = None   # set by fit before each step: the dataset indices of the batch's examples
 
     def __init__(self):
         self.spent = {"examples": 0, "forward": 0, "backward": 0}
+
+    def remember(self, x: torch.Tensor, x_adv: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Write x' − x of this batch (only ``rows`` of it, when given) into :attr:`memory`, when a memory is
+        attached and fit said which examples the batch holds; otherwise do nothing."""
+        memory, idx = self.memory, self.batch_indices
+        if memory is None or idx is None or len(idx) != len(x):
+            return
+        if rows is not None:
+            idx, x, x_adv = idx[rows], x[rows], x_adv[rows]
+        memory.write(idx, x, x_adv)
 
     def count(self, n: int, forward: int, backward: int) -> None:
         """Record n examples that each cost ``forward``/``backward`` network passes."""

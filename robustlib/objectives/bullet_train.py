@@ -157,6 +157,8 @@ class BulletTrain(Objective):
     alpha = property(lambda self: self.base.alpha)
     steps = property(lambda self: self.base.steps)
     norm = property(lambda self: getattr(self.base, "norm", "linf"))
+    # one perturbation memory for the pair: attached to either, written by Bullet-Train for the examples it attacks
+    memory = property(lambda self: self.base.memory, lambda self, m: setattr(self.base, "memory", m))
 
     @property
     def _robust_on(self) -> bool:
@@ -246,7 +248,9 @@ class BulletTrain(Objective):
         return x_adv, group, tuple(sizes)
 
     def losses(self, model, x, y):
-        x_adv, _, (n_out, n_rob, n_bnd) = self.adversarial(model, x, y)
+        x_adv, group, (n_out, n_rob, n_bnd) = self.adversarial(model, x, y)
+        if self.memory is not None:   # only what was attacked: x' = x says nothing about an outlier's δ
+            self.remember(x, x_adv, rows=(group == BOUNDARY) | ((group == ROBUST) & (self.light_steps > 0)))
         n, K, L = len(y), self.base.steps, self.light_steps
         (f_t, b_t), (f_r, b_r), (f_b, b_b) = self.base.train_cost(), self._attack_cost(L), self._attack_cost(K)
         self.count(n, forward=self.grouping_cost() + f_t, backward=b_t)
