@@ -60,6 +60,9 @@ class _FreeSetSolver:
                 return self._solve_known(b)
         elif self.L is not None and not new and len(idx) == len(self.order):
             return self._solve_known(b)
+        elif self.L is not None and not new and len(idx) == len(self.order) - 1:
+            if self._drop(Q, (set(self.order) - set(idx)).pop()):   # a weight reached 0: its row leaves the factor
+                return self._solve_known(b)
         L, info = torch.linalg.cholesky_ex(Q[idx][:, idx])
         if int(info) != 0:   # singular: no factor to keep
             self.order, self.L = [], None
@@ -68,6 +71,22 @@ class _FreeSetSolver:
             return out
         self.order, self.L = idx, L
         return self._solve_known(b)
+
+    def _drop(self, Q: torch.Tensor, i: int) -> bool:
+        """Remove index i from the factor: rows before it keep theirs, and the trailing block is the Cholesky factor
+        of its Schur complement, Q[rest, rest] − L[rest, :p]·L[rest, :p]ᵀ (O((n − p)³) instead of O(n³)). False
+        (factor unchanged) when that block is not positive definite in floating point."""
+        p = self.order.index(i)
+        rest = self.order[p + 1:]
+        L21 = self.L[p + 1:, :p]
+        L22, info = torch.linalg.cholesky_ex(Q[rest][:, rest] - L21 @ L21.T)
+        if int(info) != 0:
+            return False
+        n = len(self.order) - 1
+        L = self.L.new_zeros(n, n)
+        L[:p, :p], L[p:, :p], L[p:, p:] = self.L[:p, :p], L21, L22
+        self.order, self.L = self.order[:p] + rest, L
+        return True
 
     def _solve_known(self, b: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(b)
