@@ -43,9 +43,9 @@ class PerturbationMemory:
     def attach(cls, objective, data, dtype: torch.dtype = torch.float16) -> "PerturbationMemory":
         """A memory for ``data`` that ``objective`` writes into during :func:`robustlib.train.fit`; pass the
         same memory to the selector (``DynamicSelector(..., memory=mem)``)."""
-        if not hasattr(objective, "remember"):
-            raise TypeError(f"{type(objective).__name__} cannot write perturbations; attach a memory to a "
-                            f"robustlib objective (PGDAT, TRADES, MART or BulletTrain)")
+        if not getattr(objective, "writes_memory", False):
+            raise TypeError(f"{type(objective).__name__} does not write the perturbations it trains on; attach a "
+                            f"memory to PGDAT, TRADES, MART or BulletTrain (multi-step adversarial objectives)")
         memory = cls.like(data, dtype)
         objective.memory = memory
         return memory

@@ -158,7 +158,9 @@ def test_study_memory_methods_attach_a_memory_and_never_stand_for_a_claim(setup)
 
 @pytest.mark.parametrize("make, error, message", [
     (lambda d: PerturbationMemory(0, (1, 8, 8)), ValueError, "n ≥ 1"),
-    (lambda d: PerturbationMemory.attach(object(), d), TypeError, "cannot write perturbations"),
+    (lambda d: PerturbationMemory.attach(object(), d), TypeError, "does not write the perturbations"),
+    (lambda d: PerturbationMemory.attach(rl.objectives.FastAT(eps=0.1), d), TypeError, "attach a memory to PGDAT"),
+    (lambda d: PerturbationMemory.attach(rl.objectives.Standard(), d), TypeError, "does not write"),
     (lambda d: DynamicSelector("gradmatch", 0.5, memory="yes"), TypeError, "PerturbationMemory"),
     (lambda d: last_layer_grads(rl.models.build("small_cnn", like=d), d, memory=PerturbationMemory(5, d.shape)),
      ValueError, "the memory holds 5 examples"),

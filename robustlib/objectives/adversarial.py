@@ -69,6 +69,7 @@ class AdversarialObjective(Objective):
     """
 
     uses_clean = True  # the formula needs f(x) in the caller's mode besides f(x')
+    writes_memory = True
 
     def __init__(self, eps: float, alpha: float | None = None, steps: int = 10):
         super().__init__()

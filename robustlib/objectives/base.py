@@ -12,6 +12,7 @@ class Objective:
 
     name = "objective"
     memory = None          # a robustlib.memory.PerturbationMemory that training writes x' − x into
+    writes_memory = False  # True where losses() calls remember() with the x' it trained on
     batch_indices = None   # set by fit before each step: the dataset indices of the batch's examples
 
     def __init__(self):

@@ -94,6 +94,7 @@ class BulletTrain(Objective):
     """
 
     name = "bullet-train"
+    writes_memory = True
 
     def __init__(self, base: Objective, *, probes: int = 2, sigma: float | None = None,
                  outlier: str | None = "misclassified", robust_margin: float = 2.0, light_steps: int = 1,
