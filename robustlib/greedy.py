@@ -35,13 +35,19 @@ class _FreeSetSolver:
 
     Keeps the Cholesky factor of the last F (in the order its indices joined). When F grows by one index — the
     common step, as OMP adds one row at a time — the factor gains one row in O(|F|²) instead of a new O(|F|³)
-    factorisation; when F shrinks or changes otherwise it is refactored. A singular block (the new pivot
+    factorisation; when F loses one index, the rows after it are refactored from their Schur complement
+    (:meth:`_drop`); when it changes otherwise it is refactored. A singular block (the new pivot
     vanishes) falls back to :func:`_solve`. ``Q`` may be replaced by a larger matrix with the same leading
     block (OMP's Gram matrix growing), which keeps the factor valid.
     """
 
     def __init__(self):
-        self.order, self.L = [], None
+        self._keep([], None)
+
+    def _keep(self, order: list, L: torch.Tensor | None) -> None:
+        """The factor L of Q[order, order], and order as a tensor too (indexing with it skips a list conversion)."""
+        self.order, self.L = order, L
+        self.order_t = torch.tensor(order, dtype=torch.long, device=None if L is None else L.device)
 
     def solve(self, Q: torch.Tensor, free: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         idx = free.nonzero().squeeze(1).tolist()
@@ -49,14 +55,14 @@ class _FreeSetSolver:
         new = [i for i in idx if i not in known]
         if self.L is not None and len(idx) == len(self.order) + 1 and len(new) == 1:
             j = new[0]
-            q = Q[self.order, j]
+            q = Q[self.order_t, j]
             row = torch.linalg.solve_triangular(self.L, q[:, None], upper=False).squeeze(1)
             pivot = Q[j, j] - row @ row
             if float(pivot) > 1e-12 * float(Q[j, j].abs().clamp_min(1e-300)):
                 n = len(self.order)
                 L = self.L.new_zeros(n + 1, n + 1)
                 L[:n, :n], L[n, :n], L[n, n] = self.L, row, pivot.sqrt()
-                self.order, self.L = self.order + [j], L
+                self._keep(self.order + [j], L)
                 return self._solve_known(b)
         elif self.L is not None and not new and len(idx) == len(self.order):
             return self._solve_known(b)
@@ -65,11 +71,11 @@ class _FreeSetSolver:
                 return self._solve_known(b)
         L, info = torch.linalg.cholesky_ex(Q[idx][:, idx])
         if int(info) != 0:   # singular: no factor to keep
-            self.order, self.L = [], None
+            self._keep([], None)
             out = torch.zeros_like(b)
             out[idx] = _solve(Q[idx][:, idx], b[idx])
             return out
-        self.order, self.L = idx, L
+        self._keep(idx, L)
         return self._solve_known(b)
 
     def _drop(self, Q: torch.Tensor, i: int) -> bool:
@@ -77,20 +83,20 @@ class _FreeSetSolver:
         of its Schur complement, Q[rest, rest] − L[rest, :p]·L[rest, :p]ᵀ (O((n − p)³) instead of O(n³)). False
         (factor unchanged) when that block is not positive definite in floating point."""
         p = self.order.index(i)
-        rest = self.order[p + 1:]
+        rest, rest_t = self.order[p + 1:], self.order_t[p + 1:]
         L21 = self.L[p + 1:, :p]
-        L22, info = torch.linalg.cholesky_ex(Q[rest][:, rest] - L21 @ L21.T)
+        L22, info = torch.linalg.cholesky_ex(Q[rest_t[:, None], rest_t] - L21 @ L21.T)
         if int(info) != 0:
             return False
         n = len(self.order) - 1
         L = self.L.new_zeros(n, n)
         L[:p, :p], L[p:, :p], L[p:, p:] = self.L[:p, :p], L21, L22
-        self.order, self.L = self.order[:p] + rest, L
+        self._keep(self.order[:p] + rest, L)
         return True
 
     def _solve_known(self, b: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(b)
-        out[self.order] = torch.cholesky_solve(b[self.order][:, None], self.L).squeeze(1)
+        out[self.order_t] = torch.cholesky_solve(b[self.order_t][:, None], self.L).squeeze(1)
         return out
 
 

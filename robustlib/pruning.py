@@ -23,6 +23,9 @@ Last-layer gradients g_i = (p_i − e_{y_i}) ⊗ [h_i, 1] ∈ R^{C(H+1)} (:func:
   Adv-GLISTER     max_S log-likelihood of a validation split after a step θ − η Σ_{i∈S} g_i, whose
                   first-order gain for example i is η·g_valᵀ g_i (:func:`glister_greedy`).
 
+With a :class:`robustlib.memory.PerturbationMemory` (``memory=``), the gradients are taken at the perturbations
+training found last instead of a fresh attack: one forward pass per example (ours, not the paper's).
+
 Selectors follow :func:`robustlib.train.fit`'s protocol ``selector(epoch, model, data) -> None |
 (indices, weights)`` and checkpoint through ``state_dict()`` (tensors and numbers only). The time of
 the last selection is ``selector.last_seconds``. Scoring runs the model in eval mode, restores every
