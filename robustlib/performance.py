@@ -163,6 +163,12 @@ def _memory_gain(result: dict, figures: dict) -> str:
              f"{figures[f'{m}_Ks{ks}_s'] / epoch:.3f} → {figures[f'{m}_memory_s'] / epoch:.3f}",
              f"{figures[f'{m}_Ks{ks}_s'] / figures[f'{m}_memory_s']:.2f}×")
             for m, name in (("gradmatch", "Adv-GRAD-MATCH"), ("glister", "Adv-GLISTER")) if f"{m}_memory_s" in figures]
+    if "gradmatch_memory_batch_groups_s" in figures:
+        after = figures["gradmatch_memory_batch_groups_s"]
+        rows.append((f"Adv-GRAD-MATCH, groups of a mini-batch (B = {result['settings'].get('batch_size', '?')})",
+                     f"{figures[f'gradmatch_Ks{ks}_s']:,.2f} → {after:,.2f}",
+                     f"{figures[f'gradmatch_Ks{ks}_s'] / epoch:.3f} → {after / epoch:.3f}",
+                     f"{figures[f'gradmatch_Ks{ks}_s'] / after:.2f}×"))
     if "pruned_memory_train_s" in figures:
         before, after = figures["pruned_train_s"], figures["pruned_memory_train_s"]
         rows.append((f"pruned PGD-AT, {result['settings'].get('epochs', '?')} epochs at f = "
