@@ -60,7 +60,7 @@ cuda)
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
     wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
         --device cuda
-    wanted pruning && step 150 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" \
+    wanted pruning && step 240 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" \
         --device cuda --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512
     ;;
 quick)   # results to a temporary folder: a check never overwrites the committed figures
