@@ -54,23 +54,25 @@ class PerturbationMemory:
     def __len__(self) -> int:
         return self.delta.shape[0]
 
-    def write(self, indices: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor) -> None:
-        """Remember x' − x for the examples at ``indices`` (rows of x and x' in the same order)."""
+    def write(self, indices: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor,
+              rows: torch.Tensor | None = None) -> None:
+        """Remember x' − x for the examples at ``indices`` (rows of x and x' in the same order); with a boolean
+        ``rows`` mask, only for the rows it marks (the others keep what they had: no host synchronisation)."""
         if x.shape != x_adv.shape or len(indices) != len(x) or x.shape[1:] != self.delta.shape[1:]:
             raise ValueError(f"write needs one index per row and x, x' of shape (N, {tuple(self.delta.shape[1:])}); "
                              f"got {len(indices)} indices, x {tuple(x.shape)} and x' {tuple(x_adv.shape)}")
         indices = indices.to(self.delta.device)
-        self.delta[indices] = (x_adv.detach() - x.detach()).to(self.delta)
-        self.known[indices] = True
+        delta = (x_adv.detach() - x.detach()).to(self.delta)
+        if rows is None:
+            self.delta[indices], self.known[indices] = delta, True
+        else:
+            keep = rows.view(-1, *[1] * (delta.dim() - 1))
+            self.delta[indices] = torch.where(keep, delta, self.delta[indices])
+            self.known[indices] = self.known[indices] | rows
 
     def apply(self, indices, x: torch.Tensor) -> torch.Tensor:
         """clip_[0,1](x + δ) for the examples at ``indices`` (δ = 0 for those not known yet)."""
         return (x + self.delta[indices].to(x.dtype)).clamp_(0.0, 1.0)
-
-    def forget(self) -> None:
-        """Drop every remembered perturbation."""
-        self.delta.zero_()
-        self.known.zero_()
 
     def __repr__(self) -> str:
         return f"PerturbationMemory(n={len(self)}, known={int(self.known.sum())}, dtype={self.delta.dtype})"

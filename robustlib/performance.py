@@ -213,8 +213,8 @@ def gains_section(results: dict) -> str:
                        f"with {chunks}, both timed in the same run:\n\n"
                        + table(("network, batch", "samples/s", "gain"), rows))
     for kind, result, figures in _per_device(results, "pruning", dict):
-        if _memory_gain(result, figures):
-            out.append(_memory_gain(result, figures))
+        if memory := _memory_gain(result, figures):
+            out.append(memory)
         if "bt_unpadded_train_s" not in figures:
             continue
         before, after = figures["bt_unpadded_train_s"], figures["bt_train_s"]

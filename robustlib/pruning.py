@@ -125,14 +125,16 @@ def _batches(model, data: ImageData, batch_size: int, adversarial, memory: Pertu
                          f"training set that fit and the selector see")
     kw = _pgd_kwargs(adversarial)
     batch_size = check_int(batch_size, "batch_size", 1, "pass a positive batch size")
+    attack_unknown = memory is not None and kw is not None and not bool(memory.known.all())   # one host sync
     for start in range(0, len(data), batch_size):
         rows = slice(start, start + batch_size)
         x, y = data.x(rows), data.labels[rows]
         if memory is None:
             yield (x if kw is None else pgd(model, x, y, **kw)), y
             continue
-        x_mem, todo = memory.apply(rows, x), (~memory.known[rows]).nonzero().squeeze(1)
-        if kw is not None and len(todo) > 0:
+        x_mem = memory.apply(rows, x)
+        todo = (~memory.known[rows]).nonzero().squeeze(1) if attack_unknown else ()
+        if len(todo) > 0:
             x_new = pgd(model, x[todo], y[todo], **kw)
             memory.write(todo + start, x[todo], x_new)
             x_mem[todo] = x_new

@@ -58,6 +58,10 @@ def test_objective_writes_what_its_attack_found_for_the_batch(setup):
     assert memory.known.nonzero().squeeze(1).tolist() == idx.tolist()
     torch.testing.assert_close(memory.delta[idx].float(), x_adv - x, atol=1e-3, rtol=0)   # float16 storage
     torch.testing.assert_close(memory.apply(idx, x), x_adv, atol=1e-3, rtol=0)
+    rows = torch.tensor([True, False, True, False, False])   # a masked write leaves the other rows as they were
+    before = memory.delta[idx].clone()
+    memory.write(idx, x, x, rows)
+    assert (memory.delta[idx[rows]] == 0).all() and torch.equal(memory.delta[idx[~rows]], before[~rows])
 
 
 def test_fit_remembers_only_the_examples_it_trained_on(setup):

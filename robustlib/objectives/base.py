@@ -19,14 +19,11 @@ class Objective:
         self.spent = {"examples": 0, "forward": 0, "backward": 0}
 
     def remember(self, x: torch.Tensor, x_adv: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-        """Write x' − x of this batch (only ``rows`` of it, when given) into :attr:`memory`, when a memory is
-        attached and fit said which examples the batch holds; otherwise do nothing."""
+        """Write x' − x of this batch (only the ``rows`` mask of it, when given) into :attr:`memory`, when a memory
+        is attached and fit said which examples the batch holds; otherwise do nothing."""
         memory, idx = self.memory, self.batch_indices
-        if memory is None or idx is None or len(idx) != len(x):
-            return
-        if rows is not None:
-            idx, x, x_adv = idx[rows], x[rows], x_adv[rows]
-        memory.write(idx, x, x_adv)
+        if memory is not None and idx is not None and len(idx) == len(x):
+            memory.write(idx, x, x_adv, rows)
 
     def count(self, n: int, forward: int, backward: int) -> None:
         """Record n examples that each cost ``forward``/``backward`` network passes."""
