@@ -6,7 +6,8 @@
 
 On Fashion-MNIST with MNIST_Small, ε = 0.1, K = 10 (α = 2.5·ε/K), batch 128:
 
-(a) **Selection cost.** One Adv-GRAD-MATCH (per-batch OMP) and one Adv-GLISTER re-selection of k = f·n examples
+(a) **Selection cost.** One Adv-GRAD-MATCH (per-batch OMP, each group a mini-batch of B examples: GRAD-MATCH's
+    own per-batch form; ``--group-size`` changes it) and one Adv-GLISTER re-selection of k = f·n examples
     on all n training images, each as a ratio to one full-data PGD-AT epoch on the same data (goal ≤ 10%), with the
     selection attack at K_s = K (the training attack), at K_s = ``--select-steps`` (the chapter's default below
     the paper preset) and at K_s = 1; ``grads`` is the part spent attacking and taking last-layer gradients, the
@@ -15,9 +16,8 @@ On Fashion-MNIST with MNIST_Small, ε = 0.1, K = 10 (α = 2.5·ε/K), batch 128:
     epochs, the paper's default (derived, not measured). Then the same selections from a perturbation memory
     (``K_s = memory``: gradients at the x' the last training epoch found, one forward pass per example, the fastest
     of three timings: cheap enough to repeat, and the epoch it is compared with is the fastest of E − 1; for
-    Adv-GRAD-MATCH also with whole training mini-batches of B examples as its groups instead of 32, the form of
-    GRAD-MATCH's own per-batch variant, which leaves OMP B/32 times fewer rows and picks; the
-    memory's writes are part of the baseline's epochs: 60 µs per batch of 128 on the CPU, 0.1% of its time), and
+    Adv-GRAD-MATCH also with groups of 32 examples instead of whole training mini-batches of B, which leaves OMP B/32
+    times more rows and picks; the memory's writes are part of the baseline's epochs: 60 µs per batch of 128 on the CPU, 0.1% of its time), and
     how far each selection's summed gradient (GRAD-MATCH's target) points from that of a fresh PGD-K attack:
     ``miss`` = 1 − cos (a second fresh PGD-K attack, with other random starts, gives the noise floor).
 (b) **End-to-end speed-up.** PGD-AT for E epochs on full data vs Adv-GRAD-MATCH pruned PGD-AT at f = 0.3 with the
@@ -61,11 +61,12 @@ def train(model_name, data, objective, epochs, args, selector=None, seed=0):
     return model, history
 
 
-def selection_cost(model, train, valid, method, fraction, select_steps, args, memory=None, repeat=1, group_size=32):
+def selection_cost(model, train, valid, method, fraction, select_steps, args, memory=None, repeat=1, group_size=None):
     """Seconds of one re-selection and of its attack + last-layer gradients alone (each the fastest of ``repeat``
     timings, the way the epoch it is compared with is the fastest epoch), and those gradients."""
     attack = dict(eps=args.eps, steps=select_steps)
-    kw = dict(variant="per_batch", group_size=group_size) if method == "gradmatch" else dict(valid=valid)
+    kw = (dict(variant="per_batch", group_size=group_size or args.group_size) if method == "gradmatch"
+          else dict(valid=valid))
     sel = DynamicSelector(method, fraction, R=1, adversarial=attack, seed=0, memory=memory, **kw)
     total = min(timed(lambda: sel(0, model, train), train.device) for _ in range(repeat))
     out, grads = {}, math.inf
@@ -106,12 +107,15 @@ def main(argv=None):
     p.add_argument("--select-steps", type=int, default=3, help="K_s, the cheaper selection attack")
     p.add_argument("--n-valid", type=int, default=1000, help="Adv-GLISTER's held-out validation images")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--group-size", type=int, default=None,
+                   help="examples per Adv-GRAD-MATCH per_batch group (default: the batch size)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (1,000 images, 2 epochs, K = 3): a smoke test")
     a = p.parse_args(argv)
     if a.quick:
         a.n, a.epochs, a.steps, a.select_steps, a.n_valid, a.R = a.n or 1000, 2, 3, 1, 100, 1
+    a.group_size = a.group_size or a.batch_size
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -124,7 +128,7 @@ def main(argv=None):
     pgd = lambda: rl.objectives.PGDAT(eps=a.eps, alpha=alpha, steps=K)  # noqa: E731
     settings = dict(dataset=a.dataset, model=a.model, n=n, n_valid=len(valid), epochs=E, fraction=f, R=a.R,
                     kappa=a.kappa, eps=a.eps, alpha=alpha, steps=K, select_steps=a.select_steps,
-                    batch_size=a.batch_size, lr=a.lr, threads=torch.get_num_threads(), quick=a.quick)
+                    batch_size=a.batch_size, group_size=a.group_size, lr=a.lr, threads=torch.get_num_threads(), quick=a.quick)
     print(f"# pruning benchmark on {device_name(device)}: {a.dataset} n = {n}, {a.model}, ε = {a.eps}, K = {K}, "
           f"E = {E}, f = {f}, R = {a.R}, {torch.get_num_threads()} threads")
 
@@ -145,10 +149,10 @@ def main(argv=None):
             figures[f"{method}_Ks{ks}_s"], figures[f"{method}_Ks{ks}_grads_s"] = total, grads
         total, grads, G_mem = selection_cost(model, train_set, valid, method, f, a.select_steps, a, memory, repeat=3)
         figures[f"{method}_memory_s"], figures[f"{method}_memory_grads_s"] = total, grads
-    # the per-batch variant with whole training mini-batches as groups (GRAD-MATCH's own per-batch form): k/B picks
+    # the per-batch variant with groups of 32 examples instead of whole mini-batches: B/32 times more picks
     total, grads, _ = selection_cost(model, train_set, valid, "gradmatch", f, a.select_steps, a, memory, repeat=3,
-                                     group_size=a.batch_size)
-    figures["gradmatch_memory_batch_groups_s"], figures["gradmatch_memory_batch_groups_grads_s"] = total, grads
+                                     group_size=32)
+    figures["gradmatch_memory_groups32_s"], figures["gradmatch_memory_groups32_grads_s"] = total, grads
     figures["miss"] = {**{f"Ks{ks}": miss(G, fresh[K]) for ks, G in fresh.items() if ks != K},
                        "memory": miss(G_mem, fresh[K]),
                        "clean": miss(last_layer_grads(model, train_set), fresh[K]),
@@ -159,14 +163,15 @@ def main(argv=None):
     # (b) pruned PGD-AT with Adv-GRAD-MATCH at f, the same epochs
     t_w = warmup_epochs(f, E, a.kappa)
     sel = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
-                          variant="per_batch")
+                          variant="per_batch", group_size=a.group_size)
     _, pruned = train(a.model, train_set, pgd(), E, a, selector=sel)
     ideal = study.ideal_speedup(E, t_w, f)
     figures.update(pruned_train_s=pruned.wall_s, pruned_select_s=sum(r["select_s"] for r in pruned),
                    warmup_epochs=t_w, selections=sel.selections, ideal_speedup=ideal)
     remembering = pgd()
     sel_mem = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
-                              variant="per_batch", memory=PerturbationMemory.attach(remembering, train_set))
+                              variant="per_batch", group_size=a.group_size,
+                              memory=PerturbationMemory.attach(remembering, train_set))
     model_mem, pruned_mem = train(a.model, train_set, remembering, E, a, selector=sel_mem)
     figures.update(pruned_memory_train_s=pruned_mem.wall_s,
                    pruned_memory_select_s=sum(r["select_s"] for r in pruned_mem))
@@ -181,7 +186,7 @@ def main(argv=None):
     if rl.objectives.BulletTrain(pgd()).bucket_for(device) > 1:   # the before/after of the shape buckets (CUDA)
         _, unpadded = train(a.model, train_set, rl.objectives.BulletTrain(pgd(), bucket=1), E, a)
     sel_bt = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
-                             variant="per_batch")
+                             variant="per_batch", group_size=a.group_size)
     _, pruned_bt = train(a.model, train_set, rl.objectives.BulletTrain(pgd()), E, a, selector=sel_bt)
     saved = sum(r["bt_steps_saved"] for r in bt) / (K * sum(r["seen"] for r in bt))
     figures.update(bt_train_s=bt.wall_s, bt_steps_saved_share=saved,
@@ -198,7 +203,7 @@ def main(argv=None):
             # derived, not measured: the same selection paid once every R = 20 epochs (the paper's default)
             ratios[f"{method}_Ks{ks}_selection_per_epoch_amortised_R20"] = figures[f"{method}_Ks{ks}_s"] / epoch_s / 20
         ratios[f"{method}_memory_selection_per_epoch"] = figures[f"{method}_memory_s"] / epoch_s
-    ratios["gradmatch_memory_batch_groups_selection_per_epoch"] = figures["gradmatch_memory_batch_groups_s"] / epoch_s
+    ratios["gradmatch_memory_groups32_selection_per_epoch"] = figures["gradmatch_memory_groups32_s"] / epoch_s
     speedup = full.wall_s / pruned.wall_s
     speedup_mem = full.wall_s / pruned_mem.wall_s
     ratios.update(pruned_speedup=speedup, pruned_speedup_over_ideal=speedup / ideal,
@@ -211,7 +216,7 @@ def main(argv=None):
 
     print(f"{'measurement':58s} {'value':>9s}  goal")
     print(f"{'one full-data PGD-AT epoch (s)':58s} {epoch_s:9.2f}")
-    for method, name in (("gradmatch", "Adv-GRAD-MATCH (per batch)"), ("glister", "Adv-GLISTER")):
+    for method, name in (("gradmatch", f"Adv-GRAD-MATCH (groups of {a.group_size})"), ("glister", "Adv-GLISTER")):
         for ks in selection_steps:
             s, g = figures[f"{method}_Ks{ks}_s"], figures[f"{method}_Ks{ks}_grads_s"]
             print(f"{f'(a) {name} selection, K_s = {ks} / epoch':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
@@ -221,8 +226,8 @@ def main(argv=None):
         print(f"{f'(a) {name}, from the memory / epoch':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
               f"({s:.2f} s: forward + gradients {g:.2f} s, solver {max(s - g, 0):.2f} s; pass-count estimate "
               f"{selection_estimate(0, K):.3f})")
-    s, g = figures["gradmatch_memory_batch_groups_s"], figures["gradmatch_memory_batch_groups_grads_s"]
-    print(f"{f'(a) ... Adv-GRAD-MATCH, groups of B = {a.batch_size}, from the memory':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
+    s, g = figures["gradmatch_memory_groups32_s"], figures["gradmatch_memory_groups32_grads_s"]
+    print(f"{'(a) ... Adv-GRAD-MATCH, groups of 32, from the memory':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
           f"({s:.2f} s: forward + gradients {g:.2f} s, solver {max(s - g, 0):.2f} s)")
     print(f"{'(a) miss = 1 − cos(Σg, Σg of a fresh PGD-K attack)':58s} "
           + ", ".join(f"{k} {v:.1e}" for k, v in figures["miss"].items()))

@@ -168,7 +168,8 @@ def _start(x: torch.Tensor, eps: float, norm: str, random_start) -> torch.Tensor
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float | None = None,
         steps: int = 10, *, norm: str = "linf", restarts: int = 1, random_start: bool | str = True,
-        loss: str = "ce", targeted: bool = False, y_target: torch.Tensor | None = None) -> torch.Tensor:
+        loss: str = "ce", targeted: bool = False, y_target: torch.Tensor | None = None,
+        start: torch.Tensor | None = None) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018) on a batch; returns x' (detached).
 
     Starting from x'_0 — uniform in the ε-ball around x when ``random_start``
@@ -190,6 +191,10 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     are never weaker than one restart. Each extra restart costs K forward and
     backward passes plus one forward pass to score it; without
     ``random_start`` all restarts would be identical, so only one is run.
+
+    ``start``: a given x'_0 instead (e.g. a perturbation remembered from an earlier attack, as in Zheng et
+    al.'s ATTA: a few steps from it reach what many steps from scratch do), projected onto the ball; one run,
+    ``random_start`` and ``restarts`` unused.
 
     ``loss``: ``"ce"`` or ``"cw"`` (margin max_{j≠y} z_j − z_y).
     ``targeted``: move towards the target class instead of away from y —
@@ -213,6 +218,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     goal = (y_target if y_target is not None else y) if targeted else y
     _check_data(model, x, [y] + ([goal] if targeted else []))
     x = x.detach()
+    if start is not None and (not isinstance(start, torch.Tensor) or start.shape != x.shape):
+        raise ValueError(f"start must be a tensor x'_0 of x's shape {tuple(x.shape)}, got "
+                         f"{tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__}")
     if x.shape[0] == 0:
         return x.clone()
 
@@ -223,11 +231,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         pred = logits.argmax(1)
         return pred == goal if targeted else pred != goal
 
-    runs = restarts if random_start else 1   # without a random start every restart would be the same
+    runs = restarts if random_start and start is None else 1   # else every restart would be the same
     best = None
     with torch.enable_grad(), eval_mode(model):
         for _ in range(runs):
-            x_adv = _steps(model, x, _start(x, eps, norm, random_start), objective, eps, alpha, steps, norm)
+            x0 = _start(x, eps, norm, random_start) if start is None else _project(start.detach().to(x), x, eps, norm)
+            x_adv = _steps(model, x, x0, objective, eps, alpha, steps, norm)
             if runs == 1:
                 return x_adv.to(x.dtype)
             best = _stronger(best, x_adv, model, objective, success)

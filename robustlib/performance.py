@@ -159,13 +159,19 @@ def _memory_gain(result: dict, figures: dict) -> str:
     ks, epoch = result["settings"].get("select_steps"), figures.get("full_epoch_s")
     if "gradmatch_memory_s" not in figures or f"gradmatch_Ks{ks}_s" not in figures or not epoch:
         return ""
+    group = result["settings"].get("group_size", 32)   # results without it had groups of 32
     rows = [(f"{name} selection", f"{figures[f'{m}_Ks{ks}_s']:,.2f} → {figures[f'{m}_memory_s']:,.2f}",
              f"{figures[f'{m}_Ks{ks}_s'] / epoch:.3f} → {figures[f'{m}_memory_s'] / epoch:.3f}",
              f"{figures[f'{m}_Ks{ks}_s'] / figures[f'{m}_memory_s']:.2f}×")
-            for m, name in (("gradmatch", "Adv-GRAD-MATCH"), ("glister", "Adv-GLISTER")) if f"{m}_memory_s" in figures]
-    if "gradmatch_memory_batch_groups_s" in figures:
-        after = figures["gradmatch_memory_batch_groups_s"]
-        rows.append((f"Adv-GRAD-MATCH, groups of a mini-batch (B = {result['settings'].get('batch_size', '?')})",
+            for m, name in (("gradmatch", f"Adv-GRAD-MATCH (groups of {group})"), ("glister", "Adv-GLISTER"))
+            if f"{m}_memory_s" in figures]
+    other = {"gradmatch_memory_batch_groups_s": result["settings"].get("batch_size", "?"),
+             "gradmatch_memory_groups32_s": 32}
+    for key, size in other.items():
+        if key not in figures:
+            continue
+        after = figures[key]
+        rows.append((f"Adv-GRAD-MATCH, groups of {size}",
                      f"{figures[f'gradmatch_Ks{ks}_s']:,.2f} → {after:,.2f}",
                      f"{figures[f'gradmatch_Ks{ks}_s'] / epoch:.3f} → {after / epoch:.3f}",
                      f"{figures[f'gradmatch_Ks{ks}_s'] / after:.2f}×"))

@@ -45,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import pgd
-from .checks import check_int, eval_mode
+from .checks import check_int, default_alpha, eval_mode
 from .data import ImageData
 from .greedy import glister_greedy, omp
 from .memory import PerturbationMemory
@@ -108,15 +108,21 @@ def _selection_config(self) -> dict:
         if k == "memory":   # only when set, so that the keys of runs recorded before memories stay the same
             if v is not None:
                 out[k] = True
+                if getattr(self, "method", None) == "glister":
+                    out["valid_refresh"] = self.VALID_REFRESH
+        elif k == "valid_memory":
+            continue
         elif k not in self._STATE:
             v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
             out[k] = _pgd_kwargs(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
     return {k: v for k, v in out.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
 
 
-def _batches(model, data: ImageData, batch_size: int, adversarial, memory: PerturbationMemory | None = None):
+def _batches(model, data: ImageData, batch_size: int, adversarial, memory: PerturbationMemory | None = None,
+             refresh: int = 0):
     """(x, y) per batch of ``data``; x attacked with PGD when ``adversarial`` is set. With a ``memory``: x + δ for
-    the examples it knows, the attack (then remembered) or x itself for the others."""
+    the examples it knows, the attack (then remembered) or x itself for the others; with ``refresh`` = r > 0, the
+    known examples take r more steps of the attack (its step α) from x + δ, and that is remembered."""
     if not isinstance(data, ImageData):
         raise TypeError(f"data must be a robustlib.data.ImageData, got {type(data).__name__}")
     if memory is not None and (len(memory) != len(data) or tuple(memory.delta.shape[1:]) != tuple(data.shape)):
@@ -125,6 +131,13 @@ def _batches(model, data: ImageData, batch_size: int, adversarial, memory: Pertu
                          f"training set that fit and the selector see")
     kw = _pgd_kwargs(adversarial)
     batch_size = check_int(batch_size, "batch_size", 1, "pass a positive batch size")
+    refresh = check_int(refresh, "refresh", 0, "refresh is a number of attack steps from the remembered x + δ")
+    if refresh and (memory is None or kw is None):
+        raise ValueError("refresh continues the attack from remembered perturbations: it needs memory= and "
+                         "adversarial= (the attack whose step α it takes)")
+    if refresh:
+        kw_refresh = {**kw, "steps": refresh,
+                      "alpha": kw.get("alpha") or default_alpha(kw["eps"], kw.get("steps", 10))}
     attack_unknown = memory is not None and kw is not None and not bool(memory.known.all())   # one host sync
     for start in range(0, len(data), batch_size):
         rows = slice(start, start + batch_size)
@@ -133,6 +146,11 @@ def _batches(model, data: ImageData, batch_size: int, adversarial, memory: Pertu
             yield (x if kw is None else pgd(model, x, y, **kw)), y
             continue
         x_mem = memory.apply(rows, x)
+        if refresh:
+            old = memory.known[rows].nonzero().squeeze(1)
+            if len(old) > 0:
+                x_mem[old] = pgd(model, x[old], y[old], **kw_refresh, start=x_mem[old])
+                memory.write(old + start, x[old], x_mem[old])
         todo = (~memory.known[rows]).nonzero().squeeze(1) if attack_unknown else ()
         if len(todo) > 0:
             x_new = pgd(model, x[todo], y[todo], **kw)
@@ -172,14 +190,15 @@ def _network_precision(data: ImageData, amp):
 
 
 def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, memory: PerturbationMemory | None = None,
-                     batch_size: int = 256, amp: bool | str = "auto") -> torch.Tensor:
+                     refresh: int = 0, batch_size: int = 256, amp: bool | str = "auto") -> torch.Tensor:
     """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1)),
     float32; the network passes in bf16 autocast with ``amp`` (default "auto": on CUDA). With a ``memory``
     (:class:`robustlib.memory.PerturbationMemory` of ``data``), the examples it knows are taken at x + δ, one
-    forward pass each, and only the others are attacked (and remembered)."""
+    forward pass each, and only the others are attacked (and remembered); ``refresh`` = r > 0 first moves the
+    known ones r steps of the ``adversarial`` attack on from x + δ (remembered too)."""
     out = []
     with eval_mode(model), _network_precision(data, amp):
-        for x, y in _batches(model, data, batch_size, adversarial, memory):
+        for x, y in _batches(model, data, batch_size, adversarial, memory, refresh):
             z, h = _logits_features(model, x)
             err = z.softmax(1) - F.one_hot(y, z.shape[1]).float()
             out.append((err[:, :, None] * torch.cat([h, torch.ones_like(h[:, :1])], 1)[:, None, :]).flatten(1))
@@ -342,9 +361,13 @@ class DynamicSelector:
     (eps, steps, ...) whose examples give the gradients; None: clean data. ``memory``: a
     :class:`robustlib.memory.PerturbationMemory` that training writes into (``PerturbationMemory.attach``);
     the gradients are then taken at the perturbations training found last, and only examples it never
-    attacked are attacked afresh (``last_fresh`` counts them) — our choice, not the paper's. Returns None
+    attacked are attacked afresh (``last_fresh`` counts them); Adv-GLISTER's validation split, which training
+    never attacks, gets its own memory: attacked in full at the first selection, then moved ``VALID_REFRESH``
+    step(s) on from where it was at each later one (as in ATTA) — our choice, not the paper's. Returns None
     during the warm-up (full data), then (indices, weights) every epoch.
     """
+
+    VALID_REFRESH = 1   # with a memory: attack steps that move Adv-GLISTER's remembered validation perturbations
 
     def __init__(self, method: str, fraction: float, R: int = 20, warmup: int = 0, *, adversarial=None,
                  variant: str = "per_class", lam: float = 0.0, group_size: int = 32, valid: ImageData | None = None,
@@ -366,7 +389,7 @@ class DynamicSelector:
         if memory is not None and not isinstance(memory, PerturbationMemory):
             raise TypeError(f"memory must be a robustlib.memory.PerturbationMemory (PerturbationMemory.attach("
                             f"objective, train)), got {type(memory).__name__}")
-        self.memory, self.last_fresh = memory, 0
+        self.memory, self.last_fresh, self.valid_memory = memory, 0, None
         self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
         self.eta, self.stochastic, self.delta, self.chunk, self.batch_size = eta, stochastic, delta, chunk, batch_size
         self.seed, self.indices, self.weights = seed, None, None
@@ -392,7 +415,11 @@ class DynamicSelector:
             return torch.randperm(n, generator=g, device=dev)[:k], torch.ones(k, device=dev)
         G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=self.batch_size)
         if self.method == "glister":
-            gv = last_layer_grads(model, self.valid.to(dev), adversarial=self.adversarial,
+            valid = self.valid.to(dev)
+            if self.memory is not None and (self.valid_memory is None or len(self.valid_memory) != len(valid)):
+                self.valid_memory = PerturbationMemory.like(valid)
+            gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
+                                  refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
                                   batch_size=self.batch_size).mean(0)
             idx = glister_greedy(G, gv, k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
                                  stochastic=self.stochastic, delta=self.delta, generator=g)

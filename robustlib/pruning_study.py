@@ -94,13 +94,14 @@ class ScoreSelector:
 
 
 def selector(method: str, fraction: float, epochs: int, *, R: int = 20, kappa: float = 0.5, warmup: int | None = None,
-             attack=None, valid: ImageData | None = None, variant: str = "per_class", seed: int = 0,
-             objective=None, train: ImageData | None = None):
+             attack=None, valid: ImageData | None = None, variant: str = "per_class", group_size: int = 32,
+             seed: int = 0, objective=None, train: ImageData | None = None):
     """The selector of ``method`` (:data:`METHODS`; None for ``full``) at kept fraction f = ``fraction``.
 
     ``warmup``: T_w (default round(f·κ·E), E = ``epochs``); ``attack``: the PGD settings (``{"eps": ε, "steps":
     K_s, ...}`` or an objective) of the adversarial scores and gradients; ``valid``: GLISTER's validation split;
-    ``variant``: Adv-GRAD-MATCH's OMP variant (``per_class`` for small n, ``per_batch`` for large n). A
+    ``variant``: Adv-GRAD-MATCH's OMP variant (``per_class`` for small n, ``per_batch`` for large n), and
+    ``group_size`` the examples per group of ``per_batch`` (GRAD-MATCH's own per-batch form: the training batch). A
     ``-memory`` method attaches a perturbation memory of ``train`` to ``objective`` (the one the run trains with):
     pass both. ``attack`` then serves only the examples training has not attacked yet.
     """
@@ -113,7 +114,7 @@ def selector(method: str, fraction: float, epochs: int, *, R: int = 20, kappa: f
             raise ValueError(f"{method} reads the perturbations that training writes: pass objective= (the run's "
                              f"objective) and train= (its training set)")
         plain = selector(method[:-len("-memory")], fraction, epochs, R=R, kappa=kappa, warmup=warmup,
-                         attack=attack, valid=valid, variant=variant, seed=seed)
+                         attack=attack, valid=valid, variant=variant, group_size=group_size, seed=seed)
         plain.memory = PerturbationMemory.attach(objective, train)
         return plain
     t_w = warmup_epochs(fraction, epochs, kappa) if warmup is None else warmup
@@ -126,7 +127,8 @@ def selector(method: str, fraction: float, epochs: int, *, R: int = 20, kappa: f
         return DynamicSelector("random", fraction, R, t_w, seed=seed)
     if method == "glister":
         return DynamicSelector("glister", fraction, R, t_w, adversarial=attack, valid=valid, seed=seed)
-    return DynamicSelector("gradmatch", fraction, R, t_w, adversarial=attack, variant=variant, seed=seed)
+    return DynamicSelector("gradmatch", fraction, R, t_w, adversarial=attack, variant=variant, group_size=group_size,
+                           seed=seed)
 
 
 def parse_grid(grid: dict, fractions) -> list:

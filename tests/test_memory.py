@@ -130,6 +130,63 @@ def test_selector_with_a_memory_attacks_only_the_unknown_examples_and_keys_its_r
     assert torch.equal(fresh.indices, sel.indices) and fresh.last_fresh == 0
 
 
+def test_pgd_from_a_given_start_continues_from_its_projection(setup):
+    train, model = setup
+    x, y = train.x(slice(0, 40)), train.labels[:40]
+    far = (x + 0.5 * torch.randn_like(x)).clamp(0, 1)            # outside the ε-ball: projected first
+    x0 = (x + (far - x).clamp(-0.1, 0.1)).clamp(0, 1)
+    torch.testing.assert_close(rl.attacks.pgd(model, x, y, 0.1, steps=0, start=far), x0)
+    # K steps from x'_0 = K − j steps from where j steps from x'_0 stopped (no random start in between)
+    two = rl.attacks.pgd(model, x, y, 0.1, alpha=0.02, steps=2, start=far, restarts=3)
+    one = rl.attacks.pgd(model, x, y, 0.1, alpha=0.02, steps=1, start=far)
+    torch.testing.assert_close(rl.attacks.pgd(model, x, y, 0.1, alpha=0.02, steps=1, start=one), two)
+    assert (two - x).abs().max() <= 0.1 + 1e-6 and not torch.equal(two, x0)
+    with pytest.raises(ValueError, match="start must be a tensor"):
+        rl.attacks.pgd(model, x, y, 0.1, start=x[:3])
+
+
+def test_refresh_moves_remembered_perturbations_on_and_attacks_the_unknown_in_full(setup):
+    train, model = setup
+    data = train.head(60)
+    memory = PerturbationMemory.like(data)
+    known = torch.arange(0, 60, 3)
+    x = data.x(known)
+    memory.write(known, x, (x + 0.1 * torch.randn_like(x).sign()).clamp(0, 1))
+    start = memory.apply(known, x)
+    attack = {"eps": 0.1, "steps": 4}                            # α = 2.5·ε/4: the refresh step takes it
+    unknown = torch.tensor([i for i in range(60) if i % 3])
+    torch.manual_seed(5)
+    G = last_layer_grads(model, data, adversarial=attack, memory=memory, refresh=1, batch_size=60)
+    x_all = data.x()
+    x_all[known] = rl.attacks.pgd(model, x, data.labels[known], 0.1, alpha=2.5 * 0.1 / 4, steps=1, start=start)
+    torch.manual_seed(5)
+    x_all[unknown] = rl.attacks.pgd(model, data.x(unknown), data.labels[unknown], **attack)
+    torch.testing.assert_close(G, _direct_grads(model, x_all, data.labels), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(memory.apply(torch.arange(60), data.x()), x_all, atol=1e-3, rtol=0)   # remembered
+    with pytest.raises(ValueError, match="needs memory= and adversarial="):
+        last_layer_grads(model, data, memory=memory, refresh=1)
+
+
+def test_glister_remembers_its_validation_split_and_moves_it_one_step_per_selection(setup, monkeypatch):
+    train, model = setup
+    part, valid = train.head(200), train.subset(torch.arange(200, 300))
+    attack = {"eps": 0.1, "steps": 3}
+    obj = rl.objectives.PGDAT(**attack)
+    sel = DynamicSelector("glister", 0.3, R=1, adversarial=attack, valid=valid,
+                          memory=PerturbationMemory.attach(obj, part))
+    plain = DynamicSelector("glister", 0.3, R=1, adversarial=attack, valid=valid)
+    assert sel.config() == {**plain.config(), "memory": True, "valid_refresh": 1}
+    steps = []
+    real = rl.pruning.pgd
+    monkeypatch.setattr(rl.pruning, "pgd", lambda *a, **kw: steps.append((len(a[1]), kw["steps"])) or real(*a, **kw))
+    sel(0, model, part)                       # nothing known yet: the training part and the split attacked in full
+    assert sorted(set(steps)) == [(100, 3), (200, 3)] and bool(sel.valid_memory.known.all())
+    steps.clear()
+    before = sel.valid_memory.delta.clone()
+    sel(1, model, part)                       # everything known: one step for the split, none for the training part
+    assert steps == [(100, 1)] and not torch.equal(before, sel.valid_memory.delta)
+
+
 def test_remembered_gradients_are_closer_to_fresh_adversarial_ones_than_clean_gradients(setup):
     """The measurable effect: after an epoch of PGD-AT, the summed gradient at the remembered x' (GRAD-MATCH's target)
     points where a fresh PGD-10 attack's does, far better than the clean one (measured: 1 − cos 4e-4 against 0.09)."""
