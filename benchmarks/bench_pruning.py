@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import robustlib as rl  # noqa: E402
 from robustlib import pruning_study as study  # noqa: E402
+from robustlib.greedy import OuterRows  # noqa: E402
 from robustlib.memory import PerturbationMemory  # noqa: E402
 from robustlib.pruning import DynamicSelector, last_layer_grads, warmup_epochs  # noqa: E402
 
@@ -71,17 +72,19 @@ def selection_cost(model, train, valid, method, fraction, select_steps, args, me
     total = min(timed(lambda: sel(0, model, train), train.device) for _ in range(repeat))
     out, grads = {}, math.inf
     for _ in range(repeat):
-        g = timed(lambda: out.update(G=last_layer_grads(model, train, adversarial=attack, memory=memory)),
-                  train.device)
+        g = timed(lambda: out.update(G=last_layer_grads(model, train, adversarial=attack, memory=memory,
+                                                        factored=True)), train.device)
         if method == "glister":
             g += timed(lambda: last_layer_grads(model, valid, adversarial=attack), train.device)
         grads = min(grads, g)
     return total, grads, out["G"]
 
 
-def miss(G: torch.Tensor, G_ref: torch.Tensor) -> float:
-    """1 − cos between the summed gradients Σ_i g_i of two selections (GRAD-MATCH's target)."""
-    return 1.0 - float(torch.nn.functional.cosine_similarity(G.sum(0), G_ref.sum(0), dim=0))
+def miss(G, G_ref) -> float:
+    """1 − cos between the summed gradients Σ_i g_i of two selections (GRAD-MATCH's target); each G a tensor or
+    the OuterRows that ``last_layer_grads(..., factored=True)`` returns."""
+    total = lambda g: g.rows_sum() if isinstance(g, OuterRows) else g.sum(0)  # noqa: E731
+    return 1.0 - float(torch.nn.functional.cosine_similarity(total(G), total(G_ref), dim=0))
 
 
 def selection_estimate(ks: int, K: int) -> float:

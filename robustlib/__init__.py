@@ -7,6 +7,6 @@
     rl.evaluate.robustness(model, test, eps=0.1)
 """
 from . import (attacks, bounds, checkpoints, checks, claims, data, distributed, evaluate, memory, models,  # noqa: F401
-               objectives, plot, presets, pruning, pruning_study, reproduce, runs, train)
+               objectives, plot, presets, pruning, pruning_study, reproduce, runs, scores, train)
 
 __version__ = "0.1.0"

@@ -4,7 +4,8 @@
   approximates a target, with non-negative weights solved by an active-set NNLS (``_nnls``) on the small
   Gram system of the picked rows (k × k) in float64, whose Cholesky factor is extended row by row.
 * :func:`glister_greedy` — greedy (or stochastic-greedy) first-order GLISTER gains against a validation
-  gradient, refreshed as picks are made.
+  gradient, refreshed as picks are made. Its G may be an :class:`OuterRows`: rows g_i = P_i ⊗ H_i kept as their two
+  factors (last-layer gradients are such outer products), so each greedy step reads n·(C + F) numbers, not n·C·F.
 
 Tensors in, tensors out, on G's device; only the greedy steps loop in Python. :mod:`robustlib.pruning` turns
 scores and gradients of a model into the inputs of these solvers.
@@ -16,6 +17,31 @@ import math
 import torch
 
 from .checks import check_int
+
+
+class OuterRows:
+    """An n × (C·F) matrix whose row i is the outer product P_i ⊗ H_i (flattened C-major), kept as P (n × C) and
+    H (n × F): ``mv`` and ``rows_sum`` cost n·(C + F) instead of n·C·F, and the matrix is never formed."""
+
+    def __init__(self, P: torch.Tensor, H: torch.Tensor):
+        if P.dim() != 2 or H.dim() != 2 or P.shape[0] != H.shape[0]:
+            raise ValueError(f"OuterRows needs P (n × C) and H (n × F) with the same n; got {tuple(P.shape)} and "
+                             f"{tuple(H.shape)}")
+        self.P, self.H = P, H
+        self.shape = torch.Size((P.shape[0], P.shape[1] * H.shape[1]))
+        self.dtype, self.device = P.dtype, P.device
+
+    def mv(self, v: torch.Tensor) -> torch.Tensor:
+        """G v: row i is P_iᵀ V H_i with V = v as a C × F matrix."""
+        return ((self.H @ v.reshape(self.P.shape[1], -1).T) * self.P).sum(1)
+
+    def rows_sum(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_{i ∈ idx} g_i (all rows when None) = P[idx]ᵀ H[idx], flattened."""
+        P, H = (self.P, self.H) if idx is None else (self.P[idx], self.H[idx])
+        return (P.T @ H).flatten()
+
+    def dense(self) -> torch.Tensor:
+        return (self.P[:, :, None] * self.H[:, None, :]).flatten(1)
 
 
 def _check_budget(budget, n: int) -> int:
@@ -187,7 +213,8 @@ def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = 
 def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: float = 0.1, chunk: int = 1,
                    stochastic: bool = False, delta: float = 0.01,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy first-order GLISTER: ``budget`` rows of G (n×d) chosen for their gain g_valᵀ g_i.
+    """Greedy first-order GLISTER: ``budget`` rows of G (n×d, a tensor or an :class:`OuterRows`) chosen for their
+    gain g_valᵀ g_i.
 
     After each step the validation gradient is refreshed by a Hessian-free one-step Taylor update:
     ∇L_val(θ − η Σ g_i) ≈ ∇L_val(θ) − η H Σ g_i with H ≈ I, i.e. g_val ← g_val − η·Σ_{picked} g_i,
@@ -195,7 +222,7 @@ def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: fl
     loop runs ceil(budget/chunk) times. ``stochastic``: stochastic greedy (Mirzasoleiman et al. 2015),
     each step scores only a random sample of chunk·(n/budget)·log(1/δ) unused rows.
     """
-    if G.dim() != 2 or g_val.shape != (G.shape[1],):
+    if len(G.shape) != 2 or g_val.shape != (G.shape[1],):
         raise ValueError(f"G must be n×d and g_val of shape (d,); got {tuple(G.shape)} and {tuple(g_val.shape)}")
     n, budget = G.shape[0], _check_budget(budget, G.shape[0])
     chunk = check_int(chunk, "chunk", 1, "pick at least one row per greedy step")
@@ -204,7 +231,7 @@ def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: fl
     used, g_val, picked, left = torch.zeros(n, dtype=torch.bool, device=G.device), g_val.to(G.dtype), [], budget
     while left > 0:
         m = min(chunk, left)
-        gain = (G @ g_val).masked_fill(used, -math.inf)
+        gain = G.mv(g_val).masked_fill(used, -math.inf)
         if stochastic:
             size = min(n, max(m, math.ceil(m * n / budget * math.log(1 / delta))))
             u = torch.rand(n, generator=generator, device=G.device).masked_fill(used, math.inf)
@@ -214,7 +241,8 @@ def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: fl
         top = gain.topk(m).indices
         used[top] = True
         picked.append(top)
-        g_val, left = g_val - eta * G[top].sum(0), left - m
+        picked_sum = G.rows_sum(top) if isinstance(G, OuterRows) else G[top].sum(0)
+        g_val, left = g_val - eta * picked_sum, left - m
     return torch.cat(picked)
 
 

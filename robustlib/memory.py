@@ -7,8 +7,10 @@ epoch in network passes: 0.30 at K_s = 3 and K = 10 (0.46 measured on a CPU), be
 epoch's model to the next (Zheng et al., "Efficient Adversarial Training with Transferable Adversarial Examples",
 CVPR 2020). A :class:`PerturbationMemory` keeps the latest δ_i = x'_i − x_i of each example that training attacked;
 a selection given the memory takes its gradients at x_i + δ_i, one forward pass per example, and attacks afresh only
-the examples training never reached (the memory learns those too). This is our choice, not the paper's: the book
-compares its subsets with fresh ones.
+the examples training never reached (the memory learns those too). Adv-GLISTER's validation split is never
+trained on, so its selector keeps a memory of its own: the split is attacked in full at the first selection and
+moved one step on from what it remembers at each later one (``pgd(..., start=x + δ)``, as ATTA does), so that its
+perturbations follow the model. This is our choice, not the paper's: the book compares its subsets with fresh ones.
 
 How it is fed: :func:`robustlib.train.fit` tells the objective which dataset indices each batch holds
 (``objective.batch_indices``); an adversarial objective (or Bullet-Train, for the examples it attacked) whose

@@ -6,18 +6,8 @@ k = round(f·n), p_i = softmax(f(x_i)), e_y the one-hot label, h_i the input of 
 clean x_i or on PGD examples x'_i (``adversarial={"eps": ε, "steps": K, ...}``, or any object with
 those attributes such as an objective): the adversarial versions of the paper.
 
-Scores (:func:`score`, one per example, higher = harder / more important):
-  ``random``      u_i ~ U(0, 1), seeded;
-  ``loss``        ℓ_i = −log p_{i,y_i};
-  ``el2n``        ‖p_i − e_{y_i}‖₂ (Paul et al. 2021);
-  ``grand``       ‖∇_θ ℓ_i‖₂ (Paul et al. 2021); ``mode="full"``: all parameters (torch.func vmap of
-                  grad); ``mode="last"``: the last Linear layer in closed form, ∇_W ℓ = (p − e_y)hᵀ and
-                  ∇_b ℓ = p − e_y give ‖∇ℓ‖ = ‖p − e_y‖₂·√(‖h‖² + 1);
-  ``forgetting``  correct → incorrect transitions (Toneva et al. 2019), counted once per epoch (not per
-                  mini-batch) by :class:`ForgettingCounter`; never-learned examples score the number
-                  of epochs counted, above any possible count.
-
-Last-layer gradients g_i = (p_i − e_{y_i}) ⊗ [h_i, 1] ∈ R^{C(H+1)} (:func:`last_layer_grads`) feed
+Scores (``random``, ``loss``, ``el2n``, ``grand``, ``forgetting``) and the last-layer gradients
+g_i = (p_i − e_{y_i}) ⊗ [h_i, 1] ∈ R^{C(H+1)} live in :mod:`robustlib.scores` (re-exported here); the gradients feed
   Adv-GRAD-MATCH  min_{|S| ≤ k, w ≥ 0} ‖Σ_{i∈S} w_i g_i − Σ_j g_j‖₂ + λ‖w‖², greedily by orthogonal
                   matching pursuit (:func:`omp`), per class, per mini-batch or per example;
   Adv-GLISTER     max_S log-likelihood of a validation split after a step θ − η Σ_{i∈S} g_i, whose
@@ -33,8 +23,6 @@ module's train/eval flag and leaves no parameter ``.grad`` behind. Tensors stay 
 """
 from __future__ import annotations
 
-import contextlib
-
 import hashlib
 import math
 import numbers
@@ -42,18 +30,15 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .attacks import pgd
-from .checks import check_int, default_alpha, eval_mode
+from .checks import check_int
 from .data import ImageData
 from .greedy import glister_greedy, omp
 from .memory import PerturbationMemory
+from .scores import SCORES, ForgettingCounter, last_layer_grads, pgd_settings, score
 
-SCORES = ("random", "loss", "el2n", "grand", "forgetting")
 METHODS = ("random", "gradmatch", "glister")
 VARIANTS = ("per_class", "per_batch", "per_example")
-_PGD_KEYS = ("eps", "alpha", "steps", "norm", "restarts", "random_start", "loss")
 
 __all__ = ["score", "last_layer_grads", "omp", "glister_greedy", "ForgettingCounter", "StaticSelector",
            "DynamicSelector", "budget_of", "warmup_epochs", "SCORES", "METHODS", "VARIANTS"]
@@ -82,22 +67,6 @@ def warmup_epochs(fraction: float, epochs: int, kappa: float = 0.5) -> int:
     return round(_check_fraction(fraction) * kappa * epochs)
 
 
-def _pgd_kwargs(adversarial) -> dict | None:
-    if adversarial is None:
-        return None
-    if isinstance(adversarial, dict):
-        kw = dict(adversarial)
-        if set(kw) - set(_PGD_KEYS):
-            raise ValueError(f"unknown PGD settings {sorted(set(kw) - set(_PGD_KEYS))} in adversarial; "
-                             f"valid keys: {', '.join(_PGD_KEYS)}")
-    else:
-        kw = {k: getattr(adversarial, k) for k in _PGD_KEYS
-              if isinstance(getattr(adversarial, k, None), (numbers.Real, str))}
-    if "eps" not in kw:
-        raise ValueError("adversarial needs at least eps, e.g. adversarial={'eps': 8/255, 'steps': 10}")
-    return kw
-
-
 def _selection_config(self) -> dict:
     """What makes a selection this selection (a keyed run's checkpoint name digests it; selection state left out):
     scalar settings, the PGD settings of ``adversarial``, digests of tensors (scores) and of a validation split."""
@@ -114,189 +83,8 @@ def _selection_config(self) -> dict:
             continue
         elif k not in self._STATE:
             v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
-            out[k] = _pgd_kwargs(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
+            out[k] = pgd_settings(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
     return {k: v for k, v in out.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
-
-
-def _batches(model, data: ImageData, batch_size: int, adversarial, memory: PerturbationMemory | None = None,
-             refresh: int = 0):
-    """(x, y) per batch of ``data``; x attacked with PGD when ``adversarial`` is set. With a ``memory``: x + δ for
-    the examples it knows, the attack (then remembered) or x itself for the others; with ``refresh`` = r > 0, the
-    known examples take r more steps of the attack (its step α) from x + δ, and that is remembered."""
-    if not isinstance(data, ImageData):
-        raise TypeError(f"data must be a robustlib.data.ImageData, got {type(data).__name__}")
-    if memory is not None and (len(memory) != len(data) or tuple(memory.delta.shape[1:]) != tuple(data.shape)):
-        raise ValueError(f"the memory holds {len(memory)} examples of shape {tuple(memory.delta.shape[1:])}, the "
-                         f"data {len(data)} of shape {tuple(data.shape)}; use PerturbationMemory.like(train) for the "
-                         f"training set that fit and the selector see")
-    kw = _pgd_kwargs(adversarial)
-    batch_size = check_int(batch_size, "batch_size", 1, "pass a positive batch size")
-    refresh = check_int(refresh, "refresh", 0, "refresh is a number of attack steps from the remembered x + δ")
-    if refresh and (memory is None or kw is None):
-        raise ValueError("refresh continues the attack from remembered perturbations: it needs memory= and "
-                         "adversarial= (the attack whose step α it takes)")
-    if refresh:
-        kw_refresh = {**kw, "steps": refresh,
-                      "alpha": kw.get("alpha") or default_alpha(kw["eps"], kw.get("steps", 10))}
-    attack_unknown = memory is not None and kw is not None and not bool(memory.known.all())   # one host sync
-    for start in range(0, len(data), batch_size):
-        rows = slice(start, start + batch_size)
-        x, y = data.x(rows), data.labels[rows]
-        if memory is None:
-            yield (x if kw is None else pgd(model, x, y, **kw)), y
-            continue
-        x_mem = memory.apply(rows, x)
-        if refresh:
-            old = memory.known[rows].nonzero().squeeze(1)
-            if len(old) > 0:
-                x_mem[old] = pgd(model, x[old], y[old], **kw_refresh, start=x_mem[old])
-                memory.write(old + start, x[old], x_mem[old])
-        todo = (~memory.known[rows]).nonzero().squeeze(1) if attack_unknown else ()
-        if len(todo) > 0:
-            x_new = pgd(model, x[todo], y[todo], **kw)
-            memory.write(todo + start, x[todo], x_new)
-            x_mem[todo] = x_new
-        yield x_mem, y
-
-
-def _logits_features(model: nn.Module, x: torch.Tensor):
-    """Logits and the input h of the last nn.Linear (caught by a forward hook), float32, no autograd."""
-    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear layer; last-layer gradients need one that "
-                         f"outputs the logits (use score('grand', ..., mode='full') instead)")
-    seen = {}
-    handle = layers[-1].register_forward_hook(lambda m, inp, out: seen.update(h=inp[0], out=out))
-    try:
-        with torch.no_grad():
-            logits = model(x)
-    finally:
-        handle.remove()
-    if seen.get("out") is not logits:
-        raise ValueError("the last nn.Linear registered in the model does not produce its logits; last-layer "
-                         "scores need a network whose final operation is that layer")
-    return logits.float(), seen["h"].float().flatten(1)
-
-
-# ----------------------------------------------------------------------------- scores
-
-def _network_precision(data: ImageData, amp):
-    """bf16 autocast for the network passes (attack and forward) when ``amp`` is True, or "auto" on CUDA (what
-    :func:`robustlib.train.fit` trains with); the scores, gradients and solvers stay float32."""
-    if amp not in (True, False, "auto"):
-        raise ValueError(f"amp must be True, False or 'auto' (bf16 autocast on CUDA), got {amp!r}")
-    on = data.device.type == "cuda" if amp == "auto" else amp
-    return torch.autocast(data.device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
-
-
-def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, memory: PerturbationMemory | None = None,
-                     refresh: int = 0, batch_size: int = 256, amp: bool | str = "auto") -> torch.Tensor:
-    """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1)),
-    float32; the network passes in bf16 autocast with ``amp`` (default "auto": on CUDA). With a ``memory``
-    (:class:`robustlib.memory.PerturbationMemory` of ``data``), the examples it knows are taken at x + δ, one
-    forward pass each, and only the others are attacked (and remembered); ``refresh`` = r > 0 first moves the
-    known ones r steps of the ``adversarial`` attack on from x + δ (remembered too)."""
-    out = []
-    with eval_mode(model), _network_precision(data, amp):
-        for x, y in _batches(model, data, batch_size, adversarial, memory, refresh):
-            z, h = _logits_features(model, x)
-            err = z.softmax(1) - F.one_hot(y, z.shape[1]).float()
-            out.append((err[:, :, None] * torch.cat([h, torch.ones_like(h[:, :1])], 1)[:, None, :]).flatten(1))
-    return torch.cat(out)
-
-
-def _grand_full(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    from torch.func import functional_call, grad, vmap
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
-    def loss_one(p, xi, yi):
-        return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)).float(), yi[None])
-    g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
-    return sum(v.flatten(1).pow(2).sum(1) for v in g.values()).sqrt()
-
-
-def score(name: str, model: nn.Module, data: ImageData, *, adversarial=None, batch_size: int = 256,
-          seed: int = 0, mode: str = "last", counter: ForgettingCounter | None = None,
-          amp: bool | str = "auto") -> torch.Tensor:
-    """Importance score of every example of ``data``: float32 (n,) on the data's device.
-
-    ``name`` ∈ :data:`SCORES`; ``mode`` ("last" or "full") picks GraNd's parameters — lower
-    ``batch_size`` for "full", which holds batch_size × #parameters floats; ``forgetting`` returns the
-    scores of ``counter``, a :class:`ForgettingCounter` updated during training. ``amp``: bf16 autocast
-    for the network passes (default "auto": on CUDA, as ``fit`` trains), the scores in float32.
-    """
-    if name not in SCORES:
-        raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORES)}")
-    if name == "random":
-        g = torch.Generator(device=data.device).manual_seed(seed)
-        return torch.rand(len(data), generator=g, device=data.device)
-    if name == "forgetting":
-        if counter is None:
-            raise ValueError("score('forgetting') needs counter=ForgettingCounter(...), updated once per epoch "
-                             "during training, e.g. fit(..., callback=ForgettingCounter(model, train))")
-        return counter.scores()
-    if mode not in ("last", "full"):
-        raise ValueError(f"GraNd mode must be 'last' (last layer, closed form) or 'full', got {mode!r}")
-    out = []
-    with eval_mode(model), _network_precision(data, amp):
-        for x, y in _batches(model, data, batch_size, adversarial):
-            if name == "grand" and mode == "full":
-                out.append(_grand_full(model, x, y))
-                continue
-            z, h = _logits_features(model, x)
-            if name == "loss":
-                out.append(F.cross_entropy(z, y, reduction="none"))
-                continue
-            el2n = (z.softmax(1) - F.one_hot(y, z.shape[1]).float()).norm(dim=1)
-            out.append(el2n if name == "el2n" else el2n * (h.pow(2).sum(1) + 1).sqrt())
-    return torch.cat(out).float()
-
-
-class ForgettingCounter:
-    """Forgetting events (Toneva et al. 2019), counted once per epoch.
-
-    ``counter.update(model, data)`` (or ``counter(model, data)``) classifies every example — clean, or
-    PGD examples with ``adversarial`` — and counts per example the transitions correct → incorrect
-    since the previous update. Built with its model and data it is a ``fit(..., callback=counter)``.
-    """
-
-    def __init__(self, model: nn.Module | None = None, data: ImageData | None = None, *, adversarial=None,
-                 batch_size: int = 512):
-        self.model, self.data, self.adversarial, self.batch_size = model, data, adversarial, batch_size
-        self.counts, self.learned, self.previous, self.epochs = None, None, None, 0
-
-    def update(self, model: nn.Module, data: ImageData) -> torch.Tensor:
-        with eval_mode(model), torch.no_grad():
-            correct = torch.cat([model(x).argmax(1) == y
-                                 for x, y in _batches(model, data, self.batch_size, self.adversarial)])
-        if self.counts is None:
-            self.counts = torch.zeros(len(correct), dtype=torch.long, device=correct.device)
-            self.learned, self.previous = torch.zeros_like(correct), torch.zeros_like(correct)
-        self.counts += (self.previous & ~correct).long()
-        self.learned |= correct
-        self.previous, self.epochs = correct, self.epochs + 1
-        return correct
-
-    def __call__(self, *args):
-        if len(args) != 2 and (self.model is None or self.data is None):
-            raise ValueError("as a fit callback the counter needs its model and data: ForgettingCounter(model, train)")
-        return self.update(*(args if len(args) == 2 else (self.model, self.data)))
-
-    def scores(self) -> torch.Tensor:
-        """Forgetting counts as floats; never-learned examples get the number of updates (the maximum)."""
-        if self.counts is None:
-            raise ValueError("the ForgettingCounter was never updated; call update(model, data) once per epoch")
-        return torch.where(self.learned, self.counts.float(), float(self.epochs))
-
-    _STATE = ("counts", "learned", "previous", "epochs")
-
-    def state_dict(self) -> dict:
-        """Plain tensors and numbers: loads with ``torch.load(..., weights_only=True)``."""
-        return {k: getattr(self, k) for k in self._STATE}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k in self._STATE:   # a key that a checkpoint from an older version lacks keeps its current value
-            setattr(self, k, state[k] if k in state else getattr(self, k))
 
 
 # ----------------------------------------------------------------------------- selectors
@@ -385,7 +173,7 @@ class DynamicSelector:
                              "of the training set (train.subset(idx)) that is not trained on")
         if not (lam >= 0 and eta > 0 and 0 < delta < 1):
             raise ValueError(f"need lam ≥ 0, eta > 0 and 0 < delta < 1; got lam={lam}, eta={eta}, delta={delta}")
-        _pgd_kwargs(adversarial)  # validated now rather than at the first selection
+        pgd_settings(adversarial)  # validated now rather than at the first selection
         if memory is not None and not isinstance(memory, PerturbationMemory):
             raise TypeError(f"memory must be a robustlib.memory.PerturbationMemory (PerturbationMemory.attach("
                             f"objective, train)), got {type(memory).__name__}")
@@ -413,7 +201,9 @@ class DynamicSelector:
         n, dev = len(data), data.device
         if self.method == "random":
             return torch.randperm(n, generator=g, device=dev)[:k], torch.ones(k, device=dev)
-        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=self.batch_size)
+        factored = self.method == "glister" or self.variant == "per_batch"   # sums and products of rows only
+        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=self.batch_size,
+                             factored=factored)
         if self.method == "glister":
             valid = self.valid.to(dev)
             if self.memory is not None and (self.valid_memory is None or len(self.valid_memory) != len(valid)):
@@ -439,12 +229,17 @@ class DynamicSelector:
                     i, wc = omp(G[members], G[members].sum(0), min(kc, len(members)), lam=self.lam)
                     parts.append(_fill(members[i], wc, members, kc, g))
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        group = torch.empty(n, dtype=torch.long, device=dev)  # per_batch: seeded random groups
-        group[torch.randperm(n, generator=g, device=dev)] = torch.arange(n, device=dev) // self.group_size
-        n_groups = -(-n // self.group_size)
-        Gb = torch.zeros(n_groups, G.shape[1], device=dev, dtype=G.dtype).index_add_(0, group, G)
-        kb = max(1, min(n_groups, round(k / self.group_size)))
-        ib, wb = _fill(*omp(Gb, G.sum(0), kb, lam=self.lam), torch.arange(n_groups, device=dev), kb, g)
+        # per_batch: seeded random groups, the q-th holding perm[q·s : (q + 1)·s]; a group's summed gradient is
+        # P_qᵀ H_q, one batched matrix product over the groups (the last one padded with zero rows)
+        gs, perm = self.group_size, torch.randperm(n, generator=g, device=dev)
+        group = torch.empty(n, dtype=torch.long, device=dev)
+        group[perm] = torch.arange(n, device=dev) // gs
+        n_groups = -(-n // gs)
+        def grouped(t):
+            return torch.cat([t[perm], t.new_zeros(n_groups * gs - n, t.shape[1])]).view(n_groups, gs, -1)
+        Gb = torch.bmm(grouped(G.P).transpose(1, 2), grouped(G.H)).flatten(1)
+        kb = max(1, min(n_groups, round(k / gs)))
+        ib, wb = _fill(*omp(Gb, G.rows_sum(), kb, lam=self.lam), torch.arange(n_groups, device=dev), kb, g)
         chosen = torch.zeros(n_groups, device=dev).index_copy_(0, ib, wb)
         idx = (chosen[group] > 0).nonzero().squeeze(1)
         return idx, chosen[group[idx]]

@@ -177,8 +177,8 @@ def test_glister_remembers_its_validation_split_and_moves_it_one_step_per_select
     plain = DynamicSelector("glister", 0.3, R=1, adversarial=attack, valid=valid)
     assert sel.config() == {**plain.config(), "memory": True, "valid_refresh": 1}
     steps = []
-    real = rl.pruning.pgd
-    monkeypatch.setattr(rl.pruning, "pgd", lambda *a, **kw: steps.append((len(a[1]), kw["steps"])) or real(*a, **kw))
+    real = rl.scores.pgd
+    monkeypatch.setattr(rl.scores, "pgd", lambda *a, **kw: steps.append((len(a[1]), kw["steps"])) or real(*a, **kw))
     sel(0, model, part)                       # nothing known yet: the training part and the split attacked in full
     assert sorted(set(steps)) == [(100, 3), (200, 3)] and bool(sel.valid_memory.known.all())
     steps.clear()

@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import robustlib as rl
+from robustlib.greedy import OuterRows
 from robustlib.pruning import (DynamicSelector, ForgettingCounter, StaticSelector, glister_greedy, last_layer_grads,
                                omp, score)
 
@@ -112,6 +113,44 @@ def test_glister_prefers_aligned_examples_and_refreshes_the_validation_gradient(
     assert glister_greedy(G, g_val, 2, eta=0.5, stochastic=True, delta=1e-9, generator=gen).tolist() == [0, 2]
     picks = glister_greedy(torch.randn(100, 4), torch.randn(4), 30, stochastic=True, chunk=7, generator=gen)
     assert len(set(picks.tolist())) == 30
+
+
+def test_outer_rows_act_as_the_matrix_they_factor():
+    gen = torch.Generator().manual_seed(1)
+    P, H = torch.randn(300, 10, generator=gen), torch.randn(300, 33, generator=gen)
+    G = OuterRows(P, H)
+    dense = torch.stack([torch.outer(P[i], H[i]).flatten() for i in range(300)])
+    v, idx = torch.randn(330, generator=gen), torch.tensor([4, 17, 17, 250])
+    torch.testing.assert_close(G.dense(), dense)
+    torch.testing.assert_close(G.mv(v), dense @ v, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(G.rows_sum(idx), dense[idx].sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(G.rows_sum(), dense.sum(0), rtol=1e-5, atol=1e-4)
+    g_val = torch.randn(330, generator=gen)
+    for chunk in (1, 9):   # the same greedy picks from the factors as from the matrix
+        assert glister_greedy(G, g_val, 60, eta=0.01, chunk=chunk).tolist() == \
+            glister_greedy(dense, g_val, 60, eta=0.01, chunk=chunk).tolist()
+    with pytest.raises(ValueError, match="same n"):
+        OuterRows(P, H[:5])
+
+
+def test_per_batch_groups_sum_the_gradients_of_their_members(small, monkeypatch):
+    """The selector's batched group sums (P_qᵀ H_q over padded groups) equal index_add over the dense rows."""
+    train, _, model = small
+    seen = {}
+    real = rl.pruning.omp
+    monkeypatch.setattr(rl.pruning, "omp", lambda Gb, target, *a, **kw: seen.update(Gb=Gb, t=target) or
+                        real(Gb, target, *a, **kw))
+    sel = DynamicSelector("gradmatch", 0.3, R=1, variant="per_batch", group_size=16, seed=3)
+    idx, w = sel(5, model, train)
+    g = torch.Generator(device=train.device).manual_seed(3 * 1_000_003 + 5)
+    group = torch.empty(200, dtype=torch.long)
+    group[torch.randperm(200, generator=g)] = torch.arange(200) // 16
+    G = last_layer_grads(model, train)
+    torch.testing.assert_close(seen["Gb"], torch.zeros(13, G.shape[1]).index_add_(0, group, G), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(seen["t"], G.sum(0), rtol=1e-5, atol=1e-5)
+    assert len(idx) >= 16 and all(   # whole groups only: every member of a chosen group is selected
+        int((group == q).sum()) == int((group[idx] == q).sum()) for q in torch.unique(group[idx]))
+    torch.testing.assert_close(last_layer_grads(model, train, factored=True).dense(), G)
 
 
 # ----------------------------------------------------------------------------- scores
