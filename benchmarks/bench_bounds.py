@@ -18,6 +18,8 @@ uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch
 * ``interval`` (IBP) and ``symbolic`` (robustlib.bounds, its default chunking: on CPU chunks that fit
   ``bounds.symbolic.CPU_CHUNK_BYTES``); ``symbolic, one chunk``: the whole batch in one chunk (the default
   before the cache-sized CPU chunks; the ratio of the two is that change's gain, measured in the same run);
+  ``symbolic, vector_norm L1``: the radius Σ_i |A_i| by ``torch.linalg.vector_norm(·, 1)`` as before 2026-11-26
+  (now ``abs().sum()``, faster on CPU), the before of that change;
 * ``naive symbolic``: the same relaxation written layer by layer the straightforward way
   (``benchmarks/naive_symbolic.py``: dense coefficients from the first layer on, dense error blocks) — the
   bounds of both are compared, and the speed ratio is robustlib's gain (goal ≥ 3×); skipped where its dense
@@ -133,6 +135,20 @@ def width_floor(model: nn.Sequential, x1: torch.Tensor, per_relu: list):
     return run, largest
 
 
+def _vector_norm_l1(fn):
+    """``fn`` with the symbolic radius Σ|A| taken by ``torch.linalg.vector_norm(A, 1, dim=1)``, as robustlib did
+    before 2026-11-26 (now ``A.abs().sum(1)``): the before of that change, timed in the same run."""
+    module = importlib.import_module("robustlib.bounds.symbolic")
+
+    def run():
+        saved, module._l1 = module._l1, lambda t: torch.linalg.vector_norm(t, 1, dim=1)
+        try:
+            return fn()
+        finally:
+            module._l1 = saved
+    return run
+
+
 def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int,
           naive: bool) -> list:
     ch, size = NETS[name]
@@ -153,6 +169,9 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
         "interval": (lambda: bounds.interval(model, lower, upper), 2 * batch * n_max * item),
         "symbolic": (lambda: bounds.symbolic(model, lower, upper, memory_budget=budget), chunk * d * n_max * item),
     }
+    runs["symbolic, vector_norm L1"] = (_vector_norm_l1(lambda: bounds.symbolic(model, lower, upper,
+                                                                              memory_budget=budget)),
+                                        chunk * d * n_max * item)
     if chunk < batch:
         runs["symbolic, one chunk"] = (lambda: bounds.symbolic(model, lower, upper, memory_budget=batch * per_sample),
                                        batch * d * n_max * item)
@@ -182,6 +201,7 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             r["x_floor"] = seconds["symbolic"] / seconds["forward(d+1)"]
             r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
             r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
+            r["vector_norm_l1_over_default"] = seconds["symbolic, vector_norm L1"] / seconds["symbolic"]
             if "symbolic, one chunk" in seconds:
                 r["one_chunk_over_default"] = seconds["symbolic, one chunk"] / seconds["symbolic"]
             if naive:
@@ -231,6 +251,8 @@ def main(argv=None):
                     ratios[f"{net} B={bs} symbolic / forward(d+1+E)"] = r["x_width_floor"]
                 if "one_chunk_over_default" in r:
                     ratios[f"{net} B={bs} symbolic one chunk / default chunks"] = r["one_chunk_over_default"]
+                if "vector_norm_l1_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic vector_norm L1 / abs-sum L1"] = r["vector_norm_l1_over_default"]
                 if "naive_over_ours" in r:
                     ratios[f"{net} B={bs} naive symbolic / robustlib symbolic"] = r["naive_over_ours"]
                     if r["max_bound_difference"] > 1e-3:

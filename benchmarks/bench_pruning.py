@@ -28,14 +28,15 @@ On Fashion-MNIST with MNIST_Small, ε = 0.1, K = 10 (α = 2.5·ε/K), batch 128:
     pruning + Bullet-Train together, the combination of the paper's 5.66×/5.12× claims.
 
 Every time is wall-clock between device synchronisations; training times are ``fit``'s per-epoch records
-(evaluation excluded). Run it on a quiet machine: two PyTorch processes sharing two cores distort every figure.
+(evaluation excluded). The training runs of (b) and (c), the full-data baseline among them, go one epoch each in
+turn, every run resumed from its checkpoint (:func:`interleaved`), so that a drift of the machine's speed (a
+full-data CPU epoch took 25 s in one run and 37 s in the next) falls on all of them alike. Run it on a quiet machine: two PyTorch processes sharing two cores distort every figure.
 Writes ``benchmarks/results/pruning-<cpu|cuda>.json``.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,12 +55,36 @@ from robustlib.pruning import DynamicSelector, last_layer_grads, warmup_epochs  
 from common import device_name, timed, write_result  # noqa: E402
 
 
-def train(model_name, data, objective, epochs, args, selector=None, seed=0):
-    torch.manual_seed(seed)
-    model = rl.models.build(model_name, like=data)
-    history = rl.train.fit(model, data, objective, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
-                           schedule="onecycle", selector=selector, seed=seed, progress=False)
-    return model, history
+class _Pause(Exception):
+    """Raised after an epoch's checkpoint is written: the run goes on from it at its next turn."""
+
+
+def _pause(record):
+    raise _Pause
+
+
+def interleaved(runs: dict, data, epochs: int, args, seed: int = 0) -> tuple[dict, dict]:
+    """Train every run ``{name: (objective, selector)}`` for ``epochs`` epochs, one epoch of each in turn, every run
+    resumed from its own checkpoint (same weights as uninterrupted on CPU), so that all of them share the slow and
+    the fast phases of a machine whose speed drifts: on the 2-core CPU here a full-data epoch took 25 s in one run
+    and 37 s in the next. Returns ``({name: model}, {name: History})``."""
+    import tempfile
+    models = {}
+    for name in runs:
+        torch.manual_seed(seed)
+        models[name] = rl.models.build(args.model, like=data)
+    histories = {}
+    with tempfile.TemporaryDirectory(prefix="bench_pruning_") as folder:
+        for epoch in range(epochs):
+            for name, (objective, selector) in runs.items():
+                try:
+                    histories[name] = rl.train.fit(
+                        models[name], data, objective, epochs=epochs, batch_size=args.batch_size, lr=args.lr,
+                        schedule="onecycle", selector=selector, seed=seed, progress=False,
+                        checkpoint=Path(folder) / f"{name}.pt", callback=None if epoch == epochs - 1 else _pause)
+                except _Pause:
+                    pass
+    return models, histories
 
 
 def selection_cost(model, train, valid, method, fraction, select_steps, args, memory=None, repeat=1, group_size=None):
@@ -131,15 +156,28 @@ def main(argv=None):
     pgd = lambda: rl.objectives.PGDAT(eps=a.eps, alpha=alpha, steps=K)  # noqa: E731
     settings = dict(dataset=a.dataset, model=a.model, n=n, n_valid=len(valid), epochs=E, fraction=f, R=a.R,
                     kappa=a.kappa, eps=a.eps, alpha=alpha, steps=K, select_steps=a.select_steps,
-                    batch_size=a.batch_size, group_size=a.group_size, lr=a.lr, threads=torch.get_num_threads(), quick=a.quick)
+                    batch_size=a.batch_size, group_size=a.group_size, lr=a.lr, threads=torch.get_num_threads(),
+                    interleaved=True, quick=a.quick)
     print(f"# pruning benchmark on {device_name(device)}: {a.dataset} n = {n}, {a.model}, ε = {a.eps}, K = {K}, "
           f"E = {E}, f = {f}, R = {a.R}, {torch.get_num_threads()} threads")
 
-    # (b) baseline first: full-data PGD-AT for E epochs; its model (E epochs of AT) is the one selections score,
-    # its memory (the perturbations of its last epoch) the one that memory selections read
-    baseline = pgd()
+    # (b), (c): every training run, interleaved epoch by epoch. The full-data run's model (E epochs of AT) is the one
+    # that the selections of (a) score, its memory (the perturbations of its last epoch) the one they read
+    t_w = warmup_epochs(f, E, a.kappa)
+
+    def gradmatch(memory=None):
+        return DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
+                               variant="per_batch", group_size=a.group_size, memory=memory)
+
+    baseline, remembering = pgd(), pgd()
     memory = PerturbationMemory.attach(baseline, train_set)
-    model, full = train(a.model, train_set, baseline, E, a)
+    sel, sel_mem, sel_bt = gradmatch(), gradmatch(PerturbationMemory.attach(remembering, train_set)), gradmatch()
+    runs = {"full": (baseline, None), "pruned": (pgd(), sel), "pruned_memory": (remembering, sel_mem),
+            "bt": (rl.objectives.BulletTrain(pgd()), None), "pruned_bt": (rl.objectives.BulletTrain(pgd()), sel_bt)}
+    if rl.objectives.BulletTrain(pgd()).bucket_for(device) > 1:   # the before/after of the shape buckets (CUDA)
+        runs["bt_unpadded"] = (rl.objectives.BulletTrain(pgd(), bucket=1), None)
+    models, hist = interleaved(runs, train_set, E, a)
+    model, full = models["full"], hist["full"]
     epoch_s = min(r["wall_s"] for r in full[1:]) if len(full) > 1 else full[0]["wall_s"]
     figures = dict(full_epoch_s=epoch_s, full_train_s=full.wall_s)
 
@@ -163,34 +201,20 @@ def main(argv=None):
                                             fresh[K])}
     del fresh, G_mem
 
-    # (b) pruned PGD-AT with Adv-GRAD-MATCH at f, the same epochs
-    t_w = warmup_epochs(f, E, a.kappa)
-    sel = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
-                          variant="per_batch", group_size=a.group_size)
-    _, pruned = train(a.model, train_set, pgd(), E, a, selector=sel)
+    # (b) pruned PGD-AT with Adv-GRAD-MATCH at f, the same epochs: with a fresh K_s-step attack, from the memory
+    pruned, pruned_mem, bt, pruned_bt = hist["pruned"], hist["pruned_memory"], hist["bt"], hist["pruned_bt"]
+    unpadded = hist.get("bt_unpadded")
     ideal = study.ideal_speedup(E, t_w, f)
     figures.update(pruned_train_s=pruned.wall_s, pruned_select_s=sum(r["select_s"] for r in pruned),
                    warmup_epochs=t_w, selections=sel.selections, ideal_speedup=ideal)
-    remembering = pgd()
-    sel_mem = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
-                              variant="per_batch", group_size=a.group_size,
-                              memory=PerturbationMemory.attach(remembering, train_set))
-    model_mem, pruned_mem = train(a.model, train_set, remembering, E, a, selector=sel_mem)
     figures.update(pruned_memory_train_s=pruned_mem.wall_s,
                    pruned_memory_select_s=sum(r["select_s"] for r in pruned_mem))
     figures["miss"]["memory_after_pruned_run"] = miss(
-        last_layer_grads(model_mem, train_set, memory=sel_mem.memory),
-        last_layer_grads(model_mem, train_set, adversarial=dict(eps=a.eps, steps=K)))
-    del model_mem
+        last_layer_grads(models["pruned_memory"], train_set, memory=sel_mem.memory, factored=True),
+        last_layer_grads(models["pruned_memory"], train_set, adversarial=dict(eps=a.eps, steps=K), factored=True))
+    del models
 
     # (c) Bullet-Train on full data, and with the same pruning
-    _, bt = train(a.model, train_set, rl.objectives.BulletTrain(pgd()), E, a)
-    unpadded = None
-    if rl.objectives.BulletTrain(pgd()).bucket_for(device) > 1:   # the before/after of the shape buckets (CUDA)
-        _, unpadded = train(a.model, train_set, rl.objectives.BulletTrain(pgd(), bucket=1), E, a)
-    sel_bt = DynamicSelector("gradmatch", f, R=a.R, warmup=t_w, adversarial=dict(eps=a.eps, steps=a.select_steps),
-                             variant="per_batch", group_size=a.group_size)
-    _, pruned_bt = train(a.model, train_set, rl.objectives.BulletTrain(pgd()), E, a, selector=sel_bt)
     saved = sum(r["bt_steps_saved"] for r in bt) / (K * sum(r["seen"] for r in bt))
     figures.update(bt_train_s=bt.wall_s, bt_steps_saved_share=saved,
                    bt_groups={g: sum(r[f"bt_{g}"] * r["seen"] for r in bt) / sum(r["seen"] for r in bt)
@@ -249,11 +273,6 @@ def main(argv=None):
     if unpadded is not None:
         print(f"{'(c) Bullet-Train, shape buckets / unpadded sub-batches':58s} {ratios['bt_bucket_gain']:9.3f}")
     settings["wall_s"] = time.perf_counter() - t_start
-    if a.quick and not os.environ.get("ROBUSTLIB_BENCH_RESULTS"):   # sizes too small to mean anything: to a temporary folder
-        import tempfile
-
-        import common
-        common.RESULTS = Path(tempfile.mkdtemp(prefix="bench_pruning_quick_"))
     path = write_result("pruning", device, settings, figures, ratios)
     print(f"# wrote {path} ({settings['wall_s']:.0f} s)")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,8 +44,14 @@ def timed(fn, device, repeat: int = 1) -> float:
 
 
 def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}-{device_kind(device)}.json"
+    """benchmarks/results/<name>-<cpu|cuda>.json, or $ROBUSTLIB_BENCH_RESULTS; a ``--quick`` run (``settings["quick"]``),
+    whose sizes mean nothing, goes to a fresh temporary folder unless that variable names one, never over the
+    committed figures."""
+    folder = RESULTS
+    if settings.get("quick") and not os.environ.get("ROBUSTLIB_BENCH_RESULTS"):
+        folder = Path(tempfile.mkdtemp(prefix=f"bench_{name}_quick_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{device_kind(device)}.json"
     payload = {"benchmark": name, "device": device_name(device), "versions": versions(),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
                "figures": figures, "ratios": ratios}

@@ -71,6 +71,12 @@ def _storage_ptrs(s) -> list:
     return [t.untyped_storage().data_ptr() for t in ts if isinstance(t, torch.Tensor)]
 
 
+def _l1(t: torch.Tensor) -> torch.Tensor:
+    """Σ_k |t[:, k, ...]|: on the 2-core CPU 3.4× faster than ``torch.linalg.vector_norm(t, 1, dim=1)`` on a
+    (1, 784, 16, 14, 14) coefficient tensor (0.41 against 1.39 ms), which reduces over a middle dimension slowly."""
+    return t.abs().sum(1)
+
+
 def _materialize(A, shape: tuple) -> torch.Tensor:
     if isinstance(A, torch.Tensor):
         return A
@@ -113,12 +119,12 @@ class _SymbolicRunner:
         if isinstance(s.A, _Diag):
             rad = s.A.s.abs().reshape(B, *shape)
         else:  # ‖A_row‖₁ for the box (δ ∈ [−1, 1]^d), ‖A_row‖₂ for the L2 ball (dual norms)
-            rad = torch.linalg.vector_norm(s.A, 2 if self.l2 else 1, dim=1)
+            rad = torch.linalg.vector_norm(s.A, 2, dim=1) if self.l2 else _l1(s.A)
         for e in s.E.values():
             if isinstance(e, _SparseE):
                 rad = rad.reshape(B, -1).scatter_add(1, e.idx, e.vals.abs()).reshape(B, *shape)
             else:
-                rad = rad + torch.linalg.vector_norm(e, 1, dim=1)
+                rad = rad + _l1(e)
         return rad
 
     def bounds(self, s: _Sym, shape: tuple):
