@@ -33,9 +33,9 @@ PRESETS = {
         # Bullet-Train alone and with both selectors, both selectors from a perturbation memory (ours); TRADES and
         # MART full data and Adv-GRAD-MATCH + Bullet-Train.
         # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15).
-        # Measured 2026-11-25/26 on the 2-core CPU: 43 min of training in the grid (2,597 s as the runs took; a
-        # full-data PGD-10 epoch 25–39 s) and 9.5 min in the controls, about an hour for the whole notebook from
-        # scratch; 8 min with every run cached (491 s on 2026-11-26, when only the two -memory runs were new).
+        # Measured 2026-11-25/26 on the 2-core CPU: 51 min of training in all, controls included (3,081 s as the
+        # runs took; a full-data PGD-10 epoch 25–39 s), about an hour for the whole notebook from scratch; 8 min
+        # with every run cached, 21 min on 2026-11-26 when the eight Adv-GRAD-MATCH and memory runs were new.
         "data_pruning": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=8, batch_size=128, lr=0.05,
                              schedule="onecycle", augment=None, eps=0.1, alpha=0.025, steps=10, beta=6.0,
                              fractions=[0.2, 0.4], R=3, kappa=0.5, warmup=None, select_steps=3,
