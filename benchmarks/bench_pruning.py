@@ -99,8 +99,10 @@ def selection_cost(model, train, valid, method, fraction, select_steps, args, me
     for _ in range(repeat):
         g = timed(lambda: out.update(G=last_layer_grads(model, train, adversarial=attack, memory=memory,
                                                         factored=True)), train.device)
-        if method == "glister":
-            g += timed(lambda: last_layer_grads(model, valid, adversarial=attack), train.device)
+        if method == "glister":   # the validation split as the selector takes it: afresh, or moved on from memory
+            vm = sel.valid_memory
+            g += timed(lambda: last_layer_grads(model, valid, adversarial=attack, memory=vm,
+                                                refresh=0 if vm is None else sel.VALID_REFRESH), train.device)
         grads = min(grads, g)
     return total, grads, out["G"]
 

@@ -2,7 +2,7 @@
 
 A re-selection of Adv-GRAD-MATCH or Adv-GLISTER needs a gradient of the adversarial loss for every training
 example. Attacking all n examples afresh with K_s steps costs about (2·K_s + 1)/(2·K + 3) of a PGD-K training
-epoch in network passes: 0.30 at K_s = 3 and K = 10 (0.46 measured on a CPU), below a tenth only without an attack
+epoch in network passes: 0.30 at K_s = 3 and K = 10 (0.25–0.46 measured on a CPU), below a tenth only without an attack
 (1/(2·K + 3) = 0.04). But training has just attacked those examples: adversarial perturbations transfer from one
 epoch's model to the next (Zheng et al., "Efficient Adversarial Training with Transferable Adversarial Examples",
 CVPR 2020). A :class:`PerturbationMemory` keeps the latest δ_i = x'_i − x_i of each example that training attacked;

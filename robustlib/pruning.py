@@ -206,7 +206,7 @@ class DynamicSelector:
                              factored=factored)
         if self.method == "glister":
             valid = self.valid.to(dev)
-            if self.memory is not None and (self.valid_memory is None or len(self.valid_memory) != len(valid)):
+            if self.memory is not None and self.valid_memory is None:
                 self.valid_memory = PerturbationMemory.like(valid)
             gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
                                   refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
@@ -235,6 +235,7 @@ class DynamicSelector:
         group = torch.empty(n, dtype=torch.long, device=dev)
         group[perm] = torch.arange(n, device=dev) // gs
         n_groups = -(-n // gs)
+
         def grouped(t):
             return torch.cat([t[perm], t.new_zeros(n_groups * gs - n, t.shape[1])]).view(n_groups, gs, -1)
         Gb = torch.bmm(grouped(G.P).transpose(1, 2), grouped(G.H)).flatten(1)
