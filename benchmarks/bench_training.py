@@ -11,14 +11,16 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
   for the attack, fp32 eager, ``.to(device)`` per batch;
 * **robustlib**: ``train.fit`` with ``objectives.PGDAT`` (uint8 data resident on the device, on-device batching,
   no host syncs in the step, parameters frozen while the attack differentiates), once per *variant* of ``fit``'s
-  speed options: ``fp32`` (eager, contiguous), ``channels-last``, ``bf16`` (autocast), ``compile``
-  (``torch.compile`` of the network) and their combinations, and ``default`` (what ``fit`` picks by itself on this
-  device). Every variant is a before/after pair with ``fp32`` measured in the same run: that is how each gain of
-  the library is recorded. ``fp32 unfrozen attack`` is fp32 with the attack's parameter freezing switched off
-  (monkeypatched in this script): the before/after of that change.
+  speed options: ``fp32`` (eager, contiguous, PyTorch's own convolution kernels), ``tuned`` (every convolution
+  direction by its measured-fastest kernel, :mod:`robustlib.conv_kernels`), ``channels-last``, ``bf16``
+  (autocast), ``compile`` (``torch.compile`` of the network) and their combinations, and ``default`` (what ``fit``
+  picks by itself on this device: on a CPU fp32 with tuned convolutions). Every variant is a before/after pair
+  with ``fp32`` measured in the same run: that is how each gain of the library is recorded. ``fp32 unfrozen
+  attack`` is fp32 with the attack's parameter freezing switched off (monkeypatched in this script): the
+  before/after of that change.
 
-After a warm-up of every configuration on two batches (which also pays ``torch.compile``'s compilation, reported
-as ``warmup_s``), ``--repeat`` interleaved rounds time one epoch of every configuration each, in an order rotated
+After a warm-up of every configuration on two batches (which also pays ``torch.compile``'s compilation and the
+convolution kernels' timing, once per process, reported as ``warmup_s``), ``--repeat`` interleaved rounds time one epoch of every configuration each, in an order rotated
 from round to round; the best and the median per configuration are kept. Throughput on the shared 2-core machine
 drifts by up to ±25% over minutes, so configurations timed one after the other in blocks would compare machine
 states, not code; interleaving exposes them all to the same drift. Training FLOPs per image (convolutions and matrix
@@ -44,16 +46,18 @@ import robustlib as rl  # noqa: E402
 
 EPS, STEPS = 0.1, 10
 VARIANTS = {   # fit's speed options per variant (the compiled ones last: they leave compile workers behind)
-    "fp32": dict(amp=False, channels_last=False, compile=False),
+    "fp32": dict(amp=False, channels_last=False, compile=False, tune_convs=False),
     "default": {},
     # the "before" of freezing the parameters during attack steps: fp32 with input_gradients_only switched off
-    "fp32 unfrozen attack": dict(amp=False, channels_last=False, compile=False),
-    "channels-last": dict(amp=False, channels_last=True, compile=False),
-    "bf16": dict(amp=True, channels_last=False, compile=False),
-    "bf16+channels-last": dict(amp=True, channels_last=True, compile=False),
-    "compile": dict(amp=False, channels_last=False, compile=True),
-    "compile+bf16": dict(amp=True, channels_last=False, compile=True),
-    "compile+bf16+channels-last": dict(amp=True, channels_last=True, compile=True),
+    "fp32 unfrozen attack": dict(amp=False, channels_last=False, compile=False, tune_convs=False),
+    "tuned": dict(amp=False, channels_last=False, compile=False, tune_convs=True),
+    "channels-last": dict(amp=False, channels_last=True, compile=False, tune_convs=False),
+    "bf16": dict(amp=True, channels_last=False, compile=False, tune_convs=False),
+    "bf16+tuned": dict(amp=True, channels_last=False, compile=False, tune_convs=True),
+    "bf16+channels-last": dict(amp=True, channels_last=True, compile=False, tune_convs=False),
+    "compile": dict(amp=False, channels_last=False, compile=True, tune_convs=False),
+    "compile+bf16": dict(amp=True, channels_last=False, compile=True, tune_convs=False),
+    "compile+bf16+channels-last": dict(amp=True, channels_last=True, compile=True, tune_convs=False),
 }
 
 

@@ -32,6 +32,12 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
     "fp32 unfrozen attack": "the *before* of freezing the parameters during attack steps "
                             "(`checks.input_gradients_only`): the same fp32 step with the parameters left trainable "
                             "while the attack differentiates; a ratio below 1 is the gain of freezing.",
+    "tuned": "each convolution's forward pass, input gradient and weight gradient by the fastest of four equivalent "
+             "kernels (default layout, channels-last, space-to-depth, both) measured on this device once per shape "
+             "(`robustlib.conv_kernels`, `fit(tune_convs=True)`, on by default on a CPU): oneDNN's default kernel for "
+             "the input gradient of a strided convolution is the slow one, and attacks take K input gradients a step.",
+    "bf16+tuned": "bf16 autocast with tuned convolution kernels (below fp32 a direction may also be computed in fp32 "
+                  "where that kernel is the faster).",
     "channels-last": "NHWC memory format for the network and every batch (`fit(channels_last=True)`): the layout "
                      "oneDNN (CPU) and cuDNN (GPU) convolution kernels prefer, without reorders between layers.",
     "bf16": "bf16 autocast for the attack and the training step (`fit(amp=True)`): half the bytes per activation, "
@@ -42,7 +48,8 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
                "of an attack step computes input gradients only.",
     "compile+bf16": "compilation and bf16 autocast together.",
     "compile+bf16+channels-last": "all three options.",
-    "default": "what `fit` chooses by itself on this device (`amp`, `channels_last` = \"auto\").",
+    "default": "what `fit` chooses by itself on this device (`amp`, `channels_last`, `tune_convs` = \"auto\": "
+               "on a CPU fp32 with tuned convolutions, on a GPU bf16 and channels-last).",
 }
 PEAKS = {   # dense datasheet peak FLOP/s by a substring of the device name, per dtype (vendor datasheets, SXM parts)
     "H200": {"bf16": 989e12, "fp32": 67e12},

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import distributed
+from . import conv_kernels, distributed
 from .checks import check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
@@ -61,9 +61,11 @@ def lr_factor(schedule: str, t: float, epochs: int, milestones=None, gamma: floa
 
 
 class History(list):
-    """One dict per epoch; ``.frame()`` gives a pandas DataFrame; ``resumed_epochs`` came from a checkpoint."""
+    """One dict per epoch; ``.frame()`` gives a pandas DataFrame; ``resumed_epochs`` came from a checkpoint;
+    ``conv_kernels`` holds the kernel each tuned convolution used per direction (see :mod:`robustlib.conv_kernels`)."""
 
     resumed_epochs = 0
+    conv_kernels = None
 
     def frame(self):
         import pandas as pd
@@ -171,7 +173,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         weight_decay: float = 5e-4, schedule: str = "multistep", milestones=None, gamma: float = 0.1,
         augment: str | None = None, drop_last: bool = False, selector=None, seed: int = 0,
         amp: bool | str = "auto", channels_last: bool | str = "auto", compile: bool = False,
-        checkpoint: str | os.PathLike | None = None, resume: bool = True, eval_fn=None,
+        tune_convs: bool | str = "auto", checkpoint: str | os.PathLike | None = None, resume: bool = True, eval_fn=None,
         callback=None, progress: bool = True, desc: str | None = None) -> History:
     """Train ``model`` on ``data`` with ``objective`` for ``epochs`` epochs; return the :class:`History`.
 
@@ -185,6 +187,12 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     ``resume=True``, a run that finds a checkpoint there continues after its
     last finished epoch; on CPU with the same seed it ends with the same
     weights as an uninterrupted run.
+
+    Speed options: ``amp`` (bf16 autocast) and ``channels_last`` default to on with CUDA, off on a CPU;
+    ``compile`` wraps the network in ``torch.compile``; ``tune_convs`` ("auto": on a CPU without
+    ``channels_last`` or ``compile``) computes every convolution's forward pass, input gradient and weight gradient
+    with the kernel measured fastest for it on this machine (:mod:`robustlib.conv_kernels`; a resumed run keeps the
+    kernels it started with).
     """
     epochs = check_int(epochs, "epochs", 1)
     lr = check_real(lr, "lr", positive=True)
@@ -216,6 +224,9 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     use_cl = on_cuda if channels_last == "auto" else bool(channels_last)
     if use_cl:
         model.to(memory_format=torch.channels_last)
+    tuned = (not on_cuda and not use_cl and not compile) if tune_convs == "auto" else bool(tune_convs)
+    tuned = tuned and conv_kernels.tune(model) > 0
+    kernels = conv_kernels.active if tuned else nullcontext
     net = torch.compile(model) if compile else model
     step = distributed.wrap(net, objective, device) if parallel else (lambda x, y, w: objective(net, x, y, w))
     opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
@@ -231,6 +242,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history.extend(state["history"])
+        if tuned:
+            conv_kernels.install(model, state.get("conv_kernels"))
         start_epoch = history.resumed_epochs = state["epoch"]
         if state.get("subset") is not None:
             loader.set_subset(*state["subset"])
@@ -246,84 +259,92 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         torch.manual_seed(seed)  # the objective's randomness (attack starts) is part of the run's seed
     bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
                        disable=not (progress and main))
-    for epoch in range(start_epoch, epochs):
-        synchronize(device)
-        t0 = time.perf_counter()
-        select_s = 0.0
-        if selector is not None:
-            chosen = _selection(selector(epoch, model, loader.data))
-            if chosen is not None:
-                loader.set_subset(*chosen)
+    try:
+        for epoch in range(start_epoch, epochs):
             synchronize(device)
-            select_s = time.perf_counter() - t0
-        loader.epoch = epoch
-        schedule_info = {}
-        if hasattr(objective, "start_epoch"):   # per-epoch state of the objective (ε ramp, α, w): timed, recorded
-            schedule_info = objective.start_epoch(epoch, epochs, history, model) or {}
-        good = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
-        model.train()
-        objective.reset_spent()
-        total, seen = torch.zeros((), device=device), 0
-        n_batches = len(loader)
-        for i, (x, y, w) in enumerate(loader):
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(schedule, epoch + i / n_batches, epochs, milestones, gamma)
-            if use_cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if not parallel:   # a perturbation memory learns which examples these are (one shard per rank: not fed)
-                objective.batch_indices = loader.batch_indices
-            checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
-            with autocast(), checked:  # attacks validate the first batch only: no host sync per step
-                per_example = step(x, y, w)
-            loss = per_example.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(y)
-            seen += len(y)
-        objective.batch_indices = None   # outside fit, a call to the objective writes no memory
-        synchronize(device)
-        wall = time.perf_counter() - t0
-        spent = objective.reset_spent()
-        if parallel:   # the history describes the whole run: sums over ranks, the slowest rank's time
-            keys = sorted(spent)
-            sums = distributed.reduce([float(total), seen] + [spent[k] for k in keys], "sum", device)
-            total, seen, spent = sums[0], int(sums[1]), {k: int(v) for k, v in zip(keys, sums[2:])}
-            wall, select_s = distributed.reduce([wall, select_s], "max", device)
-        mean_loss = float(total) / max(seen, 1)
-        if not math.isfinite(mean_loss):
-            model.load_state_dict(good[0])
-            opt.load_state_dict(good[1])
-            bar.close()
-            raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; the model and the "
-                                     f"optimiser were restored to their state before that epoch; lower the learning "
-                                     f"rate (lr={lr}) or check the inputs and the objective for NaN")
-        record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
-                  "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
-                  **spent, **{k: _plain(v) for k, v in schedule_info.items()}}
-        if eval_fn is not None:
-            t1 = time.perf_counter()
-            metrics = {k: _plain(v) for k, v in eval_fn(model).items()} if main else None
-            record.update(distributed.broadcast(metrics, device) if parallel else metrics)
-            record["eval_s"] = time.perf_counter() - t1
-        history.append(record)
-        if ckpt is not None and main:
-            subset = None if loader.indices is None else (loader.indices, loader.weights)
-            _save_checkpoint(ckpt, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                "history": list(history), "subset": subset, "rng": torch.get_rng_state(), "run": run,
-                "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
-                "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
-                "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
-            })
-        if ckpt is not None and parallel:
-            distributed.barrier()   # no rank runs ahead of the checkpoint it might resume from
-        bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.3f}", s=f"{wall:.1f}")
-        if callback is not None:
-            callback(record)
+            t0 = time.perf_counter()
+            select_s = 0.0
+            if selector is not None:
+                chosen = _selection(selector(epoch, model, loader.data))
+                if chosen is not None:
+                    loader.set_subset(*chosen)
+                synchronize(device)
+                select_s = time.perf_counter() - t0
+            loader.epoch = epoch
+            schedule_info = {}
+            if hasattr(objective, "start_epoch"):   # per-epoch state of the objective (ε ramp, α, w): timed, recorded
+                schedule_info = objective.start_epoch(epoch, epochs, history, model) or {}
+            good = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
+            model.train()
+            objective.reset_spent()
+            total, seen = torch.zeros((), device=device), 0
+            n_batches = len(loader)
+            for i, (x, y, w) in enumerate(loader):
+                for group in opt.param_groups:
+                    group["lr"] = lr * lr_factor(schedule, epoch + i / n_batches, epochs, milestones, gamma)
+                if use_cl:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if not parallel:   # a perturbation memory learns which examples these are (one shard per rank: not fed)
+                    objective.batch_indices = loader.batch_indices
+                checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
+                with autocast(), checked, kernels():  # attacks validate the first batch only: no host sync per step
+                    per_example = step(x, y, w)
+                loss = per_example.mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(y)
+                seen += len(y)
+            objective.batch_indices = None   # outside fit, a call to the objective writes no memory
+            synchronize(device)
+            wall = time.perf_counter() - t0
+            spent = objective.reset_spent()
+            if parallel:   # the history describes the whole run: sums over ranks, the slowest rank's time
+                keys = sorted(spent)
+                sums = distributed.reduce([float(total), seen] + [spent[k] for k in keys], "sum", device)
+                total, seen, spent = sums[0], int(sums[1]), {k: int(v) for k, v in zip(keys, sums[2:])}
+                wall, select_s = distributed.reduce([wall, select_s], "max", device)
+            mean_loss = float(total) / max(seen, 1)
+            if not math.isfinite(mean_loss):
+                model.load_state_dict(good[0])
+                opt.load_state_dict(good[1])
+                bar.close()
+                raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; the model and the "
+                                         f"optimiser were restored to their state before that epoch; lower the learning "
+                                         f"rate (lr={lr}) or check the inputs and the objective for NaN")
+            record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
+                      "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
+                      **spent, **{k: _plain(v) for k, v in schedule_info.items()}}
+            if eval_fn is not None:
+                t1 = time.perf_counter()
+                metrics = {k: _plain(v) for k, v in eval_fn(model).items()} if main else None
+                record.update(distributed.broadcast(metrics, device) if parallel else metrics)
+                record["eval_s"] = time.perf_counter() - t1
+            history.append(record)
+            if ckpt is not None and main:
+                subset = None if loader.indices is None else (loader.indices, loader.weights)
+                _save_checkpoint(ckpt, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                    "history": list(history), "subset": subset, "rng": torch.get_rng_state(), "run": run,
+                    "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
+                    "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
+                    "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
+                    "conv_kernels": conv_kernels.plans(model) if tuned else None,
+                })
+            if ckpt is not None and parallel:
+                distributed.barrier()   # no rank runs ahead of the checkpoint it might resume from
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", s=f"{wall:.1f}")
+            if callback is not None:
+                callback(record)
+    except BaseException:   # interrupted or failed: the model leaves with its plain convolutions
+        conv_kernels.untune(model)
+        raise
     bar.close()
     if use_cl:
         model.to(memory_format=torch.contiguous_format)
+    if tuned:
+        history.conv_kernels = conv_kernels.plans(model)
+        conv_kernels.untune(model)
     model.eval()
     return history
