@@ -1,12 +1,14 @@
 """Convolutions computed by whichever of four equivalent kernels this machine runs fastest, per direction.
 
-On a CPU, PyTorch hands convolutions to oneDNN, whose algorithm depends on the tensors' memory layout, and the
-fastest layout differs from layer to layer *and* between the forward pass, the input gradient and the weight
-gradient. Adversarial training spends most of its time on input gradients (K of them per training step), and
-for the strided convolutions of the MixTrain networks oneDNN's default input-gradient kernel is the slow one: on
-the 2-core CPU of our benchmarks the input gradient of MNIST_Small's second convolution takes 2.9 ms in the default
-layout and 0.8 ms in channels-last, while the first convolution's forward pass is 8× faster in channels-last and its
-input gradient 3.7× faster through space-to-depth (figures: ``benchmarks/bench_training.py``, variant ``tuned``).
+On a CPU, PyTorch hands convolutions to oneDNN, whose algorithm depends on the tensors' memory layout and dtype,
+and the fastest choice differs from layer to layer *and* between the forward pass, the input gradient and the weight
+gradient. Adversarial training spends most of its time on input gradients (K of them per training step), and for
+the strided convolutions of the MixTrain networks oneDNN's default input-gradient kernel is a slow one. On the
+2-core CPU of our benchmarks, for a batch of 128: the input gradient of MNIST_Small's first convolution (1 → 16
+channels, 4×4, stride 2) takes 1.8 ms with the default kernel and 0.65 ms through space-to-depth; under bf16
+autocast the weight gradient of its second convolution takes 2.3 ms with oneDNN's bf16 kernel and 0.9 ms computed
+in fp32 (``timings``; the end-to-end gain is in ``benchmarks/bench_training.py``, variants ``tuned`` and
+``bf16+tuned``).
 
 Four ways to compute the same convolution, each taking and returning contiguous (NCHW) tensors:
 
@@ -26,9 +28,13 @@ Outside :func:`active` (evaluation, selection, ``torch.func`` transforms, ``torc
 uses the same kernels, and :func:`plans` / :func:`install` carry it through a checkpoint: a resumed run computes
 with the kernels it started with. The variants differ only in float rounding (tests compare each with autograd
 through ``F.conv2d``). Tuning draws its operands from its own generator: it never moves the global random state.
+Below fp32 (bf16 autocast) the two direct variants computed in fp32 are candidates too. Without a fixed allocator
+the timings do not repeat (see :func:`steady_allocator`, which :func:`tune` calls once per process).
 """
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from contextlib import contextmanager
 
@@ -44,6 +50,7 @@ _CL = torch.channels_last
 _backward = torch.ops.aten.convolution_backward
 _CACHE: dict[str, tuple] = {}   # (conv geometry, input shape, dtype) → plan, for the whole process
 _ACTIVE = [False]
+_ALLOCATOR = {}   # what steady_allocator() did, once per process
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -252,6 +259,27 @@ def timings(conv: nn.Conv2d, x_shape, dtype=torch.float32, rounds: int = 5, call
     return best
 
 
+def steady_allocator(mmap_mib: int = 32, trim_mib: int = 256) -> dict:
+    """Keep freed memory in the process (glibc only; once per process; returns what was set).
+
+    glibc's ``malloc`` serves blocks above a threshold that it moves at run time (128 KiB at start) with fresh
+    ``mmap`` pages and returns freed heap tops to the system, so a tensor of a few MiB may cost page faults one
+    call and none the next. On our benchmark CPU the same convolution then took 0.65 ms in one measurement and
+    2.5 ms in the next, and the kernel choice followed the allocator, not the kernels. Fixing the thresholds
+    (``mallopt(M_MMAP_THRESHOLD)`` at ``mmap_mib``, ``M_TRIM_THRESHOLD`` at ``trim_mib``) makes every
+    later block of that size reuse freed memory: the timings repeat to a few per cent. The cost is that the
+    process keeps up to ``trim_mib`` of freed memory instead of returning it. Other C libraries: nothing is done."""
+    if _ALLOCATOR or not sys.platform.startswith("linux"):
+        return _ALLOCATOR
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(-3, mmap_mib << 20) == 1 and libc.mallopt(-1, trim_mib << 20) == 1   # glibc's M_* ids
+    except (OSError, AttributeError):   # not glibc (musl, …): leave the allocator alone
+        ok = False
+    _ALLOCATOR.update({"mmap_threshold_mib": mmap_mib, "trim_threshold_mib": trim_mib} if ok else {"glibc": False})
+    return _ALLOCATOR
+
+
 def choose(conv: nn.Conv2d, x: torch.Tensor) -> tuple:
     """The plan (forward, input-gradient, weight-gradient variant) for this input: nchw unless beaten by MARGIN."""
     plan = []
@@ -262,7 +290,9 @@ def choose(conv: nn.Conv2d, x: torch.Tensor) -> tuple:
 
 
 def tune(model: nn.Module) -> int:
-    """Swap every eligible convolution of ``model`` for :class:`TunedConv2d`; return how many were swapped."""
+    """Swap every eligible convolution of ``model`` for :class:`TunedConv2d`; return how many were swapped.
+    Also fixes glibc's allocator thresholds (:func:`steady_allocator`) so that timings repeat."""
+    steady_allocator()
     n = 0
     for m in model.modules():
         if type(m) in (nn.Conv2d, TunedConv2d) and eligible(m):

@@ -1,5 +1,6 @@
 """Convolutions by their measured-fastest kernel: every variant is the same convolution, the swap is invisible."""
 import copy
+import sys
 
 import pytest
 import torch
@@ -164,6 +165,13 @@ def test_tuning_measures_real_timings_and_leaves_the_global_random_state_alone()
     assert all(s > 0 for v in t.values() for s in v.values())
     plan = ck.choose(conv, torch.rand(4, 2, 12, 12))
     assert len(plan) == 3 and all(p in ck.VARIANTS for p in plan)
+
+
+def test_the_allocator_is_set_once_per_process():
+    first = ck.steady_allocator()
+    assert first and ck.steady_allocator() is first   # a second call changes nothing
+    if sys.platform.startswith("linux") and first.get("glibc", True):
+        assert first == {"mmap_threshold_mib": 32, "trim_threshold_mib": 256}
 
 
 def test_ineligible_convolutions_are_left_alone():
