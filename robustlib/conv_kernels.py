@@ -23,8 +23,8 @@ Four ways to compute the same convolution, each taking and returning contiguous 
 ``state_dict`` keys; :func:`untune` swaps back). Inside :func:`active` a tuned convolution times the four
 variants of each direction on random operands of its input's shape and dtype the first time it meets that shape,
 and from then on computes each direction with the fastest: ``nchw`` unless another is at least ``MARGIN`` faster.
-Outside :func:`active` (evaluation, selection, ``torch.func`` transforms, ``torch.fx`` tracing) it is a plain
-``nn.Conv2d``. The choice for a shape is remembered for the process (:data:`_CACHE`), so every run of a process
+Outside :func:`active` (evaluation), inside ``torch.func`` transforms and under ``torch.fx`` tracing it is a
+plain ``nn.Conv2d``. The choice for a shape is remembered for the process (:data:`_CACHE`), so every run of a process
 uses the same kernels, and :func:`plans` / :func:`install` carry it through a checkpoint: a resumed run computes
 with the kernels it started with. The variants differ only in float rounding (tests compare each with autograd
 through ``F.conv2d``). Tuning draws its operands from its own generator: it never moves the global random state.
@@ -204,8 +204,7 @@ class TunedConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that, inside :func:`active`, computes each direction with its measured-fastest variant."""
 
     def forward(self, x):
-        if torch.fx._symbolic_trace.is_fx_symbolic_tracing() or not _ACTIVE[0] or x.dim() != 4 \
-                or x.device.type != "cpu":   # traced by torch.fx (bounds), or outside fit's training step
+        if not _ACTIVE[0] or _transformed() or x.dim() != 4 or x.device.type != "cpu":
             return super().forward(x)
         key = _key(self, x)
         plan = self._plans.get(key)
@@ -214,6 +213,12 @@ class TunedConv2d(nn.Conv2d):
         if plan == _DEFAULT:
             return super().forward(x)
         return _TunedConv.apply(x, self.weight, self.bias, self, plan)
+
+
+def _transformed() -> bool:
+    """Traced by torch.fx (the bounds' graph) or inside a torch.func transform (vmap, grad): plain convolution."""
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing() or functorch()
 
 
 def _compute_dtype(x) -> torch.dtype:

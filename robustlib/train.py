@@ -265,7 +265,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             t0 = time.perf_counter()
             select_s = 0.0
             if selector is not None:
-                chosen = _selection(selector(epoch, model, loader.data))
+                with kernels():   # a selector's attacks use the tuned convolutions too
+                    chosen = _selection(selector(epoch, model, loader.data))
                 if chosen is not None:
                     loader.set_subset(*chosen)
                 synchronize(device)

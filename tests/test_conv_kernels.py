@@ -227,3 +227,15 @@ def test_fit_tunes_on_cpu_records_the_kernels_and_a_resumed_run_keeps_them(tmp_p
     h = rl.train.fit(net, part, objective, epochs=2, batch_size=64, lr=0.05, progress=False, checkpoint=ckpt)
     assert h.conv_kernels == forced
 
+
+
+def test_torch_func_transforms_inside_active_see_a_plain_convolution():
+    net = _net()
+    data = rl.data.ImageData((torch.rand(8, 1, 28, 28) * 255).to(torch.uint8), torch.arange(8) % 10, "random",
+                             tuple(str(i) for i in range(10)))
+    expected = rl.scores.score("grand", net, data, mode="full")
+    ck.tune(net)
+    _plan_everywhere(net, data.x(), ("nhwc", "s2d", "nhwc"))
+    with ck.active():   # vmap(grad(...)) over a tuned network: the custom kernels step aside
+        got = rl.scores.score("grand", net, data, mode="full")
+    torch.testing.assert_close(got, expected)
