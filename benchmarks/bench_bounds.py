@@ -25,6 +25,11 @@ uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch
   bounds of both are compared, and the speed ratio is robustlib's gain (goal ≥ 3×); skipped where its dense
   coefficients would exceed 2 GiB at once.
 
+On a CPU the run starts with ``symbolic`` and ``naive symbolic`` at the middle batch size under glibc's moving
+malloc thresholds and then with the thresholds that robustlib fixes (``robustlib.allocator.steady``, which the
+bounds call by themselves), back to back: rows ``…, glibc default allocator``. Everything after runs with the
+fixed thresholds, the naive reference included.
+
 Peak memory: CUDA ``torch.cuda.max_memory_allocated`` above the memory held before the call (measured); CPU
 *analytic* — the largest coefficient tensor the method holds at once (forward: B·n_max, interval: 2·B·n_max,
 symbolic: chunk·d·n_max numbers, d = input dimension, n_max = largest layer; error-term blocks on top).
@@ -49,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import naive_symbolic  # noqa: E402
 from common import write_result  # noqa: E402
 
+from robustlib import allocator as rl_allocator  # noqa: E402
 from robustlib import bounds, models  # noqa: E402
 from robustlib.reproduce import device_name  # noqa: E402
 
@@ -210,6 +216,33 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     return rows
 
 
+def allocator_gain(nets, batch: int, eps: float, target_s: float, max_repeats: int, naive_nets) -> list:
+    """Symbolic bounds (and the naive reference) with glibc's moving malloc thresholds, then with the thresholds
+    that robustlib fixes (:mod:`robustlib.allocator`), in this process before anything else (CPU only)."""
+    device, out, fns = torch.device("cpu"), [], []
+    for name in nets:
+        ch, size = NETS[name]
+        torch.manual_seed(0)
+        model = models.build(name, in_channels=ch, input_size=size).eval()
+        lower, upper = bounds.input_box(torch.rand(batch, ch, size, size), eps)
+        f = {"symbolic": lambda m=model, lo=lower, up=upper: bounds.symbolic(m, lo, up)}
+        if name in naive_nets:
+            f["naive symbolic"] = lambda m=model, lo=lower, up=upper: naive_symbolic.symbolic(m, lo, up)
+        fns.append(f)
+        out.append({"net": name, "batch": batch, "default_s": {}, "fixed_s": {}})
+    with torch.no_grad():
+        with rl_allocator.deferred():
+            for r, f in zip(out, fns):
+                r["default_s"] = {m: _time(fn, device, target_s, max_repeats)[0] for m, fn in f.items()}
+        rl_allocator.steady()
+        for r, f in zip(out, fns):
+            r["fixed_s"] = {m: _time(fn, device, target_s, max_repeats)[0] for m, fn in f.items()}
+            print(f"{r['net']:12s} {batch:4d} " + ", ".join(
+                f"{m}: {batch / r['default_s'][m]:.1f} → {batch / r['fixed_s'][m]:.1f} samples/s" for m in f)
+                + " (glibc's moving malloc thresholds → fixed)", flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -236,6 +269,15 @@ def main(argv=None):
           f"{'x floor':>8s} {'x wfloor':>8s} {'naive/ours':>10s} {'d':>5s} {'err cols':>8s}")
     rows, ratios = [], {}
     t_start = time.perf_counter()
+    allocator_rows = []
+    if device.type == "cpu" and not rl_allocator.state():   # glibc's default thresholds, then fixed, back to back
+        allocator_rows = allocator_gain(a.nets, a.batch_sizes[len(a.batch_sizes) // 2], a.eps, a.target_seconds,
+                                        a.max_repeats, a.naive_nets)
+        for r in allocator_rows:
+            for method in ("symbolic", "naive symbolic"):
+                if method in r["default_s"]:
+                    ratios[f"{r['net']} B={r['batch']} {method} glibc default allocator / fixed thresholds"] = \
+                        r["default_s"][method] / r["fixed_s"][method]
     for net in a.nets:
         for bs in a.batch_sizes:
             for r in bench(net, bs, device, dtype, a.eps, budget, a.target_seconds, a.max_repeats, net in a.naive_nets):
@@ -258,8 +300,12 @@ def main(argv=None):
                     if r["max_bound_difference"] > 1e-3:
                         print(f"WARNING: robustlib and the naive reference differ by {r['max_bound_difference']:.2e}")
     print(f"# total {time.perf_counter() - t_start:.1f} s")
+    rows += [{"net": r["net"], "batch": r["batch"], "method": f"{m}, glibc default allocator",
+              "samples_per_s": r["batch"] / r["default_s"][m], "fixed_thresholds_samples_per_s":
+              r["batch"] / r["fixed_s"][m]} for r in allocator_rows for m in r["default_s"]]
     path = write_result("bounds", device, {"nets": a.nets, "batch_sizes": a.batch_sizes, "eps": a.eps,
-                                           "dtype": a.dtype, "quick": a.quick}, rows, ratios)
+                                           "dtype": a.dtype, "quick": a.quick,
+                                           "allocator": rl_allocator.state()}, rows, ratios)
     print(f"# wrote {path}")
 
 

@@ -29,18 +29,18 @@ uses the same kernels, and :func:`plans` / :func:`install` carry it through a ch
 with the kernels it started with. The variants differ only in float rounding (tests compare each with autograd
 through ``F.conv2d``). Tuning draws its operands from its own generator: it never moves the global random state.
 Below fp32 (bf16 autocast) the two direct variants computed in fp32 are candidates too. Without a fixed allocator
-the timings do not repeat (see :func:`steady_allocator`, which :func:`tune` calls once per process).
+the timings do not repeat: :func:`tune` and :func:`timings` call :func:`robustlib.allocator.steady` first.
 """
 from __future__ import annotations
 
-import ctypes
-import sys
 import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from . import allocator
 
 VARIANTS = ("nchw", "nhwc", "s2d", "s2d-nhwc")
 DIRECTIONS = ("forward", "input_grad", "weight_grad")
@@ -50,7 +50,6 @@ _CL = torch.channels_last
 _backward = torch.ops.aten.convolution_backward
 _CACHE: dict[str, tuple] = {}   # (conv geometry, input shape, dtype) → plan, for the whole process
 _ACTIVE = [False]
-_ALLOCATOR = {}   # what steady_allocator() did, once per process
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -239,6 +238,7 @@ def timings(conv: nn.Conv2d, x_shape, dtype=torch.float32, rounds: int = 5, call
     """Seconds per call of every variant of every direction, on random operands of this shape and dtype: the best
     of ``rounds`` rounds, each timing ``calls`` calls of every variant in turn (so that a change in the machine's
     speed during the measurement hits every variant alike)."""
+    allocator.steady()
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(tuple(x_shape), generator=gen).to(dtype)
     w = (torch.randn(tuple(conv.weight.shape), generator=gen) * 0.1).to(dtype)
@@ -264,27 +264,6 @@ def timings(conv: nn.Conv2d, x_shape, dtype=torch.float32, rounds: int = 5, call
     return best
 
 
-def steady_allocator(mmap_mib: int = 32, trim_mib: int = 256) -> dict:
-    """Keep freed memory in the process (glibc only; once per process; returns what was set).
-
-    glibc's ``malloc`` serves blocks above a threshold that it moves at run time (128 KiB at start) with fresh
-    ``mmap`` pages and returns freed heap tops to the system, so a tensor of a few MiB may cost page faults one
-    call and none the next. On our benchmark CPU the same convolution then took 0.65 ms in one measurement and
-    2.5 ms in the next, and the kernel choice followed the allocator, not the kernels. Fixing the thresholds
-    (``mallopt(M_MMAP_THRESHOLD)`` at ``mmap_mib``, ``M_TRIM_THRESHOLD`` at ``trim_mib``) makes every
-    later block of that size reuse freed memory: the timings repeat to a few per cent. The cost is that the
-    process keeps up to ``trim_mib`` of freed memory instead of returning it. Other C libraries: nothing is done."""
-    if _ALLOCATOR or not sys.platform.startswith("linux"):
-        return _ALLOCATOR
-    try:
-        libc = ctypes.CDLL(None)
-        ok = libc.mallopt(-3, mmap_mib << 20) == 1 and libc.mallopt(-1, trim_mib << 20) == 1   # glibc's M_* ids
-    except (OSError, AttributeError):   # not glibc (musl, …): leave the allocator alone
-        ok = False
-    _ALLOCATOR.update({"mmap_threshold_mib": mmap_mib, "trim_threshold_mib": trim_mib} if ok else {"glibc": False})
-    return _ALLOCATOR
-
-
 def choose(conv: nn.Conv2d, x: torch.Tensor) -> tuple:
     """The plan (forward, input-gradient, weight-gradient variant) for this input: nchw unless beaten by MARGIN."""
     plan = []
@@ -296,8 +275,8 @@ def choose(conv: nn.Conv2d, x: torch.Tensor) -> tuple:
 
 def tune(model: nn.Module) -> int:
     """Swap every eligible convolution of ``model`` for :class:`TunedConv2d`; return how many were swapped.
-    Also fixes glibc's allocator thresholds (:func:`steady_allocator`) so that timings repeat."""
-    steady_allocator()
+    Also fixes glibc's allocator thresholds (:func:`robustlib.allocator.steady`) so that timings repeat."""
+    allocator.steady()
     n = 0
     for m in model.modules():
         if type(m) in (nn.Conv2d, TunedConv2d) and eligible(m):

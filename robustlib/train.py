@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import conv_kernels, distributed
+from . import allocator, conv_kernels, distributed
 from .checks import check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
@@ -192,7 +192,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     ``compile`` wraps the network in ``torch.compile``; ``tune_convs`` ("auto": on a CPU without
     ``channels_last`` or ``compile``) computes every convolution's forward pass, input gradient and weight gradient
     with the kernel measured fastest for it on this machine (:mod:`robustlib.conv_kernels`; a resumed run keeps the
-    kernels it started with).
+    kernels it started with). On a CPU, ``fit`` also fixes glibc's allocator thresholds once per process
+    (:func:`robustlib.allocator.steady`).
     """
     epochs = check_int(epochs, "epochs", 1)
     lr = check_real(lr, "lr", positive=True)
@@ -224,6 +225,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     use_cl = on_cuda if channels_last == "auto" else bool(channels_last)
     if use_cl:
         model.to(memory_format=torch.channels_last)
+    if not on_cuda:
+        allocator.steady()   # large tensors reuse freed memory instead of fresh pages (robustlib.allocator)
     tuned = (not on_cuda and not use_cl and not compile) if tune_convs == "auto" else bool(tune_convs)
     tuned = tuned and conv_kernels.tune(model) > 0
     kernels = conv_kernels.active if tuned else nullcontext

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import allocator
 from .graph import Plan, margin_spec, prepare, walk
 from .interval import Box, L2Ball
 from .interval import affine as box_affine
@@ -328,6 +329,8 @@ def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
         shape = (0, K) if y is not None else (0, *plan.out_shape)
         z = torch.zeros(shape, dtype=example.dtype, device=example.device)
         return z, z.clone()
+    if example.device.type == "cpu":
+        allocator.steady()   # the coefficient tensors are large: reuse freed memory (robustlib.allocator)
     budget = default_memory_budget(example.device) if memory_budget is None else int(memory_budget)
     chunk = min(B, default_chunk(estimate_sample_bytes(plan, example), example.device, memory_budget))
     runner = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4,
