@@ -275,10 +275,11 @@ def default_memory_budget(device) -> int:
 
 
 # On a CPU the coefficient tensors stream through memory several times per layer (the linear map, the
-# concretisation, the ReLU scaling), so chunks whose tensors stay in the last-level cache beat one large chunk:
-# on the 2-core EPYC here, one sample per chunk ran the bounds of a batch of 16 1.05-2.0x faster than one chunk
-# of 16 (two runs of benchmarks/bench_bounds.py, "symbolic, one chunk"; MNIST_Small gains most, CIFAR_Small least).
-# CUDA wants large chunks and keeps the memory budget alone.
+# concretisation, the ReLU scaling), so small chunks beat one large chunk. On the 2-core EPYC here, with glibc's
+# allocator thresholds fixed (robustlib.allocator), the bounds of a batch of 16 ran 2.5x (MNIST_Large) and 2.2x
+# (CIFAR_Small) faster in these chunks than in one chunk of 16, and MNIST_Small the same (benchmarks/bench_bounds.py,
+# 2026-11-26, "symbolic, one chunk"). The 1.05-2.0x measured before the allocator was fixed, with MNIST_Small
+# gaining most, partly measured the page faults of the larger tensors. CUDA keeps the memory budget alone.
 CPU_CHUNK_BYTES = 32 << 20
 
 
