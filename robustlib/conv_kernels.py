@@ -21,7 +21,8 @@ Four ways to compute the same convolution, each taking and returning contiguous 
 
 :func:`tune` swaps every eligible ``nn.Conv2d`` of a model for :class:`TunedConv2d` (same parameters, same
 ``state_dict`` keys; :func:`untune` swaps back). Inside :func:`active` a tuned convolution times the four
-variants of each direction on random operands of its input's shape and dtype the first time it meets that shape,
+variants of each direction on random operands of its input's shape and dtype the first time it meets that shape
+(batch sizes rounded up to a power of two),
 and from then on computes each direction with the fastest: ``nchw`` unless another is at least ``MARGIN`` faster.
 Outside :func:`active` (evaluation), inside ``torch.func`` transforms and under ``torch.fx`` tracing it is a
 plain ``nn.Conv2d``. The choice for a shape is remembered for the process (:data:`_CACHE`), so every run of a process
@@ -226,10 +227,14 @@ def _compute_dtype(x) -> torch.dtype:
 
 
 def _key(conv, x) -> str:
-    """The tuning key: the convolution's geometry, the input's shape and the compute dtype (the best kernel for a
-    batch of one is not the best for a batch of 128)."""
+    """The tuning key: the convolution's geometry, the input's shape with the batch size rounded up to a power of
+    two, and the compute dtype. The best kernel for a batch of one is not the best for a batch of 128, but batches
+    of 100 and 128 share theirs: Bullet-Train's sub-batches, of a new size almost every step, would otherwise
+    each pay a measurement."""
+    n = x.shape[0]
+    bucket = 1 << max(n - 1, 0).bit_length()
     return (f"{conv.in_channels}>{conv.out_channels} k{tuple(conv.kernel_size)} s{tuple(conv.stride)} "
-            f"p{tuple(conv.padding)} b{conv.bias is not None} in{tuple(x.shape)} {_compute_dtype(x)}")
+            f"p{tuple(conv.padding)} b{conv.bias is not None} in{(bucket, *x.shape[1:])} {_compute_dtype(x)}")
 
 
 # ----------------------------------------------------------------------------- tuning

@@ -174,6 +174,13 @@ def test_the_allocator_is_set_once_per_process():
         assert first == {"mmap_threshold_mib": 256, "trim_threshold_mib": 512}
 
 
+def test_batch_sizes_share_a_plan_up_to_the_next_power_of_two():
+    conv = nn.Conv2d(1, 4, 4, 2, 1)
+    keys = {n: ck._key(conv, torch.empty(n, 1, 28, 28)) for n in (1, 2, 3, 4, 65, 100, 128, 129)}
+    assert keys[3] == keys[4] and keys[65] == keys[100] == keys[128]
+    assert len({keys[1], keys[2], keys[4], keys[128], keys[129]}) == 5
+
+
 def test_ineligible_convolutions_are_left_alone():
     net = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 3, dilation=2), nn.Conv2d(4, 4, 3, padding="same"),
                         nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Conv2d(4, 4, 3))
