@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..checks import check_model_input
 from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation, unsupported
-from .ops import Affine, conv_affine, diag_affine, linear_affine, pool_affine, reshape_affine
+from .ops import Affine, conv_affine, conv_rows, diag_affine, linear_affine, pool_affine, reshape_affine
 
 
 @dataclass
@@ -168,7 +168,16 @@ def _conv_function(c: Ctx):
 
     def conv(u, w, b):
         return fn(u, w, b, **extra)
-    c.add("affine", [c.x], conv_affine(conv, c.arg(1, "weight"), c.arg(2, "bias"), True))  # F.conv* pads zeros
+    w = c.arg(1, "weight")
+    rows = conv_rows(w, c.in_shape, c.shape, extra.get("stride", 1), extra.get("padding", 0),
+                     extra.get("dilation", 1), extra.get("groups", 1))
+    c.add("affine", [c.x], conv_affine(conv, w, c.arg(2, "bias"), True, rows))  # F.conv* pads zeros
+
+
+def _conv_module(c: Ctx):
+    m = c.module
+    rows = conv_rows(m.weight, c.in_shape, c.shape, m.stride, m.padding, m.dilation, m.groups)
+    c.add("affine", [c.x], conv_affine(m._conv_forward, m.weight, m.bias, m.padding_mode == "zeros", rows))
 
 
 def _pool_function(c: Ctx):
@@ -210,9 +219,9 @@ NEG = Handler(lambda c: c.add("affine", [c.x], diag_affine(-1.0, c.shape)))
 
 _MODULES = (   # (module classes, handler): the first match wins
     ((nn.ReLU,), RELU),
-    ((nn.Linear,), Handler(lambda c: c.add("affine", [c.x], linear_affine(c.module.weight, c.module.bias)))),
-    ((nn.Conv1d, nn.Conv2d), Handler(lambda c: c.add("affine", [c.x], conv_affine(
-        c.module._conv_forward, c.module.weight, c.module.bias, c.module.padding_mode == "zeros")))),
+    ((nn.Linear,), Handler(lambda c: c.add("affine", [c.x], linear_affine(c.module.weight, c.module.bias,
+                                                                          c.in_shape)))),
+    ((nn.Conv1d, nn.Conv2d), Handler(_conv_module)),
     ((nn.BatchNorm1d, nn.BatchNorm2d), Handler(_batchnorm, _check_eval_bn)),
     ((nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d),
      Handler(lambda c: c.add("affine", [c.x], pool_affine(c.module)))),
@@ -226,7 +235,8 @@ _FUNCTIONS = {
     **{f: NEG for f in (operator.neg, torch.neg)},
     **{f: Handler(_pool_function, _check_first_only("only the pooled tensor may depend on the input"))
        for f in (F.avg_pool2d, F.adaptive_avg_pool2d, F.avg_pool1d, F.adaptive_avg_pool1d)},
-    F.linear: Handler(lambda c: c.add("affine", [c.x], linear_affine(c.arg(1, "weight"), c.arg(2, "bias"))),
+    F.linear: Handler(lambda c: c.add("affine", [c.x], linear_affine(c.arg(1, "weight"), c.arg(2, "bias"),
+                                                                     c.in_shape)),
                       _check_first_only("weights must not depend on the input")),
     **{f: Handler(_conv_function, _check_first_only("weights must not depend on the input"))
        for f in (F.conv1d, F.conv2d)},
@@ -337,7 +347,8 @@ def build_plan(gm: fx.GraphModule, dep: set, probe: torch.Tensor) -> Plan:
             nodes.append(Node(_name, kind, tuple(i.name for i in inputs), op, _shape))
 
         h, mod, _ = handler(node, gm)
-        h.build(Ctx(node, args, kwargs, deps, shape, in_shape, mod, add))
+        with torch.enable_grad():   # constants made from parameters (BatchNorm's scale) keep their gradient
+            h.build(Ctx(node, args, kwargs, deps, shape, in_shape, mod, add))
         last = nodes[-1]
         if last.kind == "affine" and not last.op.reshape and last.op.diag is not None \
                 and in_shape is not None and tuple(in_shape) != shape:

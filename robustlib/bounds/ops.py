@@ -9,8 +9,10 @@ map, whether it is a pure reshape, the squared row norms for L2 balls, and the
 """
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,9 @@ class Affine:
     reshape: bool = False   # pure reshape: flat order of a sample is unchanged
     l2sq: Optional[Callable] = None        # k2 → Σ_i W_ni² k2_i: squared L2 row norms of W·diag(√k2)
     fold: Optional[tuple] = None           # (W, b) of a final nn.Linear, for folding the margin spec
+    rows: Optional[Callable] = None        # (idx (B, K), vals (B, K)) → (B, K, *out): vals ⊙ W[:, idx]ᵀ,
+    #                                        the images of one-hot inputs, without a pass over dense ones
+    rows_fan_in: int = 0                   # multiply-adds per output of the dense pass that ``rows`` replaces
 
 
 def elementwise(k: torch.Tensor, shape: tuple) -> torch.Tensor:
@@ -73,7 +78,73 @@ def reshape_affine(shape: tuple) -> Affine:
     return Affine(f, f, f, reshape=True)
 
 
-def conv_affine(conv: Callable, weight: torch.Tensor, bias, zeros_padding: bool) -> Affine:
+def _pair(v, n: int) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+
+
+@functools.lru_cache(maxsize=64)
+def _offsets(in_shape: tuple, out_shape: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+             device: torch.device) -> torch.Tensor:
+    """``offset[i, o]``: the flat kernel offset joining input pixel ``i`` to output pixel ``o`` of a convolution,
+    ``prod(kernel)`` where none does (made once per geometry: a few ms for a 32 × 32 layer)."""
+    offset = torch.zeros((), dtype=torch.long, device=device)
+    ok = torch.ones((), dtype=torch.bool, device=device)
+    for j, (n_in, n_out, k) in enumerate(zip(in_shape, out_shape, kernel)):
+        i = torch.arange(n_in, device=device).reshape(-1, 1)
+        o = torch.arange(n_out, device=device).reshape(1, -1)
+        t = i + padding[j] - o * stride[j]                                   # = a · dilation
+        a = torch.div(t, dilation[j], rounding_mode="floor")
+        good = (a * dilation[j] == t) & (a >= 0) & (a < k)
+        view = (*([1] * j), n_in, *([1] * j), n_out)   # (in_1..in_j, out_1..out_j) laid out as (in..., out...)
+        offset = offset.unsqueeze(-1).unsqueeze(j) * k + a.clamp(0, k - 1).reshape(view)
+        ok = ok.unsqueeze(-1).unsqueeze(j) & good.reshape(view)
+    return torch.where(ok, offset, torch.full_like(offset, math.prod(kernel))).reshape(
+        math.prod(in_shape), math.prod(out_shape))
+
+
+def conv_rows(weight: torch.Tensor, in_shape: Sequence[int], out_shape: Sequence[int], stride, padding, dilation,
+              groups: int) -> Callable:
+    """The images under a zero-padded convolution (no bias) of one-hot inputs, built from the weight alone.
+
+    An input pixel ``i`` reaches output pixel ``o`` through at most one kernel offset ``a``, the one with
+    ``i + pad = o·stride + a·dilation`` (per spatial dimension). A table of that offset for every (input pixel,
+    output pixel) pair (:func:`_offsets`, cached per geometry) turns the image of ``vals · onehot(c, i)`` into one
+    gather from ``vals · W[:, c, :]``: the cost of writing the output, where running the convolution on one-hot
+    images costs a full convolution per column. ``padding`` is a tuple of ints, ``"valid"`` or ``"same"``.
+    """
+    n = len(in_shape) - 1
+    kernel = tuple(weight.shape[2:])
+    stride, dilation = _pair(stride, n), _pair(dilation, n)
+    if padding == "valid":
+        padding = (0,) * n
+    elif padding == "same":   # PyTorch pads total // 2 before, the rest after
+        padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    else:
+        padding = _pair(padding, n)
+    c_in, c_out = in_shape[0], out_shape[0]
+    n_sp_in, n_sp_out, n_k = math.prod(in_shape[1:]), math.prod(out_shape[1:]), math.prod(kernel)
+    g_in, g_out = c_in // groups, c_out // groups
+    geometry = (tuple(in_shape[1:]), tuple(out_shape[1:]), kernel, stride, padding, dilation)
+
+    def rows(idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        B, K = idx.shape
+        offset = _offsets(*geometry, idx.device)
+        # wc[c, m, a] = W[m, c mod g_in, a] for output channels m of c's group, 0 for the others and at a = n_k
+        w = weight.to(vals.dtype).reshape(groups, g_out, g_in, n_k).permute(0, 2, 1, 3)   # (g, g_in, g_out, n_k)
+        if groups == 1:
+            wc = w.reshape(c_in, c_out, n_k)
+        else:
+            mine = torch.eye(groups, dtype=vals.dtype, device=idx.device).reshape(groups, 1, groups, 1, 1)
+            wc = (w.unsqueeze(2) * mine).reshape(c_in, c_out, n_k)
+        wc = torch.cat([wc, wc.new_zeros(c_in, c_out, 1)], dim=2)
+        sel = wc[idx // n_sp_in] * vals.reshape(B, K, 1, 1)                  # (B, K, C_out, n_k + 1)
+        where = offset[idx % n_sp_in].unsqueeze(2).expand(B, K, c_out, n_sp_out)
+        return torch.gather(sel, 3, where).reshape(B, K, *out_shape)
+    return rows
+
+
+def conv_affine(conv: Callable, weight: torch.Tensor, bias, zeros_padding: bool,
+                rows: Optional[Callable] = None) -> Affine:
     def lin(t):
         return conv(t, weight, None)
 
@@ -86,10 +157,11 @@ def conv_affine(conv: Callable, weight: torch.Tensor, bias, zeros_padding: bool)
     def l2sq(k2):  # zero padding: each output sees each input pixel at most once, row norm² = conv(k2, W²)
         return conv(k2.unsqueeze(0), weight * weight, None)[0]
 
-    return Affine(lin, full, abs_lin, l2sq=l2sq if zeros_padding else None)
+    return Affine(lin, full, abs_lin, l2sq=l2sq if zeros_padding else None, rows=rows if zeros_padding else None,
+                  rows_fan_in=weight[0].numel())
 
 
-def linear_affine(weight: torch.Tensor, bias) -> Affine:
+def linear_affine(weight: torch.Tensor, bias, in_shape: tuple = ()) -> Affine:
     def lin(t):
         return F.linear(t, weight)
 
@@ -102,7 +174,14 @@ def linear_affine(weight: torch.Tensor, bias) -> Affine:
     def l2sq(k2):
         return F.linear(k2, weight * weight)
 
-    return Affine(lin, full, abs_lin, l2sq=l2sq, fold=(weight, bias) if weight.ndim == 2 else None)
+    def rows(idx, vals):   # one-hot inputs pick columns of W
+        B, K = idx.shape
+        cols = weight.index_select(1, idx.reshape(-1)).t().to(vals.dtype)
+        return cols.reshape(B, K, -1) * vals.unsqueeze(-1)
+
+    flat = weight.ndim == 2 and len(in_shape) == 1
+    return Affine(lin, full, abs_lin, l2sq=l2sq, fold=(weight, bias) if weight.ndim == 2 else None,
+                  rows=rows if flat else None, rows_fan_in=weight.shape[-1])
 
 
 def pool_affine(fn: Callable) -> Affine:

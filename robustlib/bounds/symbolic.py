@@ -13,7 +13,12 @@ ReLU that made them, so the branches of a residual network add exactly.
 
 ``A`` holds ``d × n`` numbers per sample for a layer of ``n`` neurons, so the
 batch runs in chunks sized by a memory budget; without autograd a ReLU scales
-coefficients in place when no other live node shares their storage.
+coefficients in place when no other live node shares their storage. Two
+shortcuts keep the work near one pass of ``d + 1`` columns: before the first
+ReLU ``A = s ⊗ J`` stays factored (``s`` the input's half-widths, ``J`` the
+Jacobian of the layers so far, shared by the batch), so its radius is one
+product ``|s| @ |J|``; and a fresh error term, one-hot, crosses the next Linear
+or Conv as a gather from its weights instead of a pass of its own.
 """
 from __future__ import annotations
 
@@ -38,12 +43,22 @@ class _Diag:
 
 
 @dataclass
+class _Outer:
+    """Input coefficients that are one batch-independent matrix with its rows scaled per sample:
+    A[b, d, ...] = s[b, d] · J[d, ...] — the input box through the affine layers before the first ReLU (J their
+    Jacobian). Its radius is one product |s| @ |J|; the ReLU that scales its columns materialises it."""
+    s: torch.Tensor   # (B, D)
+    J: torch.Tensor   # (D, *shape)
+
+
+@dataclass
 class _SparseE:
     """A block of error terms that each still act on one neuron: E[b, k] = vals[b, k] · onehot(idx[b, k]).
 
     A ReLU layer creates its error terms in this form (one per unstable neuron, padded with zeros
     to the largest count in the batch); elementwise layers and reshapes keep it, the next
-    Linear / Conv materialises it, by gathering columns of that layer's Jacobian when that is cheaper.
+    Linear / Conv materialises it by a gather from its weights (``Affine.rows``), other layers by
+    gathering columns of their Jacobian when that is cheaper than a dense pass.
     """
     idx: torch.Tensor   # (B, K) flat neuron index
     vals: torch.Tensor  # (B, K)
@@ -52,7 +67,7 @@ class _SparseE:
 @dataclass
 class _Sym:
     c: torch.Tensor                       # (B, *shape)
-    A: object                             # torch.Tensor (B, D, *shape) or _Diag
+    A: object                             # torch.Tensor (B, D, *shape), _Diag or _Outer
     E: dict                               # relu-node name → (B, K, *shape) tensor or _SparseE
     box: Optional[Box] = None            # IBP state run alongside (intersect_interval=True)
 
@@ -81,6 +96,8 @@ def _l1(t: torch.Tensor) -> torch.Tensor:
 def _materialize(A, shape: tuple) -> torch.Tensor:
     if isinstance(A, torch.Tensor):
         return A
+    if isinstance(A, _Outer):
+        return A.s.reshape(*A.s.shape, *([1] * len(shape))) * A.J.unsqueeze(0)
     s = A.s
     B, D = s.shape
     return torch.diag_embed(s).reshape(B, D, *shape)
@@ -109,16 +126,31 @@ class _SymbolicRunner:
         J = self.jac.get(name)
         if J is None:
             n = math.prod(in_shape)
-            eye = torch.eye(n, dtype=like.dtype, device=like.device).reshape(n, *in_shape)
-            J = op.lin(eye)
+            if op.rows is not None and op.rows_fan_in > 16:   # from the weights, cheaper than n one-hot inputs
+                J = op.rows(torch.arange(n, device=like.device).unsqueeze(0),
+                            torch.ones(1, n, dtype=like.dtype, device=like.device))[0]
+            else:
+                J = op.lin(torch.eye(n, dtype=like.dtype, device=like.device).reshape(n, *in_shape))
             self.jac[name] = J
         return J
 
+    def outer_radius(self, name: str, A: _Outer, shape: tuple) -> torch.Tensor:
+        """Σ_d |s_d J_d| = |s| @ |J| (L2: √(s² @ J²)), with |J| (J²) made once per call and node."""
+        key = (name, "J^2" if self.l2 else "|J|")
+        absJ = self.jac.get(key)
+        if absJ is None:
+            absJ = self.jac[key] = (A.J * A.J if self.l2 else A.J.abs()).reshape(A.J.shape[0], -1)
+        if self.l2:
+            return (A.s * A.s).matmul(absJ).sqrt().reshape(-1, *shape)
+        return A.s.abs().matmul(absJ).reshape(-1, *shape)
+
     # concretisation -----------------------------------------------------------------------------
-    def radius(self, s: _Sym, shape: tuple) -> torch.Tensor:
+    def radius(self, s: _Sym, shape: tuple, name: str = "") -> torch.Tensor:
         B = s.c.shape[0]
         if isinstance(s.A, _Diag):
             rad = s.A.s.abs().reshape(B, *shape)
+        elif isinstance(s.A, _Outer):
+            rad = self.outer_radius(name, s.A, shape)
         else:  # ‖A_row‖₁ for the box (δ ∈ [−1, 1]^d), ‖A_row‖₂ for the L2 ball (dual norms)
             rad = torch.linalg.vector_norm(s.A, 2, dim=1) if self.l2 else _l1(s.A)
         for e in s.E.values():
@@ -128,8 +160,8 @@ class _SymbolicRunner:
                 rad = rad + _l1(e)
         return rad
 
-    def bounds(self, s: _Sym, shape: tuple):
-        rad = self.radius(s, shape)
+    def bounds(self, s: _Sym, shape: tuple, name: str = ""):
+        rad = self.radius(s, shape, name)
         lo, hi = s.c - rad, s.c + rad
         if s.box is not None:
             lo = torch.maximum(lo, s.box.c - s.box.r)
@@ -150,8 +182,12 @@ class _SymbolicRunner:
             elif d_flat is not None:
                 A = _Diag(s.A.s * d_flat)
             else:
-                J = self.jacobian(name, op, in_shape, s.c)           # (D, *out), batch independent
-                A = s.A.s.reshape(*s.A.s.shape, *([1] * (J.ndim - 1))) * J.unsqueeze(0)
+                A = _Outer(s.A.s, self.jacobian(name, op, in_shape, s.c))   # J: (D, *out), batch independent
+        elif isinstance(s.A, _Outer):   # lin(s ⊗ J) = s ⊗ lin(J): one pass for the whole chunk
+            J = self.jac.get(name)
+            if J is None:
+                J = self.jac[name] = op.lin(s.A.J)
+            A = _Outer(s.A.s, J)
         else:
             A = _fold_apply(op.lin, s.A)
         E = {}
@@ -162,6 +198,8 @@ class _SymbolicRunner:
                 E[k] = e
             elif d_flat is not None:
                 E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
+            elif op.rows is not None:   # the images of one-hot inputs, straight from the weights
+                E[k] = op.rows(e.idx, e.vals.to(s.c.dtype))
             else:
                 B, K = e.idx.shape
                 out_numel = math.prod(self.shapes[name])
@@ -178,7 +216,7 @@ class _SymbolicRunner:
     def relu(self, s: _Sym, shape: tuple, name: str, owned: Callable = lambda t: False) -> _Sym:
         """Relax a ReLU; ``owned(t)`` says a coefficient tensor may be scaled in place (no one else sees it)."""
         B = s.c.shape[0]
-        lo, hi = self.bounds(s, shape)
+        lo, hi = self.bounds(s, shape, name)
         unstable = (lo < 0) & (hi > 0)
         # λ = u/(u − l) for unstable neurons, 1 for l ≥ 0, 0 for u ≤ 0
         denom = torch.where(unstable, hi - lo, torch.ones_like(hi))
@@ -189,6 +227,10 @@ class _SymbolicRunner:
         lam_flat = lam.reshape(B, -1)
         if isinstance(s.A, torch.Tensor) and owned(s.A):   # no autograd, no other reader: scale in place
             A = s.A.mul_(lam_b)
+        elif isinstance(s.A, _Outer):                       # s ⊗ J ⊙ λ in two passes
+            A = s.A.J.unsqueeze(0) * lam_b
+            A = A.mul_(s.A.s.reshape(*s.A.s.shape, *([1] * len(shape)))) if not torch.is_grad_enabled() else \
+                A * s.A.s.reshape(*s.A.s.shape, *([1] * len(shape)))
         else:
             A = _materialize(s.A, shape) * lam_b
         E = {}
