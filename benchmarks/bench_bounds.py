@@ -6,7 +6,9 @@
 
 For each network (MixTrain's MNIST_Small, MNIST_Large, CIFAR_Small, CIFAR_Large at random initialisation, inputs
 uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch size it times, without gradients
-(warm-up, CUDA synchronisation, median of repeats; fewer repeats when one call is slow):
+(warm-up, CUDA synchronisation, median of repeats; fewer repeats when one call is slow; every method of one network
+and batch size in interleaved rounds, so that the machine's drift — up to 1.5× on the 2-core CPU — moves them
+alike and their ratios hold):
 
 * ``forward``: ``model(x)``; ``forward(d+1)``: one forward pass of d + 1 images per sample — the floor of
   symbolic propagation, whose affine forms carry d + 1 columns per neuron, plus one per unstable ReLU after
@@ -19,7 +21,10 @@ uniform in [0, 1], L∞ box of half-width ``--eps`` clamped to [0, 1]) and batch
   ``bounds.symbolic.CPU_CHUNK_BYTES``); ``symbolic, one chunk``: the whole batch in one chunk (the default
   before the cache-sized CPU chunks; the ratio of the two is that change's gain, measured in the same run);
   ``symbolic, vector_norm L1``: the radius Σ_i |A_i| by ``torch.linalg.vector_norm(·, 1)`` as before 2026-11-26
-  (now ``abs().sum()``, faster on CPU), the before of that change;
+  (now ``abs().sum()``, faster on CPU), the before of that change; ``symbolic, no shortcuts``: with
+  ``bounds.symbolic.SHORTCUTS`` off — the first layer's coefficients materialised at once instead of kept as
+  ``s ⊗ J``, fresh error terms through dense passes instead of gathers from the weights — the before of that
+  change (2026-11-26);
 * ``naive symbolic``: the same relaxation written layer by layer the straightforward way
   (``benchmarks/naive_symbolic.py``: dense coefficients from the first layer on, dense error blocks) — the
   bounds of both are compared, and the speed ratio is robustlib's gain (goal ≥ 3×); skipped where its dense
@@ -67,21 +72,27 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device, target_s: float, max_repeats: int):
-    """Median seconds of fn() after one warm-up; repeats chosen so the total stays near target_s."""
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    warm = time.perf_counter() - t0
-    repeats = int(max(1, min(max_repeats, target_s // max(warm, 1e-6))))
-    times = []
-    for _ in range(repeats):
+def _time_rounds(fns: dict, device, target_s: float, max_repeats: int) -> dict:
+    """Median seconds of each of ``fns`` (name → callable), timed in interleaved rounds so that the machine's speed
+    drifts alike for all of them: after one warm-up call each, method ``m`` runs once per round in its first
+    ``min(max_repeats, target_s // warm-up time)`` rounds (at least one). Returns name → (median, repeats)."""
+    warm = {}
+    for name, fn in fns.items():
+        _sync(device)
         t0 = time.perf_counter()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), repeats
+        warm[name] = time.perf_counter() - t0
+    repeats = {name: int(max(1, min(max_repeats, target_s // max(w, 1e-6)))) for name, w in warm.items()}
+    times = {name: [] for name in fns}
+    for r in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if r < repeats[name]:
+                t0 = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(t), len(t)) for name, t in times.items()}
 
 
 def _peak(fn, device):
@@ -155,6 +166,20 @@ def _vector_norm_l1(fn):
     return run
 
 
+def _no_shortcuts(fn):
+    """``fn`` with ``bounds.symbolic.SHORTCUTS`` off: the first layer's coefficients materialised at once and fresh
+    error terms passed through dense layers, as before 2026-11-26 — the before of that change, in the same run."""
+    module = importlib.import_module("robustlib.bounds.symbolic")
+
+    def run():
+        module.SHORTCUTS = False
+        try:
+            return fn()
+        finally:
+            module.SHORTCUTS = True
+    return run
+
+
 def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: float, max_repeats: int,
           naive: bool) -> list:
     ch, size = NETS[name]
@@ -178,6 +203,9 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     runs["symbolic, vector_norm L1"] = (_vector_norm_l1(lambda: bounds.symbolic(model, lower, upper,
                                                                               memory_budget=budget)),
                                         chunk * d * n_max * item)
+    runs["symbolic, no shortcuts"] = (_no_shortcuts(lambda: bounds.symbolic(model, lower, upper,
+                                                                          memory_budget=budget)),
+                                      chunk * d * n_max * item)
     if chunk < batch:
         runs["symbolic, one chunk"] = (lambda: bounds.symbolic(model, lower, upper, memory_budget=batch * per_sample),
                                        batch * d * n_max * item)
@@ -190,8 +218,9 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     runs["forward(d+1+E)"] = (lambda: [one_width() for _ in range(batch)], width_numel * item)
     rows, seconds = [], {}
     with torch.no_grad():
+        timed = _time_rounds({key: fn for key, (fn, _) in runs.items()}, device, target_s, max_repeats)
         for key, (fn, analytic) in runs.items():
-            sec, reps = _time(fn, device, target_s, max_repeats)
+            sec, reps = timed[key]
             peak = _peak(fn, device)
             seconds[key] = sec
             rows.append({"net": name, "batch": batch, "method": key, "samples_per_s": batch / sec,
@@ -208,6 +237,7 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
             r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
             r["vector_norm_l1_over_default"] = seconds["symbolic, vector_norm L1"] / seconds["symbolic"]
+            r["no_shortcuts_over_default"] = seconds["symbolic, no shortcuts"] / seconds["symbolic"]
             if "symbolic, one chunk" in seconds:
                 r["one_chunk_over_default"] = seconds["symbolic, one chunk"] / seconds["symbolic"]
             if naive:
@@ -233,10 +263,10 @@ def allocator_gain(nets, batch: int, eps: float, target_s: float, max_repeats: i
     with torch.no_grad():
         with rl_allocator.deferred():
             for r, f in zip(out, fns):
-                r["default_s"] = {m: _time(fn, device, target_s, max_repeats)[0] for m, fn in f.items()}
+                r["default_s"] = {m: t for m, (t, _) in _time_rounds(f, device, target_s, max_repeats).items()}
         rl_allocator.steady()
         for r, f in zip(out, fns):
-            r["fixed_s"] = {m: _time(fn, device, target_s, max_repeats)[0] for m, fn in f.items()}
+            r["fixed_s"] = {m: t for m, (t, _) in _time_rounds(f, device, target_s, max_repeats).items()}
             print(f"{r['net']:12s} {batch:4d} " + ", ".join(
                 f"{m}: {batch / r['default_s'][m]:.1f} → {batch / r['fixed_s'][m]:.1f} samples/s" for m in f)
                 + " (glibc's moving malloc thresholds → fixed)", flush=True)
@@ -295,6 +325,8 @@ def main(argv=None):
                     ratios[f"{net} B={bs} symbolic one chunk / default chunks"] = r["one_chunk_over_default"]
                 if "vector_norm_l1_over_default" in r:
                     ratios[f"{net} B={bs} symbolic vector_norm L1 / abs-sum L1"] = r["vector_norm_l1_over_default"]
+                if "no_shortcuts_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic without / with the shortcuts"] = r["no_shortcuts_over_default"]
                 if "naive_over_ours" in r:
                     ratios[f"{net} B={bs} naive symbolic / robustlib symbolic"] = r["naive_over_ours"]
                     if r["max_bound_difference"] > 1e-3:

@@ -219,7 +219,11 @@ def gains_section(results: dict) -> str:
                        "one chunk differ)")
         changes = (("symbolic, one chunk", f"with the whole batch in one chunk → with {chunks}"),
                    ("symbolic, vector_norm L1", "with the radius Σ|A| by `torch.linalg.vector_norm(A, 1, dim=1)` → by "
-                                                "`A.abs().sum(1)`"))
+                                                "`A.abs().sum(1)`"),
+                   ("symbolic, no shortcuts", "with `bounds.symbolic.SHORTCUTS` off (the first layer's coefficients "
+                                              "materialised at once, fresh error terms through dense passes) → on "
+                                              "(kept as s ⊗ J until the first ReLU, error terms gathered from the "
+                                              "weights)"))
         for method, what in changes:
             before = {(r["net"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == method}
             gains = [(f"{r['net']}, B = {r['batch']}",

@@ -44,7 +44,12 @@ Symbolic intervals (ReluVal / Neurify, as used by MixTrain), :func:`symbolic`
 
     Cost: ``A`` holds ``d × n`` numbers per sample for a layer of ``n``
     neurons (``d`` = input dimension), so the batch is processed in chunks
-    that fit ``memory_budget`` bytes.
+    that fit ``memory_budget`` bytes. The work is about one forward pass of
+    ``d + 1`` images plus one more input per error term after the ReLU that
+    made it: before the first ReLU ``A = e ⊗ J`` stays factored (``J`` the
+    Jacobian of the layers so far, shared by the batch; radius ``|e| @ |J|``),
+    and a fresh error term, one-hot, crosses the next Linear or Conv as a
+    gather from its weights rather than a pass of its own.
 
     Note (checked in the tests): with this relaxation the symbolic bound is
     *not* always tighter than IBP; e.g. ``z ∈ [−1, 1]``, ``out = −relu(z)``

@@ -36,6 +36,11 @@ from .interval import relu as box_relu
 from .ops import Affine
 
 
+# The two shortcuts above (the factored first layer, the gathers of fresh error terms) switched off: the plain
+# passes they replace, for timing them (benchmarks/bench_bounds.py) and checking them (tests/test_bounds_rows.py).
+SHORTCUTS = True
+
+
 @dataclass
 class _Diag:
     """Input coefficients that are still diagonal: A[b, d, :] = s[b, d] · onehot(d) (flat order)."""
@@ -118,7 +123,8 @@ class _SymbolicRunner:
         self.plan, self.l2 = plan, l2
         self.coefficients = coefficients  # also return the margins' input coefficients
         self.jac_budget = jac_budget
-        self.jac: dict = {}   # node name → Jacobian of its linear part (n_in, *out), shared by all chunks
+        self.jac: dict = {}   # node name → Jacobian of its linear part (n_in, *out), shared by all chunks; also
+        #                       (name, "s ⊗ J") → an _Outer's J after that node, (name, "|J|" / "J^2") → its radius map
         self.shapes = {plan.input_name: plan.in_shape, **{n.name: n.shape for n in plan.nodes}}
         self.index = {n.name: i for i, n in enumerate(plan.nodes)}
 
@@ -183,10 +189,11 @@ class _SymbolicRunner:
                 A = _Diag(s.A.s * d_flat)
             else:
                 A = _Outer(s.A.s, self.jacobian(name, op, in_shape, s.c))   # J: (D, *out), batch independent
+                A = A if SHORTCUTS else _materialize(A, self.shapes[name])
         elif isinstance(s.A, _Outer):   # lin(s ⊗ J) = s ⊗ lin(J): one pass for the whole chunk
-            J = self.jac.get(name)
+            J = self.jac.get((name, "s ⊗ J"))
             if J is None:
-                J = self.jac[name] = op.lin(s.A.J)
+                J = self.jac[name, "s ⊗ J"] = op.lin(s.A.J)
             A = _Outer(s.A.s, J)
         else:
             A = _fold_apply(op.lin, s.A)
@@ -198,7 +205,7 @@ class _SymbolicRunner:
                 E[k] = e
             elif d_flat is not None:
                 E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
-            elif op.rows is not None:   # the images of one-hot inputs, straight from the weights
+            elif op.rows is not None and SHORTCUTS:   # the images of one-hot inputs, straight from the weights
                 E[k] = op.rows(e.idx, e.vals.to(s.c.dtype))
             else:
                 B, K = e.idx.shape
