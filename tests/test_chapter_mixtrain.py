@@ -7,16 +7,28 @@ from conftest import chapter_record
 def test_mixtrain_chapter(smoke_book):
     rec = chapter_record(smoke_book, "mixtrain")
     cfg, rows = rec["config"], rec["rows"]
-    methods = {r["method"]: r for r in rows if r["section"] == "methods"}
-    assert set(methods) == {"standard", "pgd-at", "ibp", "symbolic", "mixtrain"}
-    for r in methods.values():
-        assert 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1 and r["ibp_vra"] <= r["clean_acc"]
-        assert r["train_s"] > 0 and r["s_per_example"] > 0
-    # stochastic robust approximation: k symbolic bounds per batch, every example for full symbolic training
-    batches = methods["mixtrain"]["n_train"] // cfg["batch_size"]
-    assert methods["mixtrain"]["symbolic_per_epoch"] == cfg["k"] * batches
-    assert methods["symbolic"]["symbolic_per_epoch"] == methods["symbolic"]["n_train"] == cfg["n_symbolic"]
-    assert methods["standard"]["symbolic_per_epoch"] == 0 and methods["pgd-at"]["passes_per_example"] == 22
+    settings = cfg["settings"]
+    assert len(settings) == 2 and settings[1]["model"] == "mnist_large"   # both of the paper's MNIST networks
+    by_setting = {}
+    for r in rows:
+        if r["section"] == "methods":
+            by_setting.setdefault(r["setting"], {})[r["method"]] = r
+    assert len(by_setting) == 2
+    first, large = (by_setting[label] for label in sorted(by_setting, key=lambda s: "mnist_large" in s))
+    for methods in (first, large):
+        assert set(methods) == {"standard", "pgd-at", "ibp", "symbolic", "mixtrain"}
+        for r in methods.values():
+            assert 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1 and r["ibp_vra"] <= r["clean_acc"]
+            assert r["train_s"] > 0 and r["s_per_example"] > 0
+        # stochastic robust approximation: k symbolic bounds per batch, every example for full symbolic training
+        batches = methods["mixtrain"]["n_train"] // cfg["batch_size"]
+        assert methods["mixtrain"]["symbolic_per_epoch"] == cfg["k"] * batches
+        n_sym = methods["symbolic"]["n_train"]       # whole batches only (drop_last)
+        assert methods["symbolic"]["symbolic_per_epoch"] == n_sym // cfg["batch_size"] * cfg["batch_size"]
+        assert methods["standard"]["symbolic_per_epoch"] == 0 and methods["pgd-at"]["passes_per_example"] == 22
+    assert first["symbolic"]["n_train"] == cfg["n_symbolic"]
+    assert large["symbolic"]["n_train"] == settings[1]["n_symbolic"] and {r["network"] for r in large.values()} == \
+        {"mnist_large"} and {r["epochs"] for r in large.values()} == {settings[1]["epochs"]}
     ks = sorted(r["k"] for r in rows if r["section"] == "k")
     assert ks == [1, 5, 10, cfg["batch_size"]]
     assert {r["rule"] for r in rows if r["section"] == "rule"} == {"fixed", "adaptive", "schedule"}
@@ -24,10 +36,14 @@ def test_mixtrain_chapter(smoke_book):
     for r in (r for r in rows if r["section"] == "attack"):
         assert r["only_interval"] <= r["interval_broken"] and r["only_pgd"] <= r["pgd_broken"]
         assert r["interval_broken"] + r["verified"] <= r["clean_correct"] <= r["n"]
-    claims = {r["claim"]: r for r in rows if r["section"] == "claim"}
+    claim_rows = [r for r in rows if r["section"] == "claim"]
+    claims = {r["claim"]: r for r in claim_rows}    # the last row of each claim: the first setting's
     assert set(claims) == {"p2-vra", "p2-vs-verifiable", "p2-vs-at", "p2-interval-attack"}
-    assert claims["p2-vra"]["measured"] == methods["mixtrain"]["symbolic_vra"]
-    assert claims["p2-vs-verifiable"]["measured"] > 1      # sampling k of the batch saves symbolic work
+    assert sorted(r["network"] for r in claim_rows if r["claim"] == "p2-vra") == ["mnist_large", "mnist_small"]
+    assert claims["p2-vra"]["measured"] == first["mixtrain"]["symbolic_vra"]
+    assert claims["p2-vra"]["network"] == "mnist_small"
+    for r in (r for r in claim_rows if r["claim"] == "p2-vs-verifiable"):
+        assert r["measured"] > 1      # sampling k of the batch saves symbolic work, on both networks
     # the identical ablation settings share one keyed run (k = 5, fixed rule, uniform sampling)
     names = [r["name"] for r in rec["runs"]]
     assert names.count(f"ablation-k{cfg['k']}-fixed-uniform") == 3
