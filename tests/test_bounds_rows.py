@@ -146,3 +146,36 @@ def test_batchnorm_parameters_get_the_gradient_of_the_bounds():
                 down = loss()
                 p[j] += 1e-6
             assert abs((up - down).item() / 2e-6 - p.grad[j].item()) <= 1e-5 * max(1.0, abs(p.grad[j].item()))
+
+
+def test_checkpointed_bounds_keep_no_coefficients_for_the_backward_pass():
+    """``checkpoint=True`` gives the same robust loss and gradients, while the autograd graph keeps (almost) nothing
+    of the symbolic propagation between the forward and the backward pass: each chunk is recomputed there."""
+    net = _net()
+    net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(6, 2, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,), generator=g)
+    budget = 2 * bounds.estimate_sample_bytes(net, x[:1])      # chunks of two samples
+
+    def run(checkpoint):
+        kept = []
+
+        def pack(t):
+            kept.append(t.numel() * t.element_size())
+            return t
+        net.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = bounds.robust_loss(net, x, y, 0.1, memory_budget=budget, checkpoint=checkpoint)
+        loss.sum().backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters()], sum(kept)
+
+    plain, ckpt = run(False), run(True)
+    assert torch.allclose(plain[0], ckpt[0], rtol=1e-12, atol=1e-12)
+    for a, b in zip(plain[1], ckpt[1]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    assert ckpt[2] < plain[2] / 20, (ckpt[2], plain[2])      # bytes the graph holds for the backward pass
+    with torch.no_grad():                                       # without autograd there is nothing to recompute
+        assert torch.equal(bounds.robust_loss(net, x, y, 0.1, checkpoint=True),
+                           bounds.robust_loss(net, x, y, 0.1))

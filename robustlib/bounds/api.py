@@ -120,7 +120,7 @@ def _check_method(method: str) -> None:
 
 
 def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y, method: str = "symbolic", *,
-                  memory_budget: Optional[int] = None, intersect_interval: bool = False):
+                  memory_budget: Optional[int] = None, intersect_interval: bool = False, checkpoint: bool = False):
     r"""Bounds of the margins ``z_j − z_y`` over the box, shape ``(N, K)``; the ``y`` entry is 0.
 
     The specification ``C = e_j − e_y`` is applied before concretising: for
@@ -128,6 +128,11 @@ def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y,
     the last linear layer), for ``"interval"`` folded into the weights of the final
     ``nn.Linear`` / ``F.linear`` (``W' = W_j − W_y``, ``b' = b_j − b_y``), or as
     ``[l_j − u_y, u_j − l_y]`` when the network does not end with one.
+
+    ``checkpoint=True`` (symbolic, with autograd): keep no chunk's coefficient tensors for the backward pass but
+    recompute each chunk's bounds there (``torch.utils.checkpoint``): the memory of one chunk instead of the whole
+    batch, for one more forward pass. Training through the bounds of a large network needs it: with unstable
+    ReLUs by the ten thousand, one sample's graph takes gigabytes.
     """
     _check_method(method)
     check_box(lower, upper)
@@ -137,7 +142,8 @@ def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y,
     y = check_labels(y, lower.shape[0], plan.out_shape[0], lower.device)
     if method == "interval":
         return _interval.run(plan, Box.from_bounds(lower, upper), y)
-    lo, hi = _symbolic.run_chunked(plan, "box", lower, upper, y, memory_budget, intersect_interval)
+    lo, hi = _symbolic.run_chunked(plan, "box", lower, upper, y, memory_budget, intersect_interval,
+                                   checkpoint=checkpoint)
     if intersect_interval:
         ilo, ihi = _interval.run(plan, Box.from_bounds(lower, upper), y)
         lo, hi = torch.maximum(lo, ilo), torch.minimum(hi, ihi)
@@ -185,16 +191,16 @@ def verify(model: nn.Module, x: torch.Tensor, y, eps, method: str = "symbolic", 
 
 def robust_loss(model: nn.Module, x: torch.Tensor, y, eps, method: str = "symbolic", *,
                 memory_budget: Optional[int] = None, intersect_interval: bool = False,
-                clamp: Optional[tuple] = (0.0, 1.0)) -> torch.Tensor:
+                clamp: Optional[tuple] = (0.0, 1.0), checkpoint: bool = False) -> torch.Tensor:
     r"""Per-example robust cross-entropy ``CE(u, y)`` with ``u_y = 0``: ``log(1 + Σ_{j≠y} exp(u_j))``.
 
     ``u_j`` is the upper bound of ``z_j − z_y`` over ``[x − ε, x + ε] ∩ [0, 1]``.
-    Differentiable w.r.t. the model parameters; shape ``(N,)``.
+    Differentiable w.r.t. the model parameters; shape ``(N,)``. ``checkpoint``: see :func:`margin_bounds`.
     """
     _check_method(method)
     check_finite("x", x)
     lower, upper = input_box(x, eps, clamp)
     _, hi = margin_bounds(model, lower, upper, y, method, memory_budget=memory_budget,
-                          intersect_interval=intersect_interval)
+                          intersect_interval=intersect_interval, checkpoint=checkpoint)
     y = torch.as_tensor(y, device=x.device).long()
     return F.cross_entropy(hi, y, reduction="none")

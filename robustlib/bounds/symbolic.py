@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.utils.checkpoint
 
 from .. import allocator
 from .graph import Plan, margin_spec, prepare, walk
@@ -370,8 +371,17 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom) or "out of memory" in str(exc)
 
 
+def _initial_state(mode: str, a, b, intersect: bool) -> _Sym:
+    """The input region as a symbolic state: a box ``[a, b]`` (mode "box") or an L2 ball (centre a, radius b)."""
+    if mode == "l2":
+        D = math.prod(a.shape[1:])
+        return _Sym(a, _Diag(b.unsqueeze(1).expand(-1, D)), {}, L2Ball(a, b).box() if intersect else None)
+    st = Box.from_bounds(a, b)
+    return _Sym(st.c, _Diag(st.r.reshape(st.r.shape[0], -1)), {}, st if intersect else None)
+
+
 def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
-                          coefficients: bool = False):
+                          coefficients: bool = False, checkpoint: bool = False):
     example = a
     B = example.shape[0]
     if B == 0:
@@ -390,17 +400,16 @@ def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
     while start < B:
         stop = min(B, start + chunk)
         try:
-            if mode == "l2":
-                c = a[start:stop]
-                e = b[start:stop]
-                D = math.prod(c.shape[1:])
-                state = _Sym(c, _Diag(e.unsqueeze(1).expand(-1, D)), {},
-                             L2Ball(c, e).box() if intersect else None)
+            y_c = None if y is None else y[start:stop]
+            if checkpoint and torch.is_grad_enabled():
+                # keep no chunk's coefficients for the backward pass: recompute them there, one chunk at a time
+                # (a runner of its own per chunk, so that no tensor of one chunk's graph feeds another's)
+                def one(a_c, b_c, y_c):
+                    own = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4, coefficients=coefficients)
+                    return own.run(_initial_state(mode, a_c, b_c, intersect), y_c)
+                out = torch.utils.checkpoint.checkpoint(one, a[start:stop], b[start:stop], y_c, use_reentrant=False)
             else:
-                lo_in, hi_in = a[start:stop], b[start:stop]
-                st = Box.from_bounds(lo_in, hi_in)
-                state = _Sym(st.c, _Diag(st.r.reshape(st.r.shape[0], -1)), {}, st if intersect else None)
-            out = runner.run(state, None if y is None else y[start:stop])
+                out = runner.run(_initial_state(mode, a[start:stop], b[start:stop], intersect), y_c)
         except RuntimeError as exc:
             if _is_oom(exc) and chunk > 1:
                 del exc

@@ -82,12 +82,13 @@ def _clean_and_verified(model: nn.Module, data, eps: float) -> tuple:
 class CertifiedObjective(Objective):
     """ε warm-up, per-epoch state and cost counts (``symbolic``: samples bounded symbolically) shared by all three."""
 
-    def __init__(self, eps: float, eps_warmup: int = 0, memory_budget: int | None = None):
+    def __init__(self, eps: float, eps_warmup: int = 0, memory_budget: int | None = None, checkpoint: bool = False):
         super().__init__()
         self.spent["symbolic"] = 0
         self.eps_target = check_eps(eps)
         self.eps_warmup = check_int(eps_warmup, "eps_warmup", 0)
         self.memory_budget = memory_budget
+        self.checkpoint = bool(checkpoint)   # recompute the bounds' graph in the backward pass (bounds.margin_bounds)
         self.state = {"eps": self.eps_at(0)}
 
     def eps_at(self, epoch: int) -> float:
@@ -121,7 +122,8 @@ class CertifiedObjective(Objective):
     def _robust(self, model, x, y, method: str) -> torch.Tensor:
         """Per-example robust CE on bounds of the ε-box, in the inputs' precision (autocast off)."""
         with torch.autocast(x.device.type, enabled=False):
-            return bounds.robust_loss(model, x, y, self.eps, method, memory_budget=self.memory_budget)
+            return bounds.robust_loss(model, x, y, self.eps, method, memory_budget=self.memory_budget,
+                                      checkpoint=self.checkpoint and method == "symbolic")
 
 
 class IBPTraining(CertifiedObjective):
@@ -160,8 +162,8 @@ class SymbolicTraining(CertifiedObjective):
 
     name = "symbolic"
 
-    def __init__(self, eps: float, eps_warmup: int = 0, memory_budget: int | None = None):
-        super().__init__(eps, eps_warmup, memory_budget)
+    def __init__(self, eps: float, eps_warmup: int = 0, memory_budget: int | None = None, checkpoint: bool = False):
+        super().__init__(eps, eps_warmup, memory_budget, checkpoint)
 
     def losses(self, model, x, y):
         self.count(len(y), forward=1, backward=1)    # plus the symbolic bound of every sample:
@@ -177,8 +179,8 @@ class MixTrain(CertifiedObjective):
     def __init__(self, eps: float, k: int = 5, rule: str = "adaptive", *, alpha: float = 0.5,
                  delta: float = 0.05, tol: float = 0.01, alpha_range=(0.1, 0.9), validation=None,
                  n_val: int = 200, p: float = 0.8, eps_warmup: int = 0, sampling: str = "uniform",
-                 memory_budget: int | None = None):
-        super().__init__(eps, eps_warmup, memory_budget)
+                 memory_budget: int | None = None, checkpoint: bool = False):
+        super().__init__(eps, eps_warmup, memory_budget, checkpoint)
         self.k = check_int(k, "k", 1)
         self.rule = check_choice(rule, RULES, "rule")
         self.sampling = check_choice(sampling, SAMPLING, "sampling")
