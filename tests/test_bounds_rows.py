@@ -59,6 +59,16 @@ def _net():
                          nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 5)).double()
 
 
+def _net_and_batch(n: int, seed: int):
+    """``_net()`` in eval mode with non-trivial BatchNorm statistics, and a batch of ``n`` inputs with labels."""
+    net = _net()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 2.0)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, 8, 8, generator=g, dtype=torch.float64)
+    return net.eval(), x, torch.randint(0, 5, (n,), generator=g)
+
+
 def _count_rows(monkeypatch) -> list:
     """The calls of the plans' ``rows``: "gather" for error terms, "jacobian" for a whole layer's Jacobian."""
     calls = []
@@ -78,13 +88,7 @@ def _count_rows(monkeypatch) -> list:
 
 @pytest.mark.parametrize("width", [0.02, 0.3])
 def test_symbolic_bounds_and_gradients_equal_the_dense_propagation(width, monkeypatch):
-    net = _net()
-    net[1].running_mean.uniform_(-0.5, 0.5)
-    net[1].running_var.uniform_(0.5, 2.0)
-    net.eval()
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(5, 2, 8, 8, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 5, (5,), generator=g)
+    net, x, y = _net_and_batch(5, seed=0)
 
     def run():
         net.zero_grad()
@@ -124,12 +128,7 @@ def test_the_first_layer_stays_factored_until_a_relu(monkeypatch):
 def test_batchnorm_parameters_get_the_gradient_of_the_bounds():
     """BatchNorm (eval mode) enters the bounds as a scale and shift made from its parameters when the plan is
     built; they keep their gradient (before 2026-11-26 the plan was built without it: no gradient reached them)."""
-    net = _net()
-    net[1].running_var.uniform_(0.5, 2.0)
-    net.eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(3, 2, 8, 8, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 5, (3,), generator=g)
+    net, x, y = _net_and_batch(3, seed=1)
 
     def loss():
         return bounds.robust_loss(net, x, y, 0.05).sum()
@@ -151,12 +150,7 @@ def test_batchnorm_parameters_get_the_gradient_of_the_bounds():
 def test_checkpointed_bounds_keep_no_coefficients_for_the_backward_pass():
     """``checkpoint=True`` gives the same robust loss and gradients, while the autograd graph keeps (almost) nothing
     of the symbolic propagation between the forward and the backward pass: each chunk is recomputed there."""
-    net = _net()
-    net[1].running_var.uniform_(0.5, 2.0)
-    net.eval()
-    g = torch.Generator().manual_seed(2)
-    x = torch.rand(6, 2, 8, 8, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 5, (6,), generator=g)
+    net, x, y = _net_and_batch(6, seed=2)
     budget = 2 * bounds.estimate_sample_bytes(net, x[:1])      # chunks of two samples
 
     def run(checkpoint):
