@@ -52,10 +52,12 @@ case "$mode" in
 cuda)
     { nvidia-smi -L; "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"; } \
         2>&1 | tee -a "$log"
-    # training throughput: every variant of fit in one process (the compiled ones pay ~30 s of compilation
-    # each in their warm-up), Fast-AT after it; then the kernel benchmarks
-    wanted training && step 260 training-cuda.json training-cuda.json -- "$PY" "$here/bench_training.py" \
-        --device cuda --n 10240 --repeat 2 --fast-at
+    # training throughput: fit's CUDA variants in one process (a compiled one pays ~25 s of compilation in its
+    # warm-up, so only the best compiled one runs; VARIANTS="..." names others), Fast-AT after it; then the
+    # kernel benchmarks
+    wanted training && step ${TRAIN_S:-200} training-cuda.json training-cuda.json -- "$PY" "$here/bench_training.py" \
+        --device cuda --n 10240 --repeat 2 --fast-at \
+        --variants ${VARIANTS:-default bf16 channels-last bf16+channels-last compile+bf16+channels-last}
     wanted bounds && step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
     wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
