@@ -13,7 +13,8 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
   no host syncs in the step, parameters frozen while the attack differentiates), once per *variant* of ``fit``'s
   speed options: ``fp32`` (eager, contiguous, PyTorch's own convolution kernels), ``tuned`` (every convolution
   direction by its measured-fastest kernel, :mod:`robustlib.conv_kernels`), ``channels-last``, ``bf16``
-  (autocast), ``compile`` (``torch.compile`` of the network) and their combinations, and ``default`` (what ``fit``
+  (autocast), ``compile`` (``torch.compile`` of the network), ``cudagraphs`` (``torch.compile`` in its
+  "reduce-overhead" mode: CUDA graphs on a GPU) and their combinations, and ``default`` (what ``fit``
   picks by itself on this device: on a CPU fp32 with tuned convolutions). Every variant is a before/after pair
   with ``fp32`` measured in the same run: that is how each gain of the library is recorded. ``fp32 unfrozen
   attack`` is fp32 with the attack's parameter freezing switched off (monkeypatched in this script): the
@@ -58,6 +59,8 @@ VARIANTS = {   # fit's speed options per variant (the compiled ones last: they l
     "compile": dict(amp=False, channels_last=False, compile=True, tune_convs=False),
     "compile+bf16": dict(amp=True, channels_last=False, compile=True, tune_convs=False),
     "compile+bf16+channels-last": dict(amp=True, channels_last=True, compile=True, tune_convs=False),
+    # torch.compile's "reduce-overhead" mode: on a GPU the compiled kernels replay as CUDA graphs (no launch overhead)
+    "cudagraphs+bf16+channels-last": dict(amp=True, channels_last=True, compile="reduce-overhead", tune_convs=False),
 }
 
 
@@ -194,7 +197,13 @@ def main(argv=None):
         warmup[config], samples[config] = time.perf_counter() - t0, []
     for r in range(repeat):   # round r visits the configurations rotated by r: drift hits every one alike
         for config in configs[r % len(configs):] + configs[:r % len(configs)]:
-            samples[config].append(epoch(config))
+            try:
+                samples[config].append(epoch(config))
+            except Exception as e:   # a failure past the warm-up loses that configuration only
+                print(f"{config}: failed in round {r + 1} ({type(e).__name__}: {str(e).splitlines()[0][:160]})",
+                      flush=True)
+                configs.remove(config)
+                del samples[config], warmup[config]
         print(f"round {r + 1}/{repeat}: " + ", ".join(f"{c} {samples[c][-1]:.0f}" for c in configs), flush=True)
     ips = {c: max(v) for c, v in samples.items()}
     median = {c: statistics.median(v) for c, v in samples.items()}

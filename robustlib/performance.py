@@ -219,7 +219,9 @@ def gains_section(results: dict) -> str:
                        "one chunk differ)")
         changes = (("symbolic, one chunk", f"with the whole batch in one chunk → with {chunks}"),
                    ("symbolic, vector_norm L1", "with the radius Σ|A| by `torch.linalg.vector_norm(A, 1, dim=1)` → by "
-                                                "`A.abs().sum(1)`"),
+                                                "`A.abs().sum(1)` (robustlib's form on a CPU)"),
+                   ("symbolic, abs-sum L1", "with the radius Σ|A| by `A.abs().sum(1)` → by "
+                                            "`torch.linalg.vector_norm(A, 1, dim=1)` (robustlib's form on CUDA)"),
                    ("symbolic, no shortcuts", "with `bounds.symbolic.SHORTCUTS` off (the first layer's coefficients "
                                               "materialised at once, fresh error terms through dense passes) → on "
                                               "(kept as s ⊗ J until the first ReLU, error terms gathered from the "

@@ -37,6 +37,7 @@ from .data import ImageData, Loader
 from .objectives import Custom, Objective
 
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile(mode=...)
 
 
 def lr_factor(schedule: str, t: float, epochs: int, milestones=None, gamma: float = 0.1,
@@ -172,7 +173,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         batch_size: int = 128, optimizer: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
         weight_decay: float = 5e-4, schedule: str = "multistep", milestones=None, gamma: float = 0.1,
         augment: str | None = None, drop_last: bool = False, selector=None, seed: int = 0,
-        amp: bool | str = "auto", channels_last: bool | str = "auto", compile: bool = False,
+        amp: bool | str = "auto", channels_last: bool | str = "auto", compile: bool | str = False,
         tune_convs: bool | str = "auto", checkpoint: str | os.PathLike | None = None, resume: bool = True, eval_fn=None,
         callback=None, progress: bool = True, desc: str | None = None) -> History:
     """Train ``model`` on ``data`` with ``objective`` for ``epochs`` epochs; return the :class:`History`.
@@ -189,13 +190,16 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     weights as an uninterrupted run.
 
     Speed options: ``amp`` (bf16 autocast) and ``channels_last`` default to on with CUDA, off on a CPU;
-    ``compile`` wraps the network in ``torch.compile``; ``tune_convs`` ("auto": on a CPU without
+    ``compile`` wraps the network in ``torch.compile`` (``True``: its default mode; a string names the mode, e.g.
+    ``"reduce-overhead"``, which replays the compiled kernels as CUDA graphs on a GPU); ``tune_convs`` ("auto": on a CPU without
     ``channels_last`` or ``compile``) computes every convolution's forward pass, input gradient and weight gradient
     with the kernel measured fastest for it on this machine (:mod:`robustlib.conv_kernels`; a resumed run keeps the
     kernels it started with). On a CPU, ``fit`` also fixes glibc's allocator thresholds once per process
     (:func:`robustlib.allocator.steady`).
     """
     epochs = check_int(epochs, "epochs", 1)
+    if isinstance(compile, str) and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be True, False or one of torch.compile's modes {COMPILE_MODES}, got {compile!r}")
     lr = check_real(lr, "lr", positive=True)
     momentum = check_real(momentum, "momentum", minimum=0.0)
     if momentum >= 1:
@@ -230,7 +234,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     tuned = (not on_cuda and not use_cl and not compile) if tune_convs == "auto" else bool(tune_convs)
     tuned = tuned and conv_kernels.tune(model) > 0
     kernels = conv_kernels.active if tuned else nullcontext
-    net = torch.compile(model) if compile else model
+    net = torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile else model
+    graphs = on_cuda and compile in ("reduce-overhead", "max-autotune")   # CUDA graphs: one generation per batch
     step = distributed.wrap(net, objective, device) if parallel else (lambda x, y, w: objective(net, x, y, w))
     opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
@@ -291,6 +296,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 if not parallel:   # a perturbation memory learns which examples these are (one shard per rank: not fed)
                     objective.batch_indices = loader.batch_indices
                 checked = nullcontext() if (epoch == start_epoch and i == 0) else trusted_inputs()
+                if graphs:   # the batch's graph replays may overwrite the last batch's outputs, never this one's
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast(), checked, kernels():  # attacks validate the first batch only: no host sync per step
                     per_example = step(x, y, w)
                 loss = per_example.mean()

@@ -51,7 +51,8 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
            {"mnist_small B=1 symbolic / forward(d+1)": 2.5})
     _write(res, "bounds", "cuda", "NVIDIA H100 80GB HBM3",
            [{"net": "cifar_large", "batch": 128, "method": "symbolic", "samples_per_s": 190.0},
-            {"net": "cifar_large", "batch": 128, "method": "symbolic, one chunk", "samples_per_s": 200.0}], {})
+            {"net": "cifar_large", "batch": 128, "method": "symbolic, one chunk", "samples_per_s": 200.0},
+            {"net": "cifar_large", "batch": 128, "method": "symbolic, abs-sum L1", "samples_per_s": 152.0}], {})
     _write(res, "pruning", "cuda", "NVIDIA H100 80GB HBM3", {"bt_train_s": 10.0, "bt_unpadded_train_s": 17.5},
            {"bt_bucket_gain": 1.75, "gradmatch_Ks3_selection_per_epoch_amortised_R20": 0.03}, {"epochs": 4})
     (res / "notes.json").write_text("{}")    # not a benchmark file: ignored
@@ -71,6 +72,9 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     gpu_bounds = page[page.index("**Symbolic bounds (NVIDIA H100"):]
     assert "memory budget" in gpu_bounds.split("\n")[0] and "last-level cache" not in gpu_bounds.split("\n")[0]
     assert "| cifar_large, B = 128 | 200.0 → 190.0 | 0.95× |" in gpu_bounds
+    cuda_radius = page[page.index("by `A.abs().sum(1)` → by `torch.linalg.vector_norm(A, 1, dim=1)`"):]
+    assert "NVIDIA H100" in page[:page.index("by `A.abs().sum(1)` → by")].rsplit("**Symbolic bounds", 1)[1]
+    assert "| cifar_large, B = 128 | 152.0 → 190.0 | 1.25× |" in cuda_radius.split("\n\n**")[0]
     assert "**Bullet-Train (NVIDIA H100 80GB HBM3)**: seconds of 4 epochs" in page
     floors = page[page.index("## Symbolic bounds against their floor"):]
     assert "| mnist_small | 16 | 64 | 30.5 | 1.60× | 1.20× |" in floors     # both floors, from the file

@@ -122,6 +122,8 @@ def test_fit_rejects_bad_arguments(digits):
         fit(model, train, Standard(), epochs=1, schedule="warm")
     with pytest.raises(ValueError, match="lr"):
         fit(model, train, Standard(), epochs=1, lr=math.nan)
+    with pytest.raises(ValueError, match="reduce-overhead"):   # names the modes torch.compile knows
+        fit(model, train, Standard(), epochs=1, compile="fast")
 
 
 def test_non_finite_loss_is_reported(digits):
