@@ -48,6 +48,10 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
                "of an attack step computes input gradients only.",
     "compile+bf16": "compilation and bf16 autocast together.",
     "compile+bf16+channels-last": "all three options.",
+    "cudagraphs+bf16+channels-last": "bf16 and channels-last with `torch.compile` in its \"reduce-overhead\" mode "
+                                     "(`fit(compile=\"reduce-overhead\")`): on a GPU the compiled kernels replay as "
+                                     "CUDA graphs, without a launch per kernel, `fit` marking each batch as a new "
+                                     "graph generation.",
     "default": "what `fit` chooses by itself on this device (`amp`, `channels_last`, `tune_convs` = \"auto\": "
                "on a CPU fp32 with tuned convolutions, on a GPU bf16 and channels-last).",
 }
