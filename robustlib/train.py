@@ -191,15 +191,16 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
 
     Speed options: ``amp`` (bf16 autocast) and ``channels_last`` default to on with CUDA, off on a CPU;
     ``compile`` wraps the network in ``torch.compile`` (``True``: its default mode; a string names the mode, e.g.
-    ``"reduce-overhead"``, which replays the compiled kernels as CUDA graphs on a GPU); ``tune_convs`` ("auto": on a CPU without
-    ``channels_last`` or ``compile``) computes every convolution's forward pass, input gradient and weight gradient
-    with the kernel measured fastest for it on this machine (:mod:`robustlib.conv_kernels`; a resumed run keeps the
-    kernels it started with). On a CPU, ``fit`` also fixes glibc's allocator thresholds once per process
-    (:func:`robustlib.allocator.steady`).
+    ``"reduce-overhead"``, which replays the compiled kernels as CUDA graphs on a GPU); ``tune_convs`` ("auto": on
+    a CPU without ``channels_last`` or ``compile``) computes every convolution's forward pass, input gradient and
+    weight gradient with the kernel measured fastest for it on this machine (:mod:`robustlib.conv_kernels`; a
+    resumed run keeps the kernels it started with). On a CPU, ``fit`` also fixes glibc's allocator thresholds once
+    per process (:func:`robustlib.allocator.steady`).
     """
     epochs = check_int(epochs, "epochs", 1)
     if isinstance(compile, str) and compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be True, False or one of torch.compile's modes {COMPILE_MODES}, got {compile!r}")
+        raise ValueError(f"compile must be True, False or one of torch.compile's modes {COMPILE_MODES}, "
+                         f"got {compile!r}")
     lr = check_real(lr, "lr", positive=True)
     momentum = check_real(momentum, "momentum", minimum=0.0)
     if momentum >= 1:
