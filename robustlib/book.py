@@ -346,7 +346,7 @@ IDEAS = {
     "pruned-certified": dict(title="Pruning the data of certified training",
                              claims=("p1-speedup-cifar10", "p1-speedup-cifar100", "p2-vs-verifiable", "p2-vra"),
                              match=lambda r: r.get("idea") == "pruned-certified"),
-    "worst-ibp": dict(title="Importance-sampled MixTrain (`sampling=\"worst-ibp\"`)",
+    "worst-ibp": dict(title="Importance-sampled MixTrain (`sampling=\"worst-ibp\"` and `\"ibp-weighted\"`)",
                       claims=("p2-vra", "p2-vs-verifiable", "p2-vs-at"),
                       match=lambda r: r.get("idea") == "worst-ibp" or "sampling" in r),
 }

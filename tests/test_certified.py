@@ -10,6 +10,7 @@ import robustlib as rl
 from robustlib import bounds
 from robustlib.objectives import (IBPTraining, MixTrain, Standard, SymbolicTraining, adaptive_alpha,
                                   schedule_weight)
+from robustlib.objectives.certified import importance_draw
 from robustlib.train import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,6 +58,35 @@ def test_exactly_k_points_get_symbolic_bounds(monkeypatch):
     idx = torch.randperm(20)[:5]
     want = 0.5 * F.cross_entropy(model(x), y).detach() + 0.5 * real(model, x[idx], y[idx], 0.05).mean().detach()
     assert torch.allclose(out.mean(), want, atol=1e-6)
+
+
+def test_importance_draw_is_unbiased_and_follows_its_probabilities():
+    score = torch.tensor([0.0, 1.0, 3.0, 0.5, 0.0, 2.5])
+    f = torch.tensor([2.0, -1.0, 0.5, 4.0, 1.0, 3.0])
+    torch.manual_seed(0)
+    draws = [importance_draw(score, 4) for _ in range(20000)]
+    est = torch.stack([(scale * f[idx]).sum() for idx, scale in draws])
+    assert abs(float(est.mean()) - float(f.sum())) < 0.05 * float(f.sum())     # E[Σ scale·f(i)] = Σ f
+    p = 0.5 * score / score.sum() + 0.5 / 6                                     # the documented probabilities
+    freq = torch.bincount(torch.cat([idx for idx, _ in draws]), minlength=6) / (4 * 20000)
+    assert torch.allclose(freq, p, atol=0.01) and bool((freq[score == 0] > 0).all())   # zero score: still drawn
+    idx, scale = importance_draw(torch.zeros(5), 3)                             # no signal: uniform, scale N/k
+    assert torch.allclose(scale, torch.full((3,), 5 / 3))
+
+
+def test_importance_sampled_mixtrain_estimates_every_robust_loss():
+    model, (x, y) = tiny(), batch(6)
+    want = SymbolicTraining(0.05)(model, x, y).detach()
+    obj = MixTrain(0.05, k=3, rule="fixed", alpha=0.0, sampling="ibp-weighted")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        mean = torch.stack([obj(model, x, y) for _ in range(2000)]).mean(0)
+    assert torch.allclose(mean, want, rtol=0.1), (mean, want)     # unbiased per example, unlike uniform's N/k·R_s
+    assert obj.spent["symbolic"] == 3 * 2000 and obj.spent["forward"] == (1 + 2) * 6 * 2000   # clean + IBP pass
+    worst = MixTrain(0.05, k=2, rule="fixed", alpha=0.0, sampling="worst-ibp")
+    _, u = bounds.margin_bounds(model, *bounds.input_box(x, 0.05), y, "interval")
+    picked = worst(model, x, y).nonzero().flatten()
+    assert set(picked.tolist()) == set(u.amax(1).topk(2).indices.tolist())     # the two largest IBP violations
 
 
 def test_schedule_rule_weight_probability_and_replacement():

@@ -32,7 +32,7 @@ def test_mixtrain_chapter(smoke_book):
     ks = sorted(r["k"] for r in rows if r["section"] == "k")
     assert ks == [1, 5, 10, cfg["batch_size"]]
     assert {r["rule"] for r in rows if r["section"] == "rule"} == {"fixed", "adaptive", "schedule"}
-    assert {r["sampling"] for r in rows if r["section"] == "sampling"} == {"uniform", "worst-ibp"}
+    assert {r["sampling"] for r in rows if r["section"] == "sampling"} == {"uniform", "worst-ibp", "ibp-weighted"}
     for r in (r for r in rows if r["section"] == "attack"):
         assert r["only_interval"] <= r["interval_broken"] and r["only_pgd"] <= r["pgd_broken"]
         assert r["interval_broken"] + r["verified"] <= r["clean_correct"] <= r["n"]

@@ -28,6 +28,12 @@ the verified robust accuracy (VRA).
   losses ``(N/k)·R_s`` on the sampled examples so that the batch mean is exact
   (and pruning weights apply to the sampled points).
 
+  Which k points (``sampling``, beyond the paper: ours): ``"uniform"`` (the paper's);
+  ``"worst-ibp"``, the k largest IBP margin violations (biased on purpose); ``"ibp-weighted"``,
+  k draws with replacement with probability ``p_i = ½·R_IBP(x_i)/Σ R_IBP + ½/N`` and losses
+  ``R_s/(k·p_s)``, so that the spread losses are an unbiased estimate of every example's
+  robust loss (importance sampling; the uniform half keeps ``1/p`` at most ``2N``).
+
 ε warm-up (all three): in epoch e (0-based) ε_e = ε·min(1, e / L), L =
 ``eps_warmup`` — ε reaches its target in epoch L. :func:`robustlib.train.fit`
 drives the per-epoch state through ``start_epoch(epoch, epochs, history) ->
@@ -48,7 +54,19 @@ from ..checks import check_choice, check_eps, check_int, check_real, eval_mode
 from .base import Objective
 
 RULES = ("adaptive", "schedule", "fixed")
-SAMPLING = ("uniform", "worst-ibp")
+SAMPLING = ("uniform", "worst-ibp", "ibp-weighted")
+
+
+def importance_draw(score: torch.Tensor, k: int, mix: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """k indices drawn with replacement with p_i = (1 − mix)·s_i/Σs + mix/N (s ≥ 0: a proxy of each example's
+    loss), and each draw's scale 1/(k·p_i): Σ_draws scale·f(i) is an unbiased estimate of Σ_i f_i for any f."""
+    n = len(score)
+    s = score.detach().float().clamp_min(0)
+    total = s.sum()
+    share = torch.where(total > 0, s / total.clamp_min(torch.finfo(s.dtype).tiny), torch.full_like(s, 1.0 / n))
+    p = (1 - mix) * share + mix / n
+    idx = torch.multinomial(p, k, replacement=True)
+    return idx, 1.0 / (k * p[idx])
 
 
 def schedule_weight(epoch: int, warmup: int, start: float = 0.1, factor: float = 2.5, every: int = 5,
@@ -223,20 +241,24 @@ class MixTrain(CertifiedObjective):
                                              *self.alpha_range)
         return {"eps": out["eps"], "alpha": self.alpha, "val_clean_acc": clean, "val_vra": vra}
 
-    def _sample(self, model, x, y) -> torch.Tensor:
+    def _sample(self, model, x, y) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """The k sampled indices and the scale of each one's robust loss in the spread per-example losses."""
         n = len(y)
         if self.k > n:
             raise ValueError(f"k = {self.k} points per batch but the batch has only {n} examples; use k ≤ the batch "
                              f"size (drop_last=True avoids a short last batch)")
-        if self.sampling == "worst-ibp":   # the k points with the largest IBP margin violation (biased: ours)
+        if self.sampling in ("worst-ibp", "ibp-weighted"):
             with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
                 lo, hi = bounds.input_box(x, self.eps)
                 _, u = bounds.margin_bounds(model, lo, hi, y, "interval")
             self.spent["forward"] += 2 * len(y)          # the IBP pass over the batch (centre and radius)
-            return u.amax(1).topk(self.k).indices
+            if self.sampling == "worst-ibp":   # the k points with the largest IBP margin violation (biased: ours)
+                return u.amax(1).topk(self.k).indices, n / self.k
+            # IBP's robust CE log(1 + Σ_j exp(u_j)) (u_y = 0 is the 1) as the proxy of the symbolic one
+            return importance_draw(torch.logsumexp(u, 1), self.k)
         if self.rule == "schedule":        # uniformly with replacement, as the authors' trainer
-            return torch.randint(n, (self.k,), device=x.device)
-        return torch.randperm(n, device=x.device)[:self.k]
+            return torch.randint(n, (self.k,), device=x.device), n / self.k
+        return torch.randperm(n, device=x.device)[:self.k], n / self.k
 
     def losses(self, model, x, y):
         clean = F.cross_entropy(_at_least_fp32(model(x)), y, reduction="none")
@@ -249,8 +271,8 @@ class MixTrain(CertifiedObjective):
             a, b = self.alpha, 1.0 - self.alpha
             if b == 0:
                 return clean
-        idx = self._sample(model, x, y)
+        idx, scale = self._sample(model, x, y)
         robust = self._robust(model, x[idx], y[idx], "symbolic")
         self.spent["symbolic"] += len(idx)
-        spread = robust.new_zeros(clean.shape).index_add(0, idx, robust * (len(y) / len(idx)))
+        spread = robust.new_zeros(clean.shape).index_add(0, idx, robust * scale)
         return a * clean + b * spread
