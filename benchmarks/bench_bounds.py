@@ -162,7 +162,7 @@ def _other_l1(fn, device):
     ``A.abs().sum(1)``), by ``A.abs().sum(1)`` on CUDA (robustlib's form there until the first GPU run showed the
     norm faster). The before of that choice, timed in the same run."""
     module = importlib.import_module("robustlib.bounds.symbolic")
-    other = (lambda t: t.abs().sum(1)) if device.type == "cuda" else (lambda t: torch.linalg.vector_norm(t, 1, dim=1))
+    other = module.L1_FORMS["abs-sum" if device.type == "cuda" else "vector_norm"]
 
     def run():
         saved, module._l1 = module._l1, other

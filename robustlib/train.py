@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from . import allocator, conv_kernels, distributed
-from .checks import check_int, check_real, progress_bar, trusted_inputs
+from .checks import check_choice, check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
 
@@ -198,9 +198,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     per process (:func:`robustlib.allocator.steady`).
     """
     epochs = check_int(epochs, "epochs", 1)
-    if isinstance(compile, str) and compile not in COMPILE_MODES:
-        raise ValueError(f"compile must be True, False or one of torch.compile's modes {COMPILE_MODES}, "
-                         f"got {compile!r}")
+    if isinstance(compile, str):   # True / False, or one of torch.compile's modes
+        check_choice(compile, COMPILE_MODES, "compile mode")
     lr = check_real(lr, "lr", positive=True)
     momentum = check_real(momentum, "momentum", minimum=0.0)
     if momentum >= 1:

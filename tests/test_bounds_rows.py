@@ -173,3 +173,12 @@ def test_checkpointed_bounds_keep_no_coefficients_for_the_backward_pass():
     with torch.no_grad():                                       # without autograd there is nothing to recompute
         assert torch.equal(bounds.robust_loss(net, x, y, 0.1, checkpoint=True),
                            bounds.robust_loss(net, x, y, 0.1))
+
+
+def test_both_radius_forms_agree():
+    """The symbolic radius Σ_k |A[:, k]| is taken by abs-sum on a CPU and by vector_norm on CUDA: same values."""
+    symbolic = importlib.import_module("robustlib.bounds.symbolic")   # the module (bounds.symbolic is the function)
+    t = torch.randn(3, 50, 4, 5, 5, dtype=torch.float64)
+    forms = symbolic.L1_FORMS
+    assert torch.allclose(forms["abs-sum"](t), forms["vector_norm"](t))
+    assert torch.equal(symbolic._l1(t), forms["abs-sum"](t))      # the CPU's form

@@ -93,6 +93,9 @@ def _storage_ptrs(s) -> list:
     return [t.untyped_storage().data_ptr() for t in ts if isinstance(t, torch.Tensor)]
 
 
+L1_FORMS = {"abs-sum": lambda t: t.abs().sum(1), "vector_norm": lambda t: torch.linalg.vector_norm(t, 1, dim=1)}
+
+
 def _l1(t: torch.Tensor) -> torch.Tensor:
     """Σ_k |t[:, k, ...]| in the form faster on ``t``'s device. On the 2-core CPU ``t.abs().sum(1)`` is 3.4× faster
     than ``torch.linalg.vector_norm(t, 1, dim=1)`` on a (1, 784, 16, 14, 14) coefficient tensor (0.41 against
@@ -100,9 +103,7 @@ def _l1(t: torch.Tensor) -> torch.Tensor:
     bounds 1.02–1.6× faster in 22 of 24 (network, batch) cells of two ``bench_bounds.py`` runs (2026-11-26), 0.84
     and 0.96× in the other two (batch 128, whose timings varied 2× between the runs). It reads ``t`` once, where
     ``abs()`` first writes a copy."""
-    if t.is_cuda:
-        return torch.linalg.vector_norm(t, 1, dim=1)
-    return t.abs().sum(1)
+    return L1_FORMS["vector_norm" if t.is_cuda else "abs-sum"](t)
 
 
 def _materialize(A, shape: tuple) -> torch.Tensor:
