@@ -18,14 +18,16 @@ alike and their ratios hold):
   references, not strict bounds: fresh error columns are one-hot, and robustlib maps them through the next
   layer by gathering weight columns, cheaper than a dense pass;
 * ``interval`` (IBP) and ``symbolic`` (robustlib.bounds, its default chunking: on CPU chunks that fit
-  ``bounds.symbolic.CPU_CHUNK_BYTES``); ``symbolic, one chunk``: the whole batch in one chunk (the default
+  ``bounds.chunks.CPU_CHUNK_BYTES``); ``symbolic, one chunk``: the whole batch in one chunk (the default
   before the cache-sized CPU chunks; the ratio of the two is that change's gain, measured in the same run);
   ``symbolic, vector_norm L1`` (CPU) / ``symbolic, abs-sum L1`` (CUDA): the radius Σ_i |A_i| in the form
   robustlib does not pick on that device (``bounds.symbolic._l1``: ``abs().sum()`` on a CPU, since 2026-11-26,
-  ``torch.linalg.vector_norm(·, 1)`` on CUDA), the before of that choice; ``symbolic, no shortcuts``: with
-  ``bounds.symbolic.SHORTCUTS`` off — the first layer's coefficients materialised at once instead of kept as
-  ``s ⊗ J``, fresh error terms through dense passes instead of gathers from the weights — the before of that
-  change (2026-11-26);
+  ``torch.linalg.vector_norm(·, 1)`` on CUDA), the before of that choice; ``symbolic, no windows``: with
+  ``bounds.symbolic.PATCHES`` off — every convolution's input coefficients as ``d`` dense columns instead of one
+  window of the input per neuron (``bounds.patches``) — the before of that change (2026-11-26, second);
+  ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients materialised at
+  once instead of kept as ``s ⊗ J``, fresh error terms through dense passes instead of gathers from the
+  weights — the before of the change before (2026-11-26, first; its ratio is taken against "no windows");
 * ``naive symbolic``: the same relaxation written layer by layer the straightforward way
   (``benchmarks/naive_symbolic.py``: dense coefficients from the first layer on, dense error blocks) — the
   bounds of both are compared, and the speed ratio is robustlib's gain (goal ≥ 3×); skipped where its dense
@@ -38,7 +40,9 @@ fixed thresholds, the naive reference included.
 
 Peak memory: CUDA ``torch.cuda.max_memory_allocated`` above the memory held before the call (measured); CPU
 *analytic* — the largest coefficient tensor the method holds at once (forward: B·n_max, interval: 2·B·n_max,
-symbolic: chunk·d·n_max numbers, d = input dimension, n_max = largest layer; error-term blocks on top).
+symbolic: chunk·d·n_max numbers with dense coefficients, d = input dimension, n_max = largest layer — with windows
+through the convolutions chunk·max over layers of (neurons × window), ``bounds.estimate_sample_bytes`` / 4;
+error-term blocks on top).
 Writes ``benchmarks/results/bounds-<cpu|cuda>.json``.
 """
 from __future__ import annotations
@@ -173,17 +177,21 @@ def _other_l1(fn, device):
     return run
 
 
-def _no_shortcuts(fn):
-    """``fn`` with ``bounds.symbolic.SHORTCUTS`` off: the first layer's coefficients materialised at once and fresh
-    error terms passed through dense layers, as before 2026-11-26 — the before of that change, in the same run."""
+def _switched_off(fn, *flags):
+    """``fn`` with the named switches of ``bounds.symbolic`` off, the before of those changes in the same run:
+    ``PATCHES`` (since 2026-11-26, second change: a convolution's input coefficients as one window per neuron, not
+    ``d`` dense columns) and ``SHORTCUTS`` (2026-11-26, first change: the first layer's coefficients factored, fresh
+    error terms through gathers from the weights instead of dense passes)."""
     module = importlib.import_module("robustlib.bounds.symbolic")
 
     def run():
-        module.SHORTCUTS = False
+        for f in flags:
+            setattr(module, f, False)
         try:
             return fn()
         finally:
-            module.SHORTCUTS = True
+            for f in flags:
+                setattr(module, f, True)
     return run
 
 
@@ -199,26 +207,30 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     item = x.element_size()
     per_sample = bounds.estimate_sample_bytes(plan, x)
     chunk = min(batch, bounds.default_chunk(per_sample, device, budget))
+    coef = per_sample // 4                                 # the coefficients one sample holds at most (windows)
+    dense = d * n_max * item                               # ... with every layer's coefficients dense
+    chunk_dense = min(batch, bounds.default_chunk(4 * dense, device, budget))
     floor_x = torch.rand(d + 1, ch, size, size, device=device, dtype=dtype)
 
     runs = {
         "forward": (lambda: model(x), batch * n_max * item),
         "forward(d+1)": (lambda: [model(floor_x) for _ in range(batch)], (d + 1) * n_max * item),
         "interval": (lambda: bounds.interval(model, lower, upper), 2 * batch * n_max * item),
-        "symbolic": (lambda: bounds.symbolic(model, lower, upper, memory_budget=budget), chunk * d * n_max * item),
+        "symbolic": (lambda: bounds.symbolic(model, lower, upper, memory_budget=budget), chunk * coef),
     }
     runs[OTHER_L1[device.type == "cuda"]] = (_other_l1(lambda: bounds.symbolic(model, lower, upper,
                                                                               memory_budget=budget), device),
-                                             chunk * d * n_max * item)
-    runs["symbolic, no shortcuts"] = (_no_shortcuts(lambda: bounds.symbolic(model, lower, upper,
-                                                                          memory_budget=budget)),
-                                      chunk * d * n_max * item)
+                                             chunk * coef)
+    runs["symbolic, no windows"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
+                                                  "PATCHES"), chunk_dense * dense)
+    runs["symbolic, no shortcuts"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
+                                                    "PATCHES", "SHORTCUTS"), chunk_dense * dense)
     if chunk < batch:
         runs["symbolic, one chunk"] = (lambda: bounds.symbolic(model, lower, upper, memory_budget=batch * per_sample),
-                                       batch * d * n_max * item)
-    naive = naive and batch * d * n_max * item <= NAIVE_LIMIT   # its dense coefficients, all at once
+                                       batch * coef)
+    naive = naive and batch * dense <= NAIVE_LIMIT   # its dense coefficients, all at once
     if naive:
-        runs["naive symbolic"] = (lambda: naive_symbolic.symbolic(model, lower, upper), batch * d * n_max * item)
+        runs["naive symbolic"] = (lambda: naive_symbolic.symbolic(model, lower, upper), batch * dense)
     with torch.no_grad():
         per_relu = error_columns(model, lower, upper)
         one_width, width_numel = width_floor(model, x[:1], per_relu)
@@ -244,7 +256,8 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
             r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
             r["other_l1_over_default"] = seconds[OTHER_L1[device.type == "cuda"]] / seconds["symbolic"]
-            r["no_shortcuts_over_default"] = seconds["symbolic, no shortcuts"] / seconds["symbolic"]
+            r["no_windows_over_default"] = seconds["symbolic, no windows"] / seconds["symbolic"]
+            r["no_shortcuts_over_no_windows"] = seconds["symbolic, no shortcuts"] / seconds["symbolic, no windows"]
             if "symbolic, one chunk" in seconds:
                 r["one_chunk_over_default"] = seconds["symbolic, one chunk"] / seconds["symbolic"]
             if naive:
@@ -332,8 +345,10 @@ def main(argv=None):
                     ratios[f"{net} B={bs} symbolic one chunk / default chunks"] = r["one_chunk_over_default"]
                 if "other_l1_over_default" in r:
                     ratios[f"{net} B={bs} {OTHER_L1[device.type == 'cuda']} / symbolic"] = r["other_l1_over_default"]
-                if "no_shortcuts_over_default" in r:
-                    ratios[f"{net} B={bs} symbolic without / with the shortcuts"] = r["no_shortcuts_over_default"]
+                if "no_windows_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic without / with windows"] = r["no_windows_over_default"]
+                    ratios[f"{net} B={bs} symbolic without / with the shortcuts (no windows)"] = \
+                        r["no_shortcuts_over_no_windows"]
                 if "naive_over_ours" in r:
                     ratios[f"{net} B={bs} naive symbolic / robustlib symbolic"] = r["naive_over_ours"]
                     if r["max_bound_difference"] > 1e-3:

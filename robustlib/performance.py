@@ -218,7 +218,7 @@ def gains_section(results: dict) -> str:
                    f"over rounds of the ratio within one round (the same machine state):\n\n" +
                    table(("variant", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
     for kind, result, rows in _per_device(results, "bounds", list):
-        chunks = ("chunks that fit the CPU's last-level cache (`bounds.symbolic.CPU_CHUNK_BYTES`)" if kind == "cpu"
+        chunks = ("chunks that fit the CPU's last-level cache (`bounds.chunks.CPU_CHUNK_BYTES`)" if kind == "cpu"
                   else "chunks that fit the memory budget (`bounds.default_memory_budget`: only batches larger than "
                        "one chunk differ)")
         changes = (("symbolic, one chunk", f"with the whole batch in one chunk → with {chunks}"),
@@ -226,16 +226,24 @@ def gains_section(results: dict) -> str:
                                                 "`A.abs().sum(1)` (robustlib's form on a CPU)"),
                    ("symbolic, abs-sum L1", "with the radius Σ|A| by `A.abs().sum(1)` → by "
                                             "`torch.linalg.vector_norm(A, 1, dim=1)` (robustlib's form on CUDA)"),
+                   ("symbolic, no windows", "with `bounds.symbolic.PATCHES` off (every convolution's input "
+                                            "coefficients as d dense columns) → on (one window of the input per "
+                                            "neuron, `bounds.patches`)"),
                    ("symbolic, no shortcuts", "with `bounds.symbolic.SHORTCUTS` off (the first layer's coefficients "
                                               "materialised at once, fresh error terms through dense passes) → on "
                                               "(kept as s ⊗ J until the first ReLU, error terms gathered from the "
                                               "weights)"))
+        windows = any(r["method"] == "symbolic, no windows" for r in rows)
         for method, what in changes:
+            # the shortcuts came first: where the file has the windows' before, the shortcuts' after is that row
+            after = "symbolic, no windows" if method == "symbolic, no shortcuts" and windows else "symbolic"
+            if after != "symbolic":
+                what += ", both with the windows off"
             before = {(r["net"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == method}
             gains = [(f"{r['net']}, B = {r['batch']}",
                       f"{before[r['net'], r['batch']]:,.1f} → {r['samples_per_s']:,.1f}",
                       f"{r['samples_per_s'] / before[r['net'], r['batch']]:.2f}×")
-                     for r in rows if r["method"] == "symbolic" and (r["net"], r["batch"]) in before]
+                     for r in rows if r["method"] == after and (r["net"], r["batch"]) in before]
             if gains:
                 out.append(f"**Symbolic bounds ({result['device']})**: samples/s {what}, both timed in the same "
                            f"run:\n\n" + table(("network, batch", "samples/s", "gain"), gains))

@@ -610,9 +610,10 @@ def test_certifiers_registered_for_evaluate():
 def test_default_chunk_is_cache_sized_on_cpu_and_respects_an_explicit_budget(monkeypatch):
     import importlib
     sym = importlib.import_module("robustlib.bounds.symbolic")   # the module (bounds.symbolic is the function)
+    chunks = importlib.import_module("robustlib.bounds.chunks")
     per = 10 << 20   # 10 MiB per sample
-    assert bounds.default_chunk(per, "cpu") == sym.CPU_CHUNK_BYTES // per == 3
-    assert bounds.default_chunk(sym.CPU_CHUNK_BYTES * 2, "cpu") == 1          # never below one sample
+    assert bounds.default_chunk(per, "cpu") == chunks.CPU_CHUNK_BYTES // per == 3
+    assert bounds.default_chunk(chunks.CPU_CHUNK_BYTES * 2, "cpu") == 1          # never below one sample
     assert bounds.default_chunk(per, "cpu", memory_budget=1 << 30) == 102      # an explicit budget is the cap
     with pytest.raises(ValueError, match="memory_budget must be a positive"):
         bounds.default_chunk(per, "cpu", memory_budget=0)
@@ -625,7 +626,7 @@ def test_default_chunk_is_cache_sized_on_cpu_and_respects_an_explicit_budget(mon
     calls = []
     run = sym._SymbolicRunner.run
     monkeypatch.setattr(sym._SymbolicRunner, "run", lambda self, s, y: calls.append(s.c.shape[0]) or run(self, s, y))
-    monkeypatch.setattr(sym, "CPU_CHUNK_BYTES", 2 * bounds.estimate_sample_bytes(net, x[:1]))
+    monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 2 * bounds.estimate_sample_bytes(net, x[:1]))
     split = bounds.symbolic(net, lower, upper)
     assert calls == [2, 2, 1]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, split))

@@ -103,6 +103,7 @@ def test_symbolic_bounds_and_gradients_equal_the_dense_propagation(width, monkey
     assert calls.count("gather") >= 4   # the error terms of three ReLU layers went through gathers (two passes)
     with monkeypatch.context() as m:   # the plain passes: first layer materialised, error terms dense
         m.setattr(sym, "SHORTCUTS", False)
+        m.setattr(sym, "PATCHES", False)
         calls = _count_rows(m)
         dense = run()
     assert "gather" not in calls
@@ -113,8 +114,9 @@ def test_symbolic_bounds_and_gradients_equal_the_dense_propagation(width, monkey
 
 
 def test_the_first_layer_stays_factored_until_a_relu(monkeypatch):
-    """After the first affine layers the input coefficients are ``s ⊗ J``; the ReLU gets its radius as one
-    product ``|s| @ |J|`` and materialises them once."""
+    """After the first affine layers the input coefficients are ``s ⊗ J`` (when no convolution keeps them as
+    windows, ``bounds.patches``); the ReLU gets its radius as one product ``|s| @ |J|`` and materialises them once."""
+    monkeypatch.setattr(sym, "PATCHES", False)
     seen = []
     relu = sym._SymbolicRunner.relu
     monkeypatch.setattr(sym._SymbolicRunner, "relu",

@@ -84,7 +84,7 @@ Supported networks
 """
 from .api import input_box, interval, margin_bounds, margin_coefficients, robust_loss, symbolic, verify
 from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation
-from .symbolic import default_chunk, default_memory_budget, estimate_sample_bytes
+from .chunks import default_chunk, default_memory_budget, estimate_sample_bytes
 
 __all__ = [
     "UnsupportedOperation", "SUPPORTED_OPERATIONS", "input_box", "interval", "symbolic",

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..checks import check_box, check_eps_per_sample, check_finite, check_labels, values_checked
 from . import interval as _interval
-from . import symbolic as _symbolic
+from . import chunks as _chunks
 from .graph import prepare
 from .interval import Box, L2Ball
 
@@ -104,7 +104,7 @@ def symbolic(model: nn.Module, lower: Optional[torch.Tensor] = None, upper: Opti
     """
     mode, a, b, example = _resolve_region(lower, upper, eps_l2, center)
     plan = prepare(model, example)
-    return _symbolic.run_chunked(plan, mode, a, b, None, memory_budget, intersect_interval)
+    return _chunks.run_chunked(plan, mode, a, b, None, memory_budget, intersect_interval)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y,
     y = check_labels(y, lower.shape[0], plan.out_shape[0], lower.device)
     if method == "interval":
         return _interval.run(plan, Box.from_bounds(lower, upper), y)
-    lo, hi = _symbolic.run_chunked(plan, "box", lower, upper, y, memory_budget, intersect_interval,
+    lo, hi = _chunks.run_chunked(plan, "box", lower, upper, y, memory_budget, intersect_interval,
                                    checkpoint=checkpoint)
     if intersect_interval:
         ilo, ihi = _interval.run(plan, Box.from_bounds(lower, upper), y)
@@ -166,7 +166,7 @@ def margin_coefficients(model: nn.Module, lower: torch.Tensor, upper: torch.Tens
     if len(plan.out_shape) != 1:
         raise ValueError(f"margins need a model with (N, K) logits, got per-sample output shape {plan.out_shape}")
     y = check_labels(y, lower.shape[0], plan.out_shape[0], lower.device)
-    lo, hi, A = _symbolic.run_chunked(plan, "box", lower, upper, y, memory_budget, False, coefficients=True)
+    lo, hi, A = _chunks.run_chunked(plan, "box", lower, upper, y, memory_budget, False, coefficients=True)
     return lo, hi, A.reshape(*A.shape[:2], *lower.shape[1:])
 
 

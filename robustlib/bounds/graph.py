@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..checks import check_model_input
 from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation, unsupported
-from .ops import Affine, conv_affine, conv_rows, diag_affine, linear_affine, pool_affine, reshape_affine
+from .ops import Affine, conv_affine, conv_geometry, conv_rows, diag_affine, linear_affine, pool_affine, reshape_affine
 
 
 @dataclass
@@ -171,13 +171,16 @@ def _conv_function(c: Ctx):
     w = c.arg(1, "weight")
     rows = conv_rows(w, c.in_shape, c.shape, extra.get("stride", 1), extra.get("padding", 0),
                      extra.get("dilation", 1), extra.get("groups", 1))
-    c.add("affine", [c.x], conv_affine(conv, w, c.arg(2, "bias"), True, rows))  # F.conv* pads zeros
+    geometry = conv_geometry(w, extra.get("stride", 1), extra.get("padding", 0), extra.get("dilation", 1),
+                             extra.get("groups", 1))
+    c.add("affine", [c.x], conv_affine(conv, w, c.arg(2, "bias"), True, rows, geometry))  # F.conv* pads zeros
 
 
 def _conv_module(c: Ctx):
     m = c.module
     rows = conv_rows(m.weight, c.in_shape, c.shape, m.stride, m.padding, m.dilation, m.groups)
-    c.add("affine", [c.x], conv_affine(m._conv_forward, m.weight, m.bias, m.padding_mode == "zeros", rows))
+    geometry = conv_geometry(m.weight, m.stride, m.padding, m.dilation, m.groups)
+    c.add("affine", [c.x], conv_affine(m._conv_forward, m.weight, m.bias, m.padding_mode == "zeros", rows, geometry))
 
 
 def _pool_function(c: Ctx):

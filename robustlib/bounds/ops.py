@@ -34,6 +34,9 @@ class Affine:
     rows: Optional[Callable] = None        # (idx (B, K), vals (B, K)) → (B, K, *out): vals ⊙ W[:, idx]ᵀ,
     #                                        the images of one-hot inputs, without a pass over dense ones
     rows_fan_in: int = 0                   # multiply-adds per output of the dense pass that ``rows`` replaces
+    conv: Optional[tuple] = None           # (weight, stride, padding before) of a 2-D zero-padded convolution
+    #                                        with groups = dilation = 1: what ``bounds.patches`` maps windows by
+    matrix: Optional[torch.Tensor] = None  # the weight of a Linear acting on a flat input
 
 
 def elementwise(k: torch.Tensor, shape: tuple) -> torch.Tensor:
@@ -82,6 +85,24 @@ def _pair(v, n: int) -> tuple:
     return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
 
 
+def _padding_before(padding, kernel: tuple, dilation: tuple) -> tuple:
+    """The zeros a convolution pads before each spatial dimension: ``padding`` is ints, ``"valid"`` or ``"same"``."""
+    n = len(kernel)
+    if padding == "valid":
+        return (0,) * n
+    if padding == "same":   # PyTorch pads total // 2 before, the rest after
+        return tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
+    return _pair(padding, n)
+
+
+def conv_geometry(weight: torch.Tensor, stride, padding, dilation, groups: int) -> Optional[tuple]:
+    """``(stride, padding before)`` of a 2-D convolution that ``bounds.patches`` can follow window by window
+    (groups = dilation = 1), else None."""
+    if weight.ndim != 4 or groups != 1 or _pair(dilation, 2) != (1, 1):
+        return None
+    return _pair(stride, 2), _padding_before(padding, tuple(weight.shape[2:]), (1, 1))
+
+
 @functools.lru_cache(maxsize=64)
 def _offsets(in_shape: tuple, out_shape: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
              device: torch.device) -> torch.Tensor:
@@ -115,12 +136,7 @@ def conv_rows(weight: torch.Tensor, in_shape: Sequence[int], out_shape: Sequence
     n = len(in_shape) - 1
     kernel = tuple(weight.shape[2:])
     stride, dilation = _pair(stride, n), _pair(dilation, n)
-    if padding == "valid":
-        padding = (0,) * n
-    elif padding == "same":   # PyTorch pads total // 2 before, the rest after
-        padding = tuple(d * (k - 1) // 2 for d, k in zip(dilation, kernel))
-    else:
-        padding = _pair(padding, n)
+    padding = _padding_before(padding, kernel, dilation)
     c_in, c_out = in_shape[0], out_shape[0]
     n_sp_in, n_sp_out, n_k = math.prod(in_shape[1:]), math.prod(out_shape[1:]), math.prod(kernel)
     g_in, g_out = c_in // groups, c_out // groups
@@ -144,7 +160,7 @@ def conv_rows(weight: torch.Tensor, in_shape: Sequence[int], out_shape: Sequence
 
 
 def conv_affine(conv: Callable, weight: torch.Tensor, bias, zeros_padding: bool,
-                rows: Optional[Callable] = None) -> Affine:
+                rows: Optional[Callable] = None, geometry: Optional[tuple] = None) -> Affine:
     def lin(t):
         return conv(t, weight, None)
 
@@ -158,7 +174,8 @@ def conv_affine(conv: Callable, weight: torch.Tensor, bias, zeros_padding: bool,
         return conv(k2.unsqueeze(0), weight * weight, None)[0]
 
     return Affine(lin, full, abs_lin, l2sq=l2sq if zeros_padding else None, rows=rows if zeros_padding else None,
-                  rows_fan_in=weight[0].numel())
+                  rows_fan_in=weight[0].numel(),
+                  conv=(weight, *geometry) if zeros_padding and geometry is not None else None)
 
 
 def linear_affine(weight: torch.Tensor, bias, in_shape: tuple = ()) -> Affine:
@@ -181,7 +198,7 @@ def linear_affine(weight: torch.Tensor, bias, in_shape: tuple = ()) -> Affine:
 
     flat = weight.ndim == 2 and len(in_shape) == 1
     return Affine(lin, full, abs_lin, l2sq=l2sq, fold=(weight, bias) if weight.ndim == 2 else None,
-                  rows=rows if flat else None, rows_fan_in=weight.shape[-1])
+                  rows=rows if flat else None, rows_fan_in=weight.shape[-1], matrix=weight if flat else None)
 
 
 def pool_affine(fn: Callable) -> Affine:

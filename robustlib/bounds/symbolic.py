@@ -13,12 +13,16 @@ ReLU that made them, so the branches of a residual network add exactly.
 
 ``A`` holds ``d × n`` numbers per sample for a layer of ``n`` neurons, so the
 batch runs in chunks sized by a memory budget; without autograd a ReLU scales
-coefficients in place when no other live node shares their storage. Two
-shortcuts keep the work near one pass of ``d + 1`` columns: before the first
-ReLU ``A = s ⊗ J`` stays factored (``s`` the input's half-widths, ``J`` the
-Jacobian of the layers so far, shared by the batch), so its radius is one
-product ``|s| @ |J|``; and a fresh error term, one-hot, crosses the next Linear
-or Conv as a gather from its weights instead of a pass of its own.
+coefficients in place when no other live node shares their storage. Three
+shortcuts keep the work near, or below, one pass of ``d + 1`` columns: through
+convolutions ``A`` is one window of the input per neuron
+(:mod:`robustlib.bounds.patches`, ``PATCHES``), a fraction of the ``d`` dense
+columns, until a Linear turns it dense or a window would outgrow the input;
+before the first ReLU of other networks ``A = s ⊗ J`` stays factored (``s`` the
+input's half-widths, ``J`` the Jacobian of the layers so far, shared by the
+batch), so its radius is one product ``|s| @ |J|``; and a fresh error term,
+one-hot, crosses the next Linear or Conv as a gather from its weights instead
+of a pass of its own (``SHORTCUTS``: the last two).
 """
 from __future__ import annotations
 
@@ -27,11 +31,10 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
-import torch.utils.checkpoint
 
-from .. import allocator
-from .graph import Plan, margin_spec, prepare, walk
-from .interval import Box, L2Ball
+from . import patches
+from .graph import Plan, margin_spec, walk
+from .interval import Box
 from .interval import affine as box_affine
 from .interval import relu as box_relu
 from .ops import Affine
@@ -40,6 +43,10 @@ from .ops import Affine
 # The two shortcuts above (the factored first layer, the gathers of fresh error terms) switched off: the plain
 # passes they replace, for timing them (benchmarks/bench_bounds.py) and checking them (tests/test_bounds_rows.py).
 SHORTCUTS = True
+# Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
+# columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
+# on by default on CUDA too, where its before/after has not been measured yet.
+PATCHES = True
 
 
 @dataclass
@@ -89,7 +96,7 @@ def _storage_ptrs(s) -> list:
     """Storage addresses of a symbolic state's dense coefficient tensors (views share their base's)."""
     if not isinstance(s, _Sym):
         return []
-    ts = [s.A] + list(s.E.values())
+    ts = [s.A.P if isinstance(s.A, patches.Patches) else s.A] + list(s.E.values())
     return [t.untyped_storage().data_ptr() for t in ts if isinstance(t, torch.Tensor)]
 
 
@@ -109,6 +116,9 @@ def _l1(t: torch.Tensor) -> torch.Tensor:
 def _materialize(A, shape: tuple) -> torch.Tensor:
     if isinstance(A, torch.Tensor):
         return A
+    if isinstance(A, patches.Patches):
+        D = patches.dense(A)
+        return D.reshape(*D.shape[:2], *shape)
     if isinstance(A, _Outer):
         return A.s.reshape(*A.s.shape, *([1] * len(shape))) * A.J.unsqueeze(0)
     s = A.s
@@ -165,6 +175,8 @@ class _SymbolicRunner:
             rad = s.A.s.abs().reshape(B, *shape)
         elif isinstance(s.A, _Outer):
             rad = self.outer_radius(name, s.A, shape)
+        elif isinstance(s.A, patches.Patches):
+            rad = patches.radius(s.A, self.l2).reshape(B, *shape)
         else:  # ‖A_row‖₁ for the box (δ ∈ [−1, 1]^d), ‖A_row‖₂ for the L2 ball (dual norms)
             rad = torch.linalg.vector_norm(s.A, 2, dim=1) if self.l2 else _l1(s.A)
         for e in s.E.values():
@@ -195,6 +207,8 @@ class _SymbolicRunner:
                 A = s.A
             elif d_flat is not None:
                 A = _Diag(s.A.s * d_flat)
+            elif op.conv is not None and PATCHES:     # one window of the input per neuron
+                A = patches.from_diag(s.A.s, in_shape, *op.conv, self.shapes[name])
             else:
                 A = _Outer(s.A.s, self.jacobian(name, op, in_shape, s.c))   # J: (D, *out), batch independent
                 A = A if SHORTCUTS else _materialize(A, self.shapes[name])
@@ -203,6 +217,8 @@ class _SymbolicRunner:
             if J is None:
                 J = self.jac[name, "s ⊗ J"] = op.lin(s.A.J)
             A = _Outer(s.A.s, J)
+        elif isinstance(s.A, patches.Patches):
+            A = self.patch_affine(name, op, s.A, in_shape, d_flat)
         else:
             A = _fold_apply(op.lin, s.A)
         E = {}
@@ -228,6 +244,20 @@ class _SymbolicRunner:
         box = box_affine(op, s.box) if s.box is not None else None
         return _Sym(c, A, E, box)
 
+    def patch_affine(self, name: str, op: Affine, A: patches.Patches, in_shape: tuple, d_flat):
+        """An affine layer on windowed coefficients: windows again after a convolution that keeps them smaller
+        than the input, an elementwise map or a reshape; dense ones after a Linear; else a dense pass."""
+        if op.reshape:
+            return A
+        if d_flat is not None:
+            return patches.scale(A, d_flat)
+        if op.conv is not None and tuple(in_shape) == A.neurons and patches.worth_a_conv(A, op.conv[0]):
+            return patches.conv(A, *op.conv, self.shapes[name])
+        if op.matrix is not None and op.matrix.shape[1] == math.prod(A.neurons):
+            out = patches.linear(A, op.matrix)
+            return out.reshape(*out.shape[:2], *self.shapes[name])
+        return _fold_apply(op.lin, _materialize(A, in_shape))
+
     def relu(self, s: _Sym, shape: tuple, name: str, owned: Callable = lambda t: False) -> _Sym:
         """Relax a ReLU; ``owned(t)`` says a coefficient tensor may be scaled in place (no one else sees it)."""
         B = s.c.shape[0]
@@ -242,6 +272,8 @@ class _SymbolicRunner:
         lam_flat = lam.reshape(B, -1)
         if isinstance(s.A, torch.Tensor) and owned(s.A):   # no autograd, no other reader: scale in place
             A = s.A.mul_(lam_b)
+        elif isinstance(s.A, patches.Patches):
+            A = patches.scale(s.A, lam, in_place=owned(s.A.P))
         elif isinstance(s.A, _Outer):                       # s ⊗ J ⊙ λ in two passes
             A = s.A.J.unsqueeze(0) * lam_b
             A = A.mul_(s.A.s.reshape(*s.A.s.shape, *([1] * len(shape)))) if not torch.is_grad_enabled() else \
@@ -320,116 +352,3 @@ class _SymbolicRunner:
         if self.coefficients:
             return lo, hi, s2.A.transpose(1, 2)  # (B, K, D): ∂(margin_j)/∂δ, half-width included
         return lo, hi
-
-
-def default_memory_budget(device) -> int:
-    """Bytes the symbolic coefficients may use: 1 GiB on CPU, 40 % of free memory on CUDA."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(0.4 * free)
-    return 1 << 30
-
-
-# On a CPU the coefficient tensors stream through memory several times per layer (the linear map, the
-# concretisation, the ReLU scaling), so small chunks beat one large chunk. On the 2-core EPYC here, with glibc's
-# allocator thresholds fixed (robustlib.allocator), the bounds of a batch of 16 ran 2.5x (MNIST_Large) and 2.2x
-# (CIFAR_Small) faster in these chunks than in one chunk of 16, and MNIST_Small the same (benchmarks/bench_bounds.py,
-# 2026-11-26, "symbolic, one chunk"). The 1.05-2.0x measured before the allocator was fixed, with MNIST_Small
-# gaining most, partly measured the page faults of the larger tensors. CUDA keeps the memory budget alone.
-CPU_CHUNK_BYTES = 32 << 20
-
-
-def default_chunk(per_sample_bytes: int, device, memory_budget: Optional[int] = None) -> int:
-    """Samples per chunk of symbolic propagation: what ``memory_budget`` allows (default
-    :func:`default_memory_budget`); on CPU without an explicit budget also at most what fits
-    ``CPU_CHUNK_BYTES`` (at least one)."""
-    device = torch.device(device)
-    budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
-    if budget <= 0:
-        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
-    if memory_budget is None and device.type == "cpu":
-        budget = min(budget, CPU_CHUNK_BYTES)
-    return int(max(1, budget // max(per_sample_bytes, 1)))
-
-
-def estimate_sample_bytes(plan_or_model, example: Optional[torch.Tensor] = None) -> int:
-    """Estimated peak bytes of symbolic propagation for ONE sample.
-
-    ``≈ 4 · d · n_max · itemsize`` where ``d`` is the input dimension and
-    ``n_max`` the largest layer (the input coefficients ``A`` before and after a
-    layer plus a temporary of the same size). Error terms of unstable ReLUs come
-    on top and depend on the data; the chunking leaves them room by the factor 4.
-    """
-    if isinstance(plan_or_model, Plan):
-        plan = plan_or_model
-        itemsize = torch.finfo(torch.float32).bits // 8 if example is None else example.element_size()
-    else:
-        if example is None:
-            raise ValueError("estimate_sample_bytes(model, example) needs an example input")
-        plan = prepare(plan_or_model, example)
-        itemsize = example.element_size()
-    d = math.prod(plan.in_shape)
-    return 4 * d * plan.max_numel * itemsize
-
-
-def _is_oom(exc: BaseException) -> bool:
-    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", RuntimeError)
-    return isinstance(exc, oom) or "out of memory" in str(exc)
-
-
-def _initial_state(mode: str, a, b, intersect: bool) -> _Sym:
-    """The input region as a symbolic state: a box ``[a, b]`` (mode "box") or an L2 ball (centre a, radius b)."""
-    if mode == "l2":
-        D = math.prod(a.shape[1:])
-        return _Sym(a, _Diag(b.unsqueeze(1).expand(-1, D)), {}, L2Ball(a, b).box() if intersect else None)
-    st = Box.from_bounds(a, b)
-    return _Sym(st.c, _Diag(st.r.reshape(st.r.shape[0], -1)), {}, st if intersect else None)
-
-
-def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
-                          coefficients: bool = False, checkpoint: bool = False):
-    example = a
-    B = example.shape[0]
-    if B == 0:
-        K = math.prod(plan.out_shape)
-        shape = (0, K) if y is not None else (0, *plan.out_shape)
-        z = torch.zeros(shape, dtype=example.dtype, device=example.device)
-        return z, z.clone()
-    if example.device.type == "cpu":
-        allocator.steady()   # the coefficient tensors are large: reuse freed memory (robustlib.allocator)
-    budget = default_memory_budget(example.device) if memory_budget is None else int(memory_budget)
-    chunk = min(B, default_chunk(estimate_sample_bytes(plan, example), example.device, memory_budget))
-    runner = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4,
-                             coefficients=coefficients)
-    los, his, coefs = [], [], []
-    start = 0
-    while start < B:
-        stop = min(B, start + chunk)
-        try:
-            y_c = None if y is None else y[start:stop]
-            if checkpoint and torch.is_grad_enabled():
-                # keep no chunk's coefficients for the backward pass: recompute them there, one chunk at a time
-                # (a runner of its own per chunk, so that no tensor of one chunk's graph feeds another's)
-                def one(a_c, b_c, y_c):
-                    own = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4, coefficients=coefficients)
-                    return own.run(_initial_state(mode, a_c, b_c, intersect), y_c)
-                out = torch.utils.checkpoint.checkpoint(one, a[start:stop], b[start:stop], y_c, use_reentrant=False)
-            else:
-                out = runner.run(_initial_state(mode, a[start:stop], b[start:stop], intersect), y_c)
-        except RuntimeError as exc:
-            if _is_oom(exc) and chunk > 1:
-                del exc
-                if example.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                chunk = max(1, chunk // 2)
-                continue
-            raise
-        los.append(out[0])
-        his.append(out[1])
-        if coefficients:
-            coefs.append(out[2])
-        start = stop
-    if coefficients:
-        return torch.cat(los), torch.cat(his), torch.cat(coefs)
-    return torch.cat(los), torch.cat(his)

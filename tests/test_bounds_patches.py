@@ -1,0 +1,169 @@
+"""Windowed input coefficients of convolutions (``robustlib.bounds.patches``) against the dense propagation.
+
+Each operation on windows is compared in float64 with the same operation on the dense coefficients (a convolution
+of the d one-hot input images, ``F.linear`` on them), over many geometries; then the symbolic bounds and their
+gradients with windows against the same propagation with ``bounds.symbolic.PATCHES`` off, on networks that keep
+the windows to the end, that fall back to dense coefficients half-way (a pooling layer, a window that would
+outgrow the input, a grouped convolution) and on an L2 ball.
+"""
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from robustlib import bounds
+from robustlib.bounds import patches
+
+sym = importlib.import_module("robustlib.bounds.symbolic")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# (grid (Cg, Hg, Wg), first conv (C, k, stride, padding), second conv (C, k, stride, padding))
+GEOMETRIES = [
+    ((1, 28, 28), (16, 4, 2, 1), (32, 4, 2, 1)),      # MixTrain's MNIST_Small
+    ((3, 9, 8), (4, 3, 1, 1), (5, 4, 2, 1)),
+    ((2, 7, 7), (3, 2, 1, 0), (4, 3, 2, 2)),          # padding wider than the kernel's reach at the border
+    ((1, 8, 8), (2, 3, 2, 1), (3, 3, 3, 0)),          # stride 3: rows of the input nobody reads
+    ((2, 6, 9), (3, (2, 3), (1, 2), (0, 1)), (2, (3, 2), (2, 1), (1, 0))),   # rectangular kernels and strides
+]
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=range(len(GEOMETRIES)))
+def test_windows_equal_the_dense_coefficients_through_conv_relu_conv_linear(geometry):
+    grid, (c1, k1, s1, p1), (c2, k2, s2, p2) = geometry
+    g = torch.Generator().manual_seed(len(str(geometry)))
+    B, D = 2, grid[0] * grid[1] * grid[2]
+    s = torch.rand(B, D, generator=g, dtype=torch.float64)
+    w1 = torch.randn(c1, grid[0], *_pair(k1), generator=g, dtype=torch.float64)
+    w2 = torch.randn(c2, c1, *_pair(k2), generator=g, dtype=torch.float64)
+    A = F.conv2d(torch.diag_embed(s).reshape(B * D, *grid), w1, None, _pair(s1), _pair(p1))
+    shape1 = tuple(A.shape[1:])
+    P = patches.from_diag(s, grid, w1, _pair(s1), _pair(p1), shape1)
+    assert torch.equal(patches.dense(P), A.reshape(B, D, *shape1))
+    assert torch.allclose(patches.radius(P), A.reshape(B, D, *shape1).abs().sum(1), atol=1e-12)
+    lam = torch.rand(B, *shape1, generator=g, dtype=torch.float64)      # a ReLU's slopes, per sample and neuron
+    P = patches.scale(P, lam)
+    A = (A.reshape(B, D, *shape1) * lam.unsqueeze(1)).reshape(B * D, *shape1)
+    A = F.conv2d(A, w2, None, _pair(s2), _pair(p2))
+    shape2 = tuple(A.shape[1:])
+    P = patches.conv(P, w2, _pair(s2), _pair(p2), shape2)
+    dense = A.reshape(B, D, *shape2)
+    assert torch.allclose(patches.dense(P), dense, atol=1e-12)
+    assert torch.allclose(patches.radius(P, l2=True), torch.linalg.vector_norm(dense, 2, dim=1), atol=1e-12)
+    w3 = torch.randn(7, dense[0, 0].numel(), generator=g, dtype=torch.float64)
+    assert torch.allclose(patches.linear(P, w3), F.linear(dense.reshape(B, D, -1), w3), atol=1e-12)
+
+
+def test_a_same_padded_even_kernel_pads_more_after_than_before():
+    """``padding="same"`` with an even kernel pads one zero less before than after: the windows start where the
+    padding before says."""
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(2, 3, 4, padding="same").double()
+    s = torch.rand(1, 2 * 6 * 5, generator=g, dtype=torch.float64)
+    A = F.conv2d(torch.diag_embed(s).reshape(-1, 2, 6, 5), conv.weight, None, 1, "same")
+    P = patches.from_diag(s, (2, 6, 5), conv.weight, (1, 1), (1, 1), (3, 6, 5))
+    assert torch.equal(patches.dense(P), A.reshape(1, -1, 3, 6, 5))
+
+
+def _nets():
+    torch.manual_seed(5)
+    return {
+        # windows to the end: conv · relu · conv · relu · flatten · linear
+        "windows": (nn.Sequential(nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 4, stride=2,
+                                  padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 20), nn.ReLU(),
+                                  nn.Linear(20, 5)), (1, 16, 16)),
+        # BatchNorm and a second convolution with no ReLU in between, then a pooling layer: dense from there
+        "pool": (nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, stride=2),
+                               nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 8), nn.ReLU(),
+                               nn.Linear(8, 5)), (2, 10, 10)),
+        # the third convolution would make the windows larger than the 7 × 7 input: dense from there
+        "outgrown": (nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(3, 3, 5, padding=2), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 49, 4)),
+                     (1, 7, 7)),
+    }
+
+
+def _spy(monkeypatch) -> list:
+    """The kind of input coefficients each ReLU receives."""
+    seen = []
+    relu = sym._SymbolicRunner.relu
+    monkeypatch.setattr(sym._SymbolicRunner, "relu",
+                        lambda self, s, *a, **k: seen.append(type(s.A).__name__) or relu(self, s, *a, **k))
+    return seen
+
+
+@pytest.mark.parametrize("name", ["windows", "pool", "outgrown"])
+@pytest.mark.parametrize("mode", ["box", "l2"])
+def test_bounds_and_gradients_with_windows_equal_the_dense_propagation(name, mode, monkeypatch):
+    net, shape = _nets()[name]
+    net = net.double()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, *shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5 if name != "outgrown" else 4, (3,), generator=g)
+
+    def run():
+        net.zero_grad()
+        if mode == "box":
+            lo, hi = bounds.margin_bounds(net, x - 0.05, x + 0.05, y)
+        else:
+            lo, hi = bounds.symbolic(net, eps_l2=0.3, center=x)
+        (hi.sum() - 2 * lo.sum()).backward()
+        return [lo, hi] + [p.grad.clone() for p in net.parameters()]
+
+    with monkeypatch.context() as m:
+        seen = _spy(m)
+        fast = run()
+    assert seen[0] == "Patches"
+    if name == "windows":
+        assert seen == ["Patches", "Patches", "Tensor"]
+    else:   # windows first, dense coefficients after the layer that ends them
+        assert "Tensor" in seen
+    with monkeypatch.context() as m:
+        m.setattr(sym, "PATCHES", False)
+        seen = _spy(m)
+        dense = run()
+    assert "Patches" not in seen
+    for a, b in zip(fast, dense):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+    assert (fast[1] - fast[0]).max() > 0
+
+
+def test_a_grouped_convolution_keeps_the_dense_path():
+    """Only convolutions with groups = dilation = 1 carry windows; others take the dense passes, same bounds."""
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3)).double().eval()
+    plan = importlib.import_module("robustlib.bounds.graph").prepare(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64))
+    assert plan.nodes[0].op.conv is None and plan.nodes[0].op.rows is not None
+    x = torch.rand(2, 2, 6, 6, dtype=torch.float64)
+    lo, hi = bounds.symbolic(net, x - 0.1, x + 0.1)
+    lo_i, hi_i = bounds.interval(net, x - 0.1, x + 0.1)
+    assert (lo >= lo_i - 1e-12).all() and (hi <= hi_i + 1e-12).all()
+
+
+def test_the_by_position_weight_follows_in_place_updates():
+    """Without autograd a Linear's weight laid out by position is kept between calls, keyed by its version: an
+    in-place update (an optimizer step) must not leave the bounds on the old weight."""
+    torch.manual_seed(4)
+    net = _nets()["windows"][0].double().eval()
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        before = bounds.symbolic(net, x - 0.05, x + 0.05)
+        net[5].weight.mul_(2.0)
+        after = bounds.symbolic(net, x - 0.05, x + 0.05)
+    with pytest.MonkeyPatch.context() as m, torch.no_grad():
+        m.setattr(sym, "PATCHES", False)
+        dense = bounds.symbolic(net, x - 0.05, x + 0.05)
+    assert not torch.allclose(before[1], after[1])
+    assert torch.allclose(after[0], dense[0], atol=1e-12) and torch.allclose(after[1], dense[1], atol=1e-12)
