@@ -22,12 +22,14 @@ alike and their ratios hold):
   before the cache-sized CPU chunks; the ratio of the two is that change's gain, measured in the same run);
   ``symbolic, vector_norm L1`` (CPU) / ``symbolic, abs-sum L1`` (CUDA): the radius Σ_i |A_i| in the form
   robustlib does not pick on that device (``bounds.symbolic._l1``: ``abs().sum()`` on a CPU, since 2026-11-26,
-  ``torch.linalg.vector_norm(·, 1)`` on CUDA), the before of that choice; ``symbolic, no windows``: with
-  ``bounds.symbolic.PATCHES`` off — every convolution's input coefficients as ``d`` dense columns instead of one
-  window of the input per neuron (``bounds.patches``) — the before of that change (2026-11-26, second);
-  ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients materialised at
-  once instead of kept as ``s ⊗ J``, fresh error terms through dense passes instead of gathers from the
-  weights — the before of the change before (2026-11-26, first; its ratio is taken against "no windows");
+  ``torch.linalg.vector_norm(·, 1)`` on CUDA), the before of that choice; ``symbolic, no crops``: with
+  ``bounds.symbolic.CROPS`` off — error terms through convolutions as dense images of their layer instead of
+  small crops (``bounds.crops``) — the before of that change (2026-11-26, third); ``symbolic, no windows``: with
+  ``PATCHES`` off as well — every convolution's input coefficients as ``d`` dense columns instead of one window of
+  the input per neuron (``bounds.patches``) — the before of the change before (second; its ratio is taken against
+  "no crops"); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
+  materialised at once instead of kept as ``s ⊗ J``, fresh error terms through dense passes instead of gathers
+  from the weights — the before of the first change (its ratio is taken against "no windows");
 * ``naive symbolic``: the same relaxation written layer by layer the straightforward way
   (``benchmarks/naive_symbolic.py``: dense coefficients from the first layer on, dense error blocks) — the
   bounds of both are compared, and the speed ratio is robustlib's gain (goal ≥ 3×); skipped where its dense
@@ -179,8 +181,9 @@ def _other_l1(fn, device):
 
 def _switched_off(fn, *flags):
     """``fn`` with the named switches of ``bounds.symbolic`` off, the before of those changes in the same run:
-    ``PATCHES`` (since 2026-11-26, second change: a convolution's input coefficients as one window per neuron, not
-    ``d`` dense columns) and ``SHORTCUTS`` (2026-11-26, first change: the first layer's coefficients factored, fresh
+    ``CROPS`` (2026-11-26, third change: error terms through convolutions as crops, not dense images), ``PATCHES``
+    (2026-11-26, second change: a convolution's input coefficients as one window per neuron, not ``d`` dense
+    columns) and ``SHORTCUTS`` (2026-11-26, first change: the first layer's coefficients factored, fresh
     error terms through gathers from the weights instead of dense passes)."""
     module = importlib.import_module("robustlib.bounds.symbolic")
 
@@ -221,10 +224,12 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     runs[OTHER_L1[device.type == "cuda"]] = (_other_l1(lambda: bounds.symbolic(model, lower, upper,
                                                                               memory_budget=budget), device),
                                              chunk * coef)
+    runs["symbolic, no crops"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
+                                                "CROPS"), chunk * coef)
     runs["symbolic, no windows"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
-                                                  "PATCHES"), chunk_dense * dense)
+                                                  "CROPS", "PATCHES"), chunk_dense * dense)
     runs["symbolic, no shortcuts"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
-                                                    "PATCHES", "SHORTCUTS"), chunk_dense * dense)
+                                                    "CROPS", "PATCHES", "SHORTCUTS"), chunk_dense * dense)
     if chunk < batch:
         runs["symbolic, one chunk"] = (lambda: bounds.symbolic(model, lower, upper, memory_budget=batch * per_sample),
                                        batch * coef)
@@ -256,7 +261,8 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
             r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
             r["other_l1_over_default"] = seconds[OTHER_L1[device.type == "cuda"]] / seconds["symbolic"]
-            r["no_windows_over_default"] = seconds["symbolic, no windows"] / seconds["symbolic"]
+            r["no_crops_over_default"] = seconds["symbolic, no crops"] / seconds["symbolic"]
+            r["no_windows_over_no_crops"] = seconds["symbolic, no windows"] / seconds["symbolic, no crops"]
             r["no_shortcuts_over_no_windows"] = seconds["symbolic, no shortcuts"] / seconds["symbolic, no windows"]
             if "symbolic, one chunk" in seconds:
                 r["one_chunk_over_default"] = seconds["symbolic, one chunk"] / seconds["symbolic"]
@@ -345,8 +351,9 @@ def main(argv=None):
                     ratios[f"{net} B={bs} symbolic one chunk / default chunks"] = r["one_chunk_over_default"]
                 if "other_l1_over_default" in r:
                     ratios[f"{net} B={bs} {OTHER_L1[device.type == 'cuda']} / symbolic"] = r["other_l1_over_default"]
-                if "no_windows_over_default" in r:
-                    ratios[f"{net} B={bs} symbolic without / with windows"] = r["no_windows_over_default"]
+                if "no_crops_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic without / with crops"] = r["no_crops_over_default"]
+                    ratios[f"{net} B={bs} symbolic without / with windows (no crops)"] = r["no_windows_over_no_crops"]
                     ratios[f"{net} B={bs} symbolic without / with the shortcuts (no windows)"] = \
                         r["no_shortcuts_over_no_windows"]
                 if "naive_over_ours" in r:

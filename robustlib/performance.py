@@ -226,6 +226,9 @@ def gains_section(results: dict) -> str:
                                                 "`A.abs().sum(1)` (robustlib's form on a CPU)"),
                    ("symbolic, abs-sum L1", "with the radius Σ|A| by `A.abs().sum(1)` → by "
                                             "`torch.linalg.vector_norm(A, 1, dim=1)` (robustlib's form on CUDA)"),
+                   ("symbolic, no crops", "with `bounds.symbolic.CROPS` off (error terms through convolutions as "
+                                          "dense images of their layer) → on (a small crop per term, "
+                                          "`bounds.crops`)"),
                    ("symbolic, no windows", "with `bounds.symbolic.PATCHES` off (every convolution's input "
                                             "coefficients as d dense columns) → on (one window of the input per "
                                             "neuron, `bounds.patches`)"),
@@ -233,12 +236,16 @@ def gains_section(results: dict) -> str:
                                               "materialised at once, fresh error terms through dense passes) → on "
                                               "(kept as s ⊗ J until the first ReLU, error terms gathered from the "
                                               "weights)"))
-        windows = any(r["method"] == "symbolic, no windows" for r in rows)
+        present = {r["method"] for r in rows}
+        # the changes came in the order shortcuts, windows, crops: each one's after is the next one's before where
+        # the file has that row, the default otherwise
+        chain = {"symbolic, no shortcuts": "symbolic, no windows", "symbolic, no windows": "symbolic, no crops"}
+        off = {"symbolic, no windows": "the windows and the crops", "symbolic, no crops": "the crops"}
         for method, what in changes:
-            # the shortcuts came first: where the file has the windows' before, the shortcuts' after is that row
-            after = "symbolic, no windows" if method == "symbolic, no shortcuts" and windows else "symbolic"
+            after = chain.get(method, "symbolic")
+            after = after if after in present else "symbolic"
             if after != "symbolic":
-                what += ", both with the windows off"
+                what += f", both with {off[after]} off"
             before = {(r["net"], r["batch"]): r["samples_per_s"] for r in rows if r["method"] == method}
             gains = [(f"{r['net']}, B = {r['batch']}",
                       f"{before[r['net'], r['batch']]:,.1f} → {r['samples_per_s']:,.1f}",

@@ -1,10 +1,11 @@
-"""Windowed input coefficients of convolutions (``robustlib.bounds.patches``) against the dense propagation.
+"""Windowed input coefficients (``robustlib.bounds.patches``) and cropped error terms (``robustlib.bounds.crops``)
+of convolutions against the dense propagation.
 
 Each operation on windows is compared in float64 with the same operation on the dense coefficients (a convolution
 of the d one-hot input images, ``F.linear`` on them), over many geometries; then the symbolic bounds and their
 gradients with windows against the same propagation with ``bounds.symbolic.PATCHES`` off, on networks that keep
 the windows to the end, that fall back to dense coefficients half-way (a pooling layer, a window that would
-outgrow the input, a grouped convolution) and on an L2 ball.
+outgrow the input, a grouped convolution) and on an L2 ball. The same for error terms as crops.
 """
 from __future__ import annotations
 
@@ -167,3 +168,76 @@ def test_the_by_position_weight_follows_in_place_updates():
         dense = bounds.symbolic(net, x - 0.05, x + 0.05)
     assert not torch.allclose(before[1], after[1])
     assert torch.allclose(after[0], dense[0], atol=1e-12) and torch.allclose(after[1], dense[1], atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------- cropped error terms
+
+CROP_GEOMETRIES = [   # (in_shape, conv (C, k, stride, padding), conv (C, k, stride, padding))
+    ((3, 14, 14), (4, 4, 2, 1), (5, 3, 1, 1)),        # MNIST_Large's second and third layers, narrower
+    ((2, 9, 11), (3, 3, 1, 1), (4, 4, 2, 1)),
+    ((2, 10, 10), (3, 3, 2, 0), (2, 3, 3, 2)),
+    ((1, 12, 9), (2, (3, 2), (2, 1), (1, 0)), (3, (2, 3), (1, 2), (0, 1))),
+]
+
+
+@pytest.mark.parametrize("geometry", CROP_GEOMETRIES, ids=range(len(CROP_GEOMETRIES)))
+def test_crops_equal_the_dense_error_terms_through_conv_relu_conv(geometry):
+    from robustlib.bounds import crops
+    in_shape, (c1, k1, s1, p1), (c2, k2, s2, p2) = geometry
+    g = torch.Generator().manual_seed(len(str(geometry)))
+    B, K, n = 2, 9, in_shape[0] * in_shape[1] * in_shape[2]
+    idx = torch.stack([torch.randperm(n, generator=g)[:K] for _ in range(B)])
+    idx[:, 0] = 0                                     # a corner
+    idx[:, 1] = n - 1                                 # the opposite corner
+    vals = torch.randn(B, K, generator=g, dtype=torch.float64)
+    w1 = torch.randn(c1, in_shape[0], *_pair(k1), generator=g, dtype=torch.float64)
+    w2 = torch.randn(c2, c1, *_pair(k2), generator=g, dtype=torch.float64)
+    one_hot = torch.zeros(B * K, n, dtype=torch.float64).scatter(1, idx.reshape(-1, 1), vals.reshape(-1, 1))
+    E = F.conv2d(one_hot.reshape(B * K, *in_shape), w1, None, _pair(s1), _pair(p1))
+    shape1 = tuple(E.shape[1:])
+    cr = crops.from_sparse(idx, vals, in_shape, w1, _pair(s1), _pair(p1), shape1)
+    assert torch.equal(crops.dense(cr), E.reshape(B, K, *shape1))
+    assert torch.allclose(crops.radius(cr), E.reshape(B, K, *shape1).abs().sum(1), atol=1e-12)
+    lam = torch.rand(B, *shape1, generator=g, dtype=torch.float64)
+    cr = crops.scale(cr, lam)
+    E = (E.reshape(B, K, *shape1) * lam.unsqueeze(1)).reshape(B * K, *shape1)
+    E = F.conv2d(E, w2, None, _pair(s2), _pair(p2))
+    shape2 = tuple(E.shape[1:])
+    cr = crops.conv(cr, w2, _pair(s2), _pair(p2), shape2)
+    assert torch.allclose(crops.dense(cr), E.reshape(B, K, *shape2), atol=1e-12)
+    assert torch.allclose(crops.radius(cr), E.reshape(B, K, *shape2).abs().sum(1), atol=1e-12)
+
+
+def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagation(monkeypatch):
+    """Three convolutions with BatchNorm between: the first two ReLUs' error terms cross later convolutions as
+    crops; margins and every parameter's gradient equal those of dense error images."""
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 4, stride=2, padding=1),
+                        nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(6 * 8 * 8, 10), nn.ReLU(), nn.Linear(10, 4)).double()
+    net[3].running_mean.uniform_(-0.3, 0.3)
+    net[3].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(3, 1, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (3,), generator=g)
+
+    def run():
+        net.zero_grad()
+        lo, hi = bounds.margin_bounds(net, x - 0.05, x + 0.05, y)
+        (hi.sum() - 2 * lo.sum()).backward()
+        return [lo, hi] + [p.grad.clone() for p in net.parameters()]
+
+    kinds = []
+    relu = sym._SymbolicRunner.relu
+    with monkeypatch.context() as m:
+        m.setattr(sym._SymbolicRunner, "relu", lambda self, s, *a, **k: kinds.append(
+            sorted(type(e).__name__ for e in s.E.values())) or relu(self, s, *a, **k))
+        fast = run()
+    assert "Crops" in kinds[2]        # the first ReLU's terms reach the third ReLU as crops
+    with monkeypatch.context() as m:
+        m.setattr(sym, "CROPS", False)
+        dense = run()
+    for a, b in zip(fast, dense):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+    assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0

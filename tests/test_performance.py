@@ -46,6 +46,8 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
                                               "samples_per_s": 45.0},
                                              {"net": "mnist_small", "batch": 1, "method": "symbolic, vector_norm L1",
                                               "samples_per_s": 30.0},
+                                             {"net": "mnist_small", "batch": 16, "method": "symbolic, no crops",
+                                              "samples_per_s": 75.0},
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic, no windows",
                                               "samples_per_s": 60.0},
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic, no shortcuts",
@@ -70,11 +72,14 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     radius = page[page.index("by `torch.linalg.vector_norm(A, 1, dim=1)`"):]   # the L1 radius gain, its own table
     assert "| mnist_small, B = 1 | 30.0 → 37.3 | 1.24× |" in radius.split("\n\n**")[0]
     shortcuts = page[page.index("with `bounds.symbolic.SHORTCUTS` off"):]   # the shortcuts' gain, its own table
-    # the shortcuts' after is the windows' before (they came first), the windows' after is the default
+    # the changes in their order: shortcuts → windows → crops, each one's after the next one's before
     assert "| mnist_small, B = 16 | 48.0 → 60.0 | 1.25× |" in shortcuts.split("\n\n**")[0]
-    assert "both with the windows off" in shortcuts.split("\n")[0]
+    assert "both with the windows and the crops off" in shortcuts.split("\n")[0]
     windows = page[page.index("with `bounds.symbolic.PATCHES` off"):]
-    assert "| mnist_small, B = 16 | 60.0 → 90.0 | 1.50× |" in windows.split("\n\n**")[0]
+    assert "| mnist_small, B = 16 | 60.0 → 75.0 | 1.25× |" in windows.split("\n\n**")[0]
+    assert "both with the crops off" in windows.split("\n")[0]
+    cropped = page[page.index("with `bounds.symbolic.CROPS` off"):]
+    assert "| mnist_small, B = 16 | 75.0 → 90.0 | 1.20× |" in cropped.split("\n\n**")[0]
     gpu_bounds = page[page.index("**Symbolic bounds (NVIDIA H100"):]
     assert "memory budget" in gpu_bounds.split("\n")[0] and "last-level cache" not in gpu_bounds.split("\n")[0]
     assert "| cifar_large, B = 128 | 200.0 → 190.0 | 0.95× |" in gpu_bounds

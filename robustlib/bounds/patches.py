@@ -48,22 +48,39 @@ class Patches:
         return tuple(self.P.shape[1:4])
 
 
-def _shift_sum(R: torch.Tensor, step: tuple) -> torch.Tensor:
-    """``out[:, a·step1 + i, b·step2 + j] = Σ_{a, b} R[a, b, :, i, j]``: windows (N, K1, K2) placed on a grid with the
-    given step and added, (N, (n1 − 1)·step1 + K1, (n2 − 1)·step2 + K2) for R of shape (n1, n2, N, K1, K2).
-
-    Without autograd by ``n1·n2`` additions into slices; with autograd by ``F.fold`` (one operation, whose backward
-    is an ``unfold``): in-place additions into slices would make autograd copy the whole output once per slice."""
+def _shift_sum_loop(R: torch.Tensor, step: tuple) -> torch.Tensor:
     n1, n2, N, K1, K2 = R.shape
-    size = ((n1 - 1) * step[0] + K1, (n2 - 1) * step[1] + K2)
-    if torch.is_grad_enabled() and R.requires_grad:
-        cols = R.permute(2, 3, 4, 0, 1).reshape(1, N * K1 * K2, n1 * n2)
-        return F.fold(cols, size, (K1, K2), stride=step).reshape(N, *size)
-    out = R.new_zeros(N, *size)
+    out = R.new_zeros(N, (n1 - 1) * step[0] + K1, (n2 - 1) * step[1] + K2)
     for a in range(n1):
         for b in range(n2):
             out[:, a * step[0]:a * step[0] + K1, b * step[1]:b * step[1] + K2] += R[a, b]
     return out
+
+
+class _ShiftSum(torch.autograd.Function):
+    """The additions into slices as one autograd node: its backward cuts the gradient back into the slices.
+    (Autograd through the in-place additions themselves would copy the whole output once per slice.)"""
+
+    @staticmethod
+    def forward(ctx, R, step):
+        ctx.shape, ctx.step = R.shape, step
+        return _shift_sum_loop(R, step)
+
+    @staticmethod
+    def backward(ctx, g):
+        n1, n2, _, K1, K2 = ctx.shape
+        s1, s2 = ctx.step
+        return torch.stack([torch.stack([g[:, a * s1:a * s1 + K1, b * s2:b * s2 + K2] for b in range(n2)])
+                            for a in range(n1)]), None
+
+
+def _shift_sum(R: torch.Tensor, step: tuple) -> torch.Tensor:
+    """``out[:, a·step1 + i, b·step2 + j] = Σ_{a, b} R[a, b, :, i, j]``: windows (N, K1, K2) placed on a grid with the
+    given step and added, (N, (n1 − 1)·step1 + K1, (n2 − 1)·step2 + K2) for R of shape (n1, n2, N, K1, K2); the
+    same additions in the same order with and without autograd."""
+    if torch.is_grad_enabled() and R.requires_grad:
+        return _ShiftSum.apply(R, tuple(step))
+    return _shift_sum_loop(R, step)
 
 
 def from_diag(s: torch.Tensor, grid: tuple, weight: torch.Tensor, stride: tuple, padding: tuple,

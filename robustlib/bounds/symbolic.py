@@ -22,7 +22,9 @@ before the first ReLU of other networks ``A = s ⊗ J`` stays factored (``s`` th
 input's half-widths, ``J`` the Jacobian of the layers so far, shared by the
 batch), so its radius is one product ``|s| @ |J|``; and a fresh error term,
 one-hot, crosses the next Linear or Conv as a gather from its weights instead
-of a pass of its own (``SHORTCUTS``: the last two).
+of a pass of its own (``SHORTCUTS``: these two). Error terms that go on through
+more convolutions stay small crops of the neuron grid around their ReLU
+(:mod:`robustlib.bounds.crops`, ``CROPS``) instead of dense images of the layer.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import patches
+from . import crops, patches
 from .graph import Plan, margin_spec, walk
 from .interval import Box
 from .interval import affine as box_affine
@@ -43,6 +45,9 @@ from .ops import Affine
 # The two shortcuts above (the factored first layer, the gathers of fresh error terms) switched off: the plain
 # passes they replace, for timing them (benchmarks/bench_bounds.py) and checking them (tests/test_bounds_rows.py).
 SHORTCUTS = True
+# Error terms through convolutions as small crops of the neuron grid, one per term (robustlib.bounds.crops); off:
+# each a dense image of its layer through every convolution. Measured like PATCHES ("symbolic, no crops").
+CROPS = True
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
 # columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
 # on by default on CUDA too, where its before/after has not been measured yet.
@@ -96,7 +101,8 @@ def _storage_ptrs(s) -> list:
     """Storage addresses of a symbolic state's dense coefficient tensors (views share their base's)."""
     if not isinstance(s, _Sym):
         return []
-    ts = [s.A.P if isinstance(s.A, patches.Patches) else s.A] + list(s.E.values())
+    ts = [s.A.P if isinstance(s.A, patches.Patches) else s.A] + \
+        [e.T if isinstance(e, crops.Crops) else e for e in s.E.values()]
     return [t.untyped_storage().data_ptr() for t in ts if isinstance(t, torch.Tensor)]
 
 
@@ -129,6 +135,9 @@ def _materialize(A, shape: tuple) -> torch.Tensor:
 def _dense_e(e, shape: tuple) -> torch.Tensor:
     if isinstance(e, torch.Tensor):
         return e
+    if isinstance(e, crops.Crops):
+        D = crops.dense(e)
+        return D.reshape(*D.shape[:2], *shape)
     B, K = e.idx.shape
     n = math.prod(shape)
     block = torch.zeros(B, K, n, dtype=e.vals.dtype, device=e.vals.device).scatter(
@@ -145,6 +154,25 @@ class _SymbolicRunner:
         #                       (name, "s ⊗ J") → an _Outer's J after that node, (name, "|J|" / "J^2") → its radius map
         self.shapes = {plan.input_name: plan.in_shape, **{n.name: n.shape for n in plan.nodes}}
         self.index = {n.name: i for i, n in enumerate(plan.nodes)}
+        self.consumers: dict = {}
+        for n in plan.nodes:
+            for i in n.inputs:
+                self.consumers.setdefault(i, []).append(n)
+
+    def feeds_a_conv(self, name: str) -> bool:
+        """Whether the output of node ``name`` reaches another convolution through ReLUs and elementwise maps only
+        (where cropped error terms pay: crops that go dense at the next layer would only add work)."""
+        stack, seen = list(self.consumers.get(name, ())), set()
+        while stack:
+            m = stack.pop()
+            if m.name in seen:
+                continue
+            seen.add(m.name)
+            if m.kind == "affine" and m.op.conv is not None:
+                return True
+            if m.kind == "relu" or (m.kind == "affine" and m.op.diag is not None):
+                stack += self.consumers.get(m.name, ())
+        return False
 
     def jacobian(self, name: str, op: Affine, in_shape: tuple, like: torch.Tensor) -> torch.Tensor:
         J = self.jac.get(name)
@@ -182,6 +210,8 @@ class _SymbolicRunner:
         for e in s.E.values():
             if isinstance(e, _SparseE):
                 rad = rad.reshape(B, -1).scatter_add(1, e.idx, e.vals.abs()).reshape(B, *shape)
+            elif isinstance(e, crops.Crops):
+                rad = rad + crops.radius(e).reshape(B, *shape)
             else:
                 rad = rad + _l1(e)
         return rad
@@ -223,12 +253,17 @@ class _SymbolicRunner:
             A = _fold_apply(op.lin, s.A)
         E = {}
         for k, e in s.E.items():
-            if not isinstance(e, _SparseE):
+            if isinstance(e, crops.Crops):
+                E[k] = self.crop_affine(name, op, e, in_shape, d_flat)
+            elif not isinstance(e, _SparseE):
                 E[k] = _fold_apply(op.lin, e)
             elif op.reshape:
                 E[k] = e
             elif d_flat is not None:
                 E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
+            elif op.conv is not None and CROPS and self.feeds_a_conv(name) and \
+                    crops.worth_a_conv((1, 1), op.conv[0], op.conv[1], self.shapes[name]):
+                E[k] = crops.from_sparse(e.idx, e.vals.to(s.c.dtype), in_shape, *op.conv, self.shapes[name])
             elif op.rows is not None and SHORTCUTS:   # the images of one-hot inputs, straight from the weights
                 E[k] = op.rows(e.idx, e.vals.to(s.c.dtype))
             else:
@@ -243,6 +278,16 @@ class _SymbolicRunner:
                     E[k] = _fold_apply(op.lin, _dense_e(e, in_shape))
         box = box_affine(op, s.box) if s.box is not None else None
         return _Sym(c, A, E, box)
+
+    def crop_affine(self, name: str, op: Affine, e: crops.Crops, in_shape: tuple, d_flat):
+        """An affine layer on cropped error terms: crops again after a convolution that keeps them below half the
+        grid, or an elementwise map; else dense images through the layer."""
+        if d_flat is not None:
+            return crops.scale(e, d_flat)
+        if op.conv is not None and tuple(in_shape) == e.grid and \
+                crops.worth_a_conv(e.T.shape[-2:], op.conv[0], op.conv[1], self.shapes[name]):
+            return crops.conv(e, *op.conv, self.shapes[name])
+        return _fold_apply(op.lin, _dense_e(e, in_shape))
 
     def patch_affine(self, name: str, op: Affine, A: patches.Patches, in_shape: tuple, d_flat):
         """An affine layer on windowed coefficients: windows again after a convolution that keeps them smaller
@@ -284,6 +329,8 @@ class _SymbolicRunner:
         for k, e in s.E.items():
             if isinstance(e, _SparseE):
                 E[k] = _SparseE(e.idx, e.vals * lam_flat.gather(1, e.idx))
+            elif isinstance(e, crops.Crops):
+                E[k] = crops.scale(e, lam)
             else:
                 E[k] = e.mul_(lam_b) if owned(e) else e * lam_b
         # one fresh error term of size −λl/2 per unstable neuron, packed per sample
@@ -309,6 +356,8 @@ class _SymbolicRunner:
         for k, v in b.E.items():
             if isinstance(v, _SparseE):
                 v = v if sign > 0 else _SparseE(v.idx, -v.vals)
+            elif isinstance(v, crops.Crops):
+                v = v if sign > 0 else v.like(-v.T)
             else:
                 v = v if sign > 0 else -v
             if k not in E:
