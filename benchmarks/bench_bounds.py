@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import naive_symbolic  # noqa: E402
-from common import write_result  # noqa: E402
+from common import switched_off, write_result  # noqa: E402
 
 from robustlib import allocator as rl_allocator  # noqa: E402
 from robustlib import bounds, models  # noqa: E402
@@ -183,18 +183,11 @@ def _switched_off(fn, *flags):
     """``fn`` with the named switches of ``bounds.symbolic`` off, the before of those changes in the same run:
     ``CROPS`` (2026-11-26, third change: error terms through convolutions as crops, not dense images), ``PATCHES``
     (2026-11-26, second change: a convolution's input coefficients as one window per neuron, not ``d`` dense
-    columns) and ``SHORTCUTS`` (2026-11-26, first change: the first layer's coefficients factored, fresh
-    error terms through gathers from the weights instead of dense passes)."""
-    module = importlib.import_module("robustlib.bounds.symbolic")
-
+    columns) and ``SHORTCUTS`` (2026-11-26, first change: the first layer's coefficients factored, fresh error terms
+    through gathers from the weights instead of dense passes)."""
     def run():
-        for f in flags:
-            setattr(module, f, False)
-        try:
+        with switched_off(*flags):
             return fn()
-        finally:
-            for f in flags:
-                setattr(module, f, True)
     return run
 
 

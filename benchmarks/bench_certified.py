@@ -12,6 +12,10 @@ images (the affine forms carry d + 1 columns: that is the floor; goal at most 1.
 to a forward + backward of d + 1 images (training's floor: the backward also computes weight gradients over every
 column). Unstable ReLUs add one column each on top (``benchmarks/bench_bounds.py`` counts them).
 
+Both parts also time the full symbolic and MixTrain k = 5 epochs, and the symbolic forward + backward, with
+``bounds.symbolic.CROPS`` and ``PATCHES`` off (dense columns and dense error images through the convolutions, as
+before 2026-11-26): the before of those changes, in the same run.
+
 Every figure is measured in this process; results go to benchmarks/results/certified-<cpu|cuda>.json.
 """
 from __future__ import annotations
@@ -23,10 +27,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import timed, write_result  # noqa: E402
+from common import switched_off, timed, write_result  # noqa: E402
 
 import robustlib as rl  # noqa: E402
 from robustlib.objectives import PGDAT, IBPTraining, MixTrain, SymbolicTraining  # noqa: E402
+
+# The switches of robustlib.bounds.symbolic whose before this benchmark also times: windows of the input
+# coefficients and crops of the error terms through convolutions (2026-11-26), off = d dense columns and dense images.
+BEFORE = ("CROPS", "PATCHES")
 
 
 def load(n: int, device):
@@ -81,10 +89,14 @@ def symbolic_vs_forward(name: str, device, batch: int) -> dict:
     t_bounds = timed(sym_bounds, device, repeat=3) / batch
     t_fwd = timed(fwd, device, repeat=3)
     t_fwd_bwd = timed(fwd_bwd, device, repeat=3)
+    with switched_off(*BEFORE):
+        t_sym_before = timed(sym, device, repeat=3) / batch
     return {"network": name, "d": d, "batch": batch, "sym_fwd_bwd_s_per_sample": t_sym,
             "sym_bounds_s_per_sample": t_bounds, "samples_per_s": 1 / t_sym, "forward_d_plus_1_s": t_fwd,
             "forward_backward_d_plus_1_s": t_fwd_bwd, "bounds_ratio_to_floor": t_bounds / t_fwd,
-            "fwd_bwd_ratio_to_floor": t_sym / t_fwd_bwd}
+            "fwd_bwd_ratio_to_floor": t_sym / t_fwd_bwd, "sym_fwd_bwd_s_per_sample_before": t_sym_before,
+            "fwd_bwd_gain": t_sym_before / t_sym}
+
 
 
 def main(argv=None):
@@ -104,11 +116,17 @@ def main(argv=None):
     for name, obj in objectives.items():
         seconds[name] = epoch_seconds(obj, data, device, batch)
         print(f"{name:12s} {seconds[name]:8.2f} s per epoch of {len(data)} ({data.name})", flush=True)
+    for name in ("symbolic", "mixtrain-k5"):      # the same epochs without windows and crops: their before
+        with switched_off(*BEFORE):
+            seconds[f"{name}, dense"] = epoch_seconds(objectives[name], data, device, batch)
+        print(f"{name + ', dense':12s} {seconds[name + ', dense']:8.2f} s per epoch (windows and crops off)", flush=True)
     ratios = {"symbolic / mixtrain-k5": seconds["symbolic"] / seconds["mixtrain-k5"],
               "symbolic / mixtrain-k1": seconds["symbolic"] / seconds["mixtrain-k1"],
               "pgd-at / mixtrain-k5": seconds["pgd-at"] / seconds["mixtrain-k5"],
               "mixtrain-k5 / ibp": seconds["mixtrain-k5"] / seconds["ibp"],
-              "symbolic / pgd-at": seconds["symbolic"] / seconds["pgd-at"]}
+              "symbolic / pgd-at": seconds["symbolic"] / seconds["pgd-at"],
+              "symbolic epoch: dense / windows and crops": seconds["symbolic, dense"] / seconds["symbolic"],
+              "mixtrain-k5 epoch: dense / windows and crops": seconds["mixtrain-k5, dense"] / seconds["mixtrain-k5"]}
     for k, v in ratios.items():
         print(f"{k:24s} {v:6.2f}×")
     print(f"goal: symbolic / mixtrain-k5 ≥ 7 (ideal 10): {'met' if ratios['symbolic / mixtrain-k5'] >= 7 else 'NOT met'}")
@@ -117,9 +135,11 @@ def main(argv=None):
     for f in floors:
         print(f"{f['network']:12s} d = {f['d']:5d}: {f['samples_per_s']:7.2f} symbolic fwd+bwd samples/s; bounds "
               f"{f['bounds_ratio_to_floor']:.2f}× one forward pass of d + 1 images (goal ≤ 1.5); forward + backward "
-              f"{f['fwd_bwd_ratio_to_floor']:.2f}× one forward + backward of d + 1 images")
+              f"{f['fwd_bwd_ratio_to_floor']:.2f}× one forward + backward of d + 1 images; {f['fwd_bwd_gain']:.2f}× "
+              f"faster than with windows and crops off")
         ratios[f"{f['network']} symbolic bounds / forward(d+1)"] = f["bounds_ratio_to_floor"]
         ratios[f"{f['network']} symbolic fwd+bwd / fwd+bwd(d+1)"] = f["fwd_bwd_ratio_to_floor"]
+        ratios[f"{f['network']} symbolic fwd+bwd: dense / windows and crops"] = f["fwd_bwd_gain"]
     path = write_result("certified", device, {"n": len(data), "data": data.name, "batch": batch, "eps": eps,
                                               "network": "mnist_small", "quick": args.quick},
                         {"epoch_s": seconds, "symbolic_floor": floors}, ratios)

@@ -6,6 +6,8 @@ measured against a baseline run in the same process). Speed is never measured by
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import tempfile
@@ -57,3 +59,17 @@ def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Pa
                "figures": figures, "ratios": ratios}
     path.write_text(json.dumps(payload, indent=1))
     return path
+
+
+@contextlib.contextmanager
+def switched_off(*flags):
+    """The named switches of ``robustlib.bounds.symbolic`` off for the block (``CROPS``, ``PATCHES``, ``SHORTCUTS``):
+    the before of those changes, timed in the same process as the after."""
+    module = importlib.import_module("robustlib.bounds.symbolic")
+    for f in flags:
+        setattr(module, f, False)
+    try:
+        yield
+    finally:
+        for f in flags:
+            setattr(module, f, True)

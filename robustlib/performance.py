@@ -24,7 +24,8 @@ BENCHMARKS = {   # script → (section title, what it measures)
                "add per sample beyond the d + 1 of the floor; `forward(d+1+E)`: the floor with them counted."),
     "certified": ("Certified training", "one epoch of MixTrain (k = 1, 5), full symbolic, IBP and PGD-AT training "
                   "on the same data, and one symbolic bound's forward + backward against a forward pass of d + 1 "
-                  "images."),
+                  "images; where the file has them, the symbolic and MixTrain epochs and the forward + backward also "
+                  "with the bounds' windows and crops off (`…, dense`: their before, in the same run)."),
     "pruning": ("Pruned adversarial training", "the cost of one Adv-GRAD-MATCH / Adv-GLISTER selection against a "
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),
 }
