@@ -116,7 +116,7 @@ def _peak(fn, device):
 def error_columns(model, lower, upper) -> list:
     """Error-term columns that each unstable ReLU layer adds per sample (mean over the batch), in the order of the
     layers: the part of symbolic propagation's width beyond the d + 1 input columns (one untimed call)."""
-    runner_cls = importlib.import_module("robustlib.bounds.symbolic")._SymbolicRunner
+    runner_cls = importlib.import_module("robustlib.bounds.symbolic").SymbolicRunner
     relu, count = runner_cls.relu, {}
 
     def counting(self, s, shape, name, owned):

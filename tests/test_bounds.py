@@ -624,8 +624,8 @@ def test_default_chunk_is_cache_sized_on_cpu_and_respects_an_explicit_budget(mon
     lower, upper = (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1)
     whole = bounds.symbolic(net, lower, upper, memory_budget=1 << 30)
     calls = []
-    run = sym._SymbolicRunner.run
-    monkeypatch.setattr(sym._SymbolicRunner, "run", lambda self, s, y: calls.append(s.c.shape[0]) or run(self, s, y))
+    run = sym.SymbolicRunner.run
+    monkeypatch.setattr(sym.SymbolicRunner, "run", lambda self, s, y: calls.append(s.c.shape[0]) or run(self, s, y))
     monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 2 * bounds.estimate_sample_bytes(net, x[:1]))
     split = bounds.symbolic(net, lower, upper)
     assert calls == [2, 2, 1]

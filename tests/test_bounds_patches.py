@@ -94,8 +94,8 @@ def _nets():
 def _spy(monkeypatch) -> list:
     """The kind of input coefficients each ReLU receives."""
     seen = []
-    relu = sym._SymbolicRunner.relu
-    monkeypatch.setattr(sym._SymbolicRunner, "relu",
+    relu = sym.SymbolicRunner.relu
+    monkeypatch.setattr(sym.SymbolicRunner, "relu",
                         lambda self, s, *a, **k: seen.append(type(s.A).__name__) or relu(self, s, *a, **k))
     return seen
 
@@ -229,9 +229,9 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
         return [lo, hi] + [p.grad.clone() for p in net.parameters()]
 
     kinds = []
-    relu = sym._SymbolicRunner.relu
+    relu = sym.SymbolicRunner.relu
     with monkeypatch.context() as m:
-        m.setattr(sym._SymbolicRunner, "relu", lambda self, s, *a, **k: kinds.append(
+        m.setattr(sym.SymbolicRunner, "relu", lambda self, s, *a, **k: kinds.append(
             sorted(type(e).__name__ for e in s.E.values())) or relu(self, s, *a, **k))
         fast = run()
     assert "Crops" in kinds[2]        # the first ReLU's terms reach the third ReLU as crops

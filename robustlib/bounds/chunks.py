@@ -17,8 +17,7 @@ from .. import allocator
 from . import patches
 from . import symbolic as _symbolic
 from .graph import Plan, prepare
-from .interval import Box, L2Ball
-from .symbolic import _Diag, _Sym, _SymbolicRunner
+from .symbolic import SymbolicRunner, initial_state
 
 
 def default_memory_budget(device) -> int:
@@ -105,15 +104,6 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, oom) or "out of memory" in str(exc)
 
 
-def _initial_state(mode: str, a, b, intersect: bool) -> _Sym:
-    """The input region as a symbolic state: a box ``[a, b]`` (mode "box") or an L2 ball (centre a, radius b)."""
-    if mode == "l2":
-        D = math.prod(a.shape[1:])
-        return _Sym(a, _Diag(b.unsqueeze(1).expand(-1, D)), {}, L2Ball(a, b).box() if intersect else None)
-    st = Box.from_bounds(a, b)
-    return _Sym(st.c, _Diag(st.r.reshape(st.r.shape[0], -1)), {}, st if intersect else None)
-
-
 def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
                           coefficients: bool = False, checkpoint: bool = False):
     example = a
@@ -127,7 +117,7 @@ def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
         allocator.steady()   # the coefficient tensors are large: reuse freed memory (robustlib.allocator)
     budget = default_memory_budget(example.device) if memory_budget is None else int(memory_budget)
     chunk = min(B, default_chunk(estimate_sample_bytes(plan, example), example.device, memory_budget))
-    runner = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4,
+    runner = SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4,
                              coefficients=coefficients)
     los, his, coefs = [], [], []
     start = 0
@@ -139,11 +129,11 @@ def run_chunked(plan: Plan, mode: str, a, b, y, memory_budget, intersect: bool,
                 # keep no chunk's coefficients for the backward pass: recompute them there, one chunk at a time
                 # (a runner of its own per chunk, so that no tensor of one chunk's graph feeds another's)
                 def one(a_c, b_c, y_c):
-                    own = _SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4, coefficients=coefficients)
-                    return own.run(_initial_state(mode, a_c, b_c, intersect), y_c)
+                    own = SymbolicRunner(plan, l2=(mode == "l2"), jac_budget=budget // 4, coefficients=coefficients)
+                    return own.run(initial_state(mode, a_c, b_c, intersect), y_c)
                 out = torch.utils.checkpoint.checkpoint(one, a[start:stop], b[start:stop], y_c, use_reentrant=False)
             else:
-                out = runner.run(_initial_state(mode, a[start:stop], b[start:stop], intersect), y_c)
+                out = runner.run(initial_state(mode, a[start:stop], b[start:stop], intersect), y_c)
         except RuntimeError as exc:
             if _is_oom(exc) and chunk > 1:
                 del exc

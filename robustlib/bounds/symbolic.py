@@ -36,7 +36,7 @@ import torch
 
 from . import crops, patches
 from .graph import Plan, margin_spec, walk
-from .interval import Box
+from .interval import Box, L2Ball
 from .interval import affine as box_affine
 from .interval import relu as box_relu
 from .ops import Affine
@@ -145,7 +145,7 @@ def _dense_e(e, shape: tuple) -> torch.Tensor:
     return block.reshape(B, K, *shape)
 
 
-class _SymbolicRunner:
+class SymbolicRunner:
     def __init__(self, plan: Plan, l2: bool, jac_budget: int, coefficients: bool = False):
         self.plan, self.l2 = plan, l2
         self.coefficients = coefficients  # also return the margins' input coefficients
@@ -401,3 +401,12 @@ class _SymbolicRunner:
         if self.coefficients:
             return lo, hi, s2.A.transpose(1, 2)  # (B, K, D): ∂(margin_j)/∂δ, half-width included
         return lo, hi
+
+
+def initial_state(mode: str, a, b, intersect: bool) -> _Sym:
+    """The input region as a symbolic state: a box ``[a, b]`` (mode "box") or an L2 ball (centre a, radius b)."""
+    if mode == "l2":
+        D = math.prod(a.shape[1:])
+        return _Sym(a, _Diag(b.unsqueeze(1).expand(-1, D)), {}, L2Ball(a, b).box() if intersect else None)
+    st = Box.from_bounds(a, b)
+    return _Sym(st.c, _Diag(st.r.reshape(st.r.shape[0], -1)), {}, st if intersect else None)
