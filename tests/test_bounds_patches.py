@@ -241,3 +241,15 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
     for a, b in zip(fast, dense):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
     assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0
+
+
+def test_chunks_are_sized_by_the_windows(monkeypatch):
+    """The per-sample memory estimate follows the windows: on MixTrain's MNIST_Small the largest input coefficients
+    are the second convolution's 32·7·7 neurons × a 10 × 10 window (then the first Linear's 100 × 784 dense ones);
+    with the windows off, d · n_max as before."""
+    from robustlib import models
+    net = models.build("mnist_small").eval()
+    x = torch.zeros(1, 1, 28, 28)
+    assert bounds.estimate_sample_bytes(net, x) == 4 * (32 * 7 * 7 * 10 * 10) * 4
+    monkeypatch.setattr(sym, "PATCHES", False)
+    assert bounds.estimate_sample_bytes(net, x) == 4 * 784 * (16 * 14 * 14) * 4
