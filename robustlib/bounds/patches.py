@@ -10,8 +10,8 @@ of a layer. So the coefficients ``A`` of the input noise, ``d`` numbers per neur
 ``K + (k − 1)·S``, its stride to ``S·s`` and its offset to ``P + p·S``; each of the ``k²`` kernel offsets is one
 channel contraction of the neurons it reads, written into the shifted part of the wider window. A ReLU scales
 ``P`` by neuron, the radius sums ``|P|`` over the window, and a Linear on the flattened neurons contracts the
-channels position by position and lays the windows back onto the input grid (``F.fold``), which leaves the
-dense coefficients of its outputs. A convolution costs ``(window)/d`` of the dense pass of ``d + 1`` columns:
+channels position by position and adds each position's windows onto the input grid, which leaves the dense
+coefficients of its outputs. A convolution costs ``(window)/d`` of the dense pass of ``d + 1`` columns:
 on MNIST_Small's second layer a 10 × 10 window against d = 784 pixels.
 
 The windows are worth keeping while they are smaller than the input; the propagation materialises them
