@@ -91,12 +91,12 @@ def _nets():
     }
 
 
-def _spy(monkeypatch) -> list:
-    """The kind of input coefficients each ReLU receives."""
+def _spy(monkeypatch, what=lambda s: type(s.A).__name__) -> list:
+    """``what`` of the symbolic state each ReLU receives (default: the kind of its input coefficients)."""
     seen = []
     relu = sym.SymbolicRunner.relu
     monkeypatch.setattr(sym.SymbolicRunner, "relu",
-                        lambda self, s, *a, **k: seen.append(type(s.A).__name__) or relu(self, s, *a, **k))
+                        lambda self, s, *a, **k: seen.append(what(s)) or relu(self, s, *a, **k))
     return seen
 
 
@@ -228,11 +228,8 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
         (hi.sum() - 2 * lo.sum()).backward()
         return [lo, hi] + [p.grad.clone() for p in net.parameters()]
 
-    kinds = []
-    relu = sym.SymbolicRunner.relu
     with monkeypatch.context() as m:
-        m.setattr(sym.SymbolicRunner, "relu", lambda self, s, *a, **k: kinds.append(
-            sorted(type(e).__name__ for e in s.E.values())) or relu(self, s, *a, **k))
+        kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))   # the error terms' kinds
         fast = run()
     assert "Crops" in kinds[2]        # the first ReLU's terms reach the third ReLU as crops
     with monkeypatch.context() as m:

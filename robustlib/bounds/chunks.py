@@ -90,7 +90,7 @@ def _coefficient_numel(plan: Plan) -> int:
                 else:
                     window = patches.grown(f[1], f[2], kernel)
                     f = (f[0], window, tuple(a * b for a, b in zip(f[2], op.conv[1]))) \
-                        if f[0] * math.prod(window) < d else "dense"
+                        if patches.smaller_than_input(f[0], window, plan.in_shape) else "dense"
             else:
                 f = "dense"
         form[n.name] = f

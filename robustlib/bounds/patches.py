@@ -104,10 +104,14 @@ def grown(window: tuple, stride: tuple, kernel: tuple) -> tuple:
     return tuple(K + (k - 1) * S for K, k, S in zip(window, kernel, stride))
 
 
+def smaller_than_input(channels: int, window: tuple, grid: tuple) -> bool:
+    """Whether windows of this size hold fewer numbers than the dense coefficients (one per input entry)."""
+    return channels * math.prod(window) < math.prod(grid)
+
+
 def worth_a_conv(p: Patches, weight: torch.Tensor) -> bool:
     """Whether the windows after this convolution stay smaller than the input (else: materialise first)."""
-    K = grown(p.window, p.stride, tuple(weight.shape[2:]))
-    return p.grid[0] * K[0] * K[1] < math.prod(p.grid)
+    return smaller_than_input(p.grid[0], grown(p.window, p.stride, tuple(weight.shape[2:])), p.grid)
 
 
 def conv(p: Patches, weight: torch.Tensor, stride: tuple, padding: tuple, out_shape: tuple) -> Patches:
@@ -198,12 +202,12 @@ def dense(p: Patches) -> torch.Tensor:
     _, Hg, Wg = p.grid
     dev = P.device
     K = math.prod(p.grid)
-    cols = torch.arange(K, device=dev).expand(B, -1)
-    wy = (cols // Wg % Hg).unsqueeze(2) - (torch.arange(H, device=dev) * p.stride[0] - p.padding[0])   # (B, K, H)
-    wx = (cols % Wg).unsqueeze(2) - (torch.arange(W, device=dev) * p.stride[1] - p.padding[1])          # (B, K, W)
-    flat = ((cols // (Hg * Wg)).reshape(B, K, 1, 1) * K1 + wy.unsqueeze(3)) * K2 + wx.unsqueeze(2)
-    inside = ((wy >= 0) & (wy < K1)).unsqueeze(3) & ((wx >= 0) & (wx < K2)).unsqueeze(2)
-    flat = torch.where(inside, flat, Cg * K1 * K2).reshape(B, 1, K, H * W).transpose(2, 3)   # (B, 1, HW, K)
+    g = torch.arange(K, device=dev)                                                   # every generator, flat
+    wy = (g // Wg % Hg).unsqueeze(1) - (torch.arange(H, device=dev) * p.stride[0] - p.padding[0])     # (K, H)
+    wx = (g % Wg).unsqueeze(1) - (torch.arange(W, device=dev) * p.stride[1] - p.padding[1])            # (K, W)
+    flat = ((g // (Hg * Wg)).reshape(K, 1, 1) * K1 + wy.unsqueeze(2)) * K2 + wx.unsqueeze(1)        # (K, H, W)
+    inside = ((wy >= 0) & (wy < K1)).unsqueeze(2) & ((wx >= 0) & (wx < K2)).unsqueeze(1)
+    flat = torch.where(inside, flat, Cg * K1 * K2).reshape(K, H * W).t()               # (HW, K)
     Pz = F.pad(P.reshape(B, C, H * W, Cg * K1 * K2), (0, 1))                     # a zero after every window
-    out = Pz.gather(3, flat.expand(B, C, H * W, K))                                # (B, C, HW, K)
+    out = Pz.gather(3, flat.expand(B, C, H * W, K))                                  # (B, C, HW, K)
     return out.permute(0, 3, 1, 2).reshape(B, K, C, H, W)
