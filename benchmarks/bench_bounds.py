@@ -24,7 +24,11 @@ alike and their ratios hold):
   robustlib does not pick on that device (``bounds.symbolic._l1``: ``abs().sum()`` on a CPU, since 2026-11-26,
   ``torch.linalg.vector_norm(·, 1)`` on CUDA), the before of that choice; ``symbolic, no crops``: with
   ``bounds.symbolic.CROPS`` off — error terms through convolutions as dense images of their layer instead of
-  small crops (``bounds.crops``) — the before of that change (2026-11-26, third); ``symbolic, no windows``: with
+  small crops (``bounds.crops``) — the before of that change (2026-11-26, third; its ratio is taken against "no
+  crops into Linear"); ``symbolic, no crops into Linear``: with ``CROP_LINEAR`` off — error terms whose next
+  convolution leads to a Linear as dense images of that convolution's outputs, through a dense product with the
+  Linear's weight, instead of crops whose weight columns the Linear gathers (``bounds.crops.linear``) — the before
+  of the fourth change (2026-11-27); ``symbolic, no windows``: with
   ``PATCHES`` off as well — every convolution's input coefficients as ``d`` dense columns instead of one window of
   the input per neuron (``bounds.patches``) — the before of the change before (second; its ratio is taken against
   "no crops"); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
@@ -181,6 +185,7 @@ def _other_l1(fn, device):
 
 def _switched_off(fn, *flags):
     """``fn`` with the named switches of ``bounds.symbolic`` off, the before of those changes in the same run:
+    ``CROP_LINEAR`` (2026-11-27, fourth change: crops also into a Linear, which reads each crop's weight columns),
     ``CROPS`` (2026-11-26, third change: error terms through convolutions as crops, not dense images), ``PATCHES``
     (2026-11-26, second change: a convolution's input coefficients as one window per neuron, not ``d`` dense
     columns) and ``SHORTCUTS`` (2026-11-26, first change: the first layer's coefficients factored, fresh error terms
@@ -217,6 +222,9 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     runs[OTHER_L1[device.type == "cuda"]] = (_other_l1(lambda: bounds.symbolic(model, lower, upper,
                                                                               memory_budget=budget), device),
                                              chunk * coef)
+    runs["symbolic, no crops into Linear"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper,
+                                                                              memory_budget=budget), "CROP_LINEAR"),
+                                              chunk * coef)
     runs["symbolic, no crops"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
                                                 "CROPS"), chunk * coef)
     runs["symbolic, no windows"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
@@ -254,7 +262,8 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
             r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
             r["other_l1_over_default"] = seconds[OTHER_L1[device.type == "cuda"]] / seconds["symbolic"]
-            r["no_crops_over_default"] = seconds["symbolic, no crops"] / seconds["symbolic"]
+            r["no_crop_linear_over_default"] = seconds["symbolic, no crops into Linear"] / seconds["symbolic"]
+            r["no_crops_over_no_crop_linear"] = seconds["symbolic, no crops"] / seconds["symbolic, no crops into Linear"]
             r["no_windows_over_no_crops"] = seconds["symbolic, no windows"] / seconds["symbolic, no crops"]
             r["no_shortcuts_over_no_windows"] = seconds["symbolic, no shortcuts"] / seconds["symbolic, no windows"]
             if "symbolic, one chunk" in seconds:
@@ -344,8 +353,11 @@ def main(argv=None):
                     ratios[f"{net} B={bs} symbolic one chunk / default chunks"] = r["one_chunk_over_default"]
                 if "other_l1_over_default" in r:
                     ratios[f"{net} B={bs} {OTHER_L1[device.type == 'cuda']} / symbolic"] = r["other_l1_over_default"]
-                if "no_crops_over_default" in r:
-                    ratios[f"{net} B={bs} symbolic without / with crops"] = r["no_crops_over_default"]
+                if "no_crop_linear_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic without / with crops into Linear"] = \
+                        r["no_crop_linear_over_default"]
+                    ratios[f"{net} B={bs} symbolic without / with crops (none into Linear)"] = \
+                        r["no_crops_over_no_crop_linear"]
                     ratios[f"{net} B={bs} symbolic without / with windows (no crops)"] = r["no_windows_over_no_crops"]
                     ratios[f"{net} B={bs} symbolic without / with the shortcuts (no windows)"] = \
                         r["no_shortcuts_over_no_windows"]

@@ -230,6 +230,10 @@ def gains_section(results: dict) -> str:
                    ("symbolic, no crops", "with `bounds.symbolic.CROPS` off (error terms through convolutions as "
                                           "dense images of their layer) → on (a small crop per term, "
                                           "`bounds.crops`)"),
+                   ("symbolic, no crops into Linear", "with `bounds.symbolic.CROP_LINEAR` off (error terms whose "
+                                                      "next convolution leads to a Linear as dense images, through a "
+                                                      "dense product with its weight) → on (crops, the Linear reading "
+                                                      "each crop's weight columns, `bounds.crops.linear`)"),
                    ("symbolic, no windows", "with `bounds.symbolic.PATCHES` off (every convolution's input "
                                             "coefficients as d dense columns) → on (one window of the input per "
                                             "neuron, `bounds.patches`)"),
@@ -238,10 +242,12 @@ def gains_section(results: dict) -> str:
                                               "(kept as s ⊗ J until the first ReLU, error terms gathered from the "
                                               "weights)"))
         present = {r["method"] for r in rows}
-        # the changes came in the order shortcuts, windows, crops: each one's after is the next one's before where
-        # the file has that row, the default otherwise
-        chain = {"symbolic, no shortcuts": "symbolic, no windows", "symbolic, no windows": "symbolic, no crops"}
-        off = {"symbolic, no windows": "the windows and the crops", "symbolic, no crops": "the crops"}
+        # the changes came in the order shortcuts, windows, crops, crops into a Linear: each one's after is the next
+        # one's before where the file has that row, the default otherwise
+        chain = {"symbolic, no shortcuts": "symbolic, no windows", "symbolic, no windows": "symbolic, no crops",
+                 "symbolic, no crops": "symbolic, no crops into Linear"}
+        off = {"symbolic, no windows": "the windows and the crops", "symbolic, no crops": "the crops",
+               "symbolic, no crops into Linear": "the crops into a Linear"}
         for method, what in changes:
             after = chain.get(method, "symbolic")
             after = after if after in present else "symbolic"

@@ -206,6 +206,9 @@ def test_crops_equal_the_dense_error_terms_through_conv_relu_conv(geometry):
     cr = crops.conv(cr, w2, _pair(s2), _pair(p2), shape2)
     assert torch.allclose(crops.dense(cr), E.reshape(B, K, *shape2), atol=1e-12)
     assert torch.allclose(crops.radius(cr), E.reshape(B, K, *shape2).abs().sum(1), atol=1e-12)
+    # a Linear on the flattened grid reads each crop's weight columns
+    wl = torch.randn(7, E[0].numel(), generator=g, dtype=torch.float64)
+    assert torch.allclose(crops.linear(cr, wl), F.linear(E.reshape(B, K, -1), wl), atol=1e-12)
 
 
 def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagation(monkeypatch):
@@ -238,6 +241,44 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
     for a, b in zip(fast, dense):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
     assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0
+
+
+def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):
+    """MixTrain's MNIST_Small layout (convolution, ReLU, strided convolution, ReLU, Linear): the first ReLU's
+    terms cross the second convolution as crops and the Linear as one weighted sum of weight columns per term
+    (``CROP_LINEAR``); margins and every parameter's gradient equal those of dense error images, also after an
+    in-place change of the Linear's weight (its transposed copy is kept between calls without autograd)."""
+    torch.manual_seed(9)
+    net = nn.Sequential(nn.Conv2d(1, 4, 4, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 4, stride=2, padding=1),
+                        nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 12), nn.ReLU(), nn.Linear(12, 5)).double()
+    g = torch.Generator().manual_seed(10)
+    x = torch.rand(3, 1, 20, 20, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (3,), generator=g)
+
+    def run():
+        net.zero_grad()
+        lo, hi = bounds.margin_bounds(net, x - 0.08, x + 0.08, y)
+        (hi.sum() - 2 * lo.sum()).backward()
+        with torch.no_grad():
+            before = bounds.symbolic(net, x - 0.08, x + 0.08)
+            net[5].weight.mul_(-1.5)
+            after = bounds.symbolic(net, x - 0.08, x + 0.08)
+            net[5].weight.div_(-1.5)
+        return [lo, hi] + [p.grad.clone() for p in net.parameters()] + [*before, *after]
+
+    with monkeypatch.context() as m:
+        kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
+        fast = run()
+    assert kinds[1] == ["Crops"] and kinds[2] == ["Tensor", "Tensor"]   # crops at ReLU 2, dense after the Linear
+    with monkeypatch.context() as m:
+        m.setattr(sym, "CROP_LINEAR", False)
+        kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
+        dense = run()
+    assert kinds[1] == ["Tensor"]
+    for a, b in zip(fast, dense):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+    assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0
+    assert not torch.allclose(fast[-3], fast[-1])   # the weight change moved the bounds
 
 
 def test_chunks_are_sized_by_the_windows(monkeypatch):

@@ -46,6 +46,8 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
                                               "samples_per_s": 45.0},
                                              {"net": "mnist_small", "batch": 1, "method": "symbolic, vector_norm L1",
                                               "samples_per_s": 30.0},
+                                             {"net": "mnist_small", "batch": 16,
+                                              "method": "symbolic, no crops into Linear", "samples_per_s": 81.0},
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic, no crops",
                                               "samples_per_s": 75.0},
                                              {"net": "mnist_small", "batch": 16, "method": "symbolic, no windows",
@@ -79,7 +81,10 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert "| mnist_small, B = 16 | 60.0 → 75.0 | 1.25× |" in windows.split("\n\n**")[0]
     assert "both with the crops off" in windows.split("\n")[0]
     cropped = page[page.index("with `bounds.symbolic.CROPS` off"):]
-    assert "| mnist_small, B = 16 | 75.0 → 90.0 | 1.20× |" in cropped.split("\n\n**")[0]
+    assert "| mnist_small, B = 16 | 75.0 → 81.0 | 1.08× |" in cropped.split("\n\n**")[0]
+    assert "both with the crops into a Linear off" in cropped.split("\n")[0]
+    into_linear = page[page.index("with `bounds.symbolic.CROP_LINEAR` off"):]
+    assert "| mnist_small, B = 16 | 81.0 → 90.0 | 1.11× |" in into_linear.split("\n\n**")[0]
     gpu_bounds = page[page.index("**Symbolic bounds (NVIDIA H100"):]
     assert "memory budget" in gpu_bounds.split("\n")[0] and "last-level cache" not in gpu_bounds.split("\n")[0]
     assert "| cifar_large, B = 128 | 200.0 → 190.0 | 0.95× |" in gpu_bounds

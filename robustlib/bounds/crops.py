@@ -11,8 +11,11 @@ outside the grid kept at zero:
 A convolution of stride ``s`` maps a crop of ``h`` rows to one of ``(h + k − 2)//s + 1``: the crops run through
 the convolution at stride 1 with full padding (one batched ``F.conv2d``; ``s²`` times the outputs needed, each
 crop being small), then every term keeps the rows of its own stride phase. A ReLU or an elementwise map scales
-each crop by its neurons' factors (a gather); the radius adds ``|T|`` onto the grid (a scatter-add). Before any
-other layer, or when a crop would cover half the grid, the crops become dense images again (:func:`dense`).
+each crop by its neurons' factors (a gather); the radius adds ``|T|`` onto the grid (a scatter-add). A Linear on
+the flattened grid reads only the weight columns of each crop's entries: one weighted sum of gathered columns per
+term (``F.embedding_bag``), ``C·h·w`` of them where the dense image takes the product of all ``C·H·W``; its
+outputs are dense. Before any other layer, or when a crop would cover half the grid, the crops become dense images
+again (:func:`dense`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .ops import derived
 
 
 @dataclass
@@ -127,6 +132,20 @@ def radius(cr: Crops) -> torch.Tensor:
     src = cr.T.abs().transpose(1, 2).reshape(B, C, K * h * w)
     out = src.new_zeros(B, C, H * W).scatter_add(2, _positions(cr).unsqueeze(1).expand(-1, C, -1), src)
     return out.reshape(B, C, H, W)
+
+
+def linear(cr: Crops, weight: torch.Tensor) -> torch.Tensor:
+    """A Linear (no bias) on the flattened grid, ``weight`` (n, C·H·W): the terms' dense images ``(B, K, n)``,
+    ``Σ_e T_e · W[:, index_e]`` over each crop's entries — one bag per term of ``F.embedding_bag`` over the
+    transposed weight (made once per weight version without autograd)."""
+    B, K, C, h, w = cr.T.shape
+    _, H, W = cr.grid
+    pos = _positions(cr).reshape(B, K, 1, h * w)
+    index = pos + torch.arange(C, device=pos.device).reshape(1, 1, C, 1) * (H * W)        # (B, K, C, h·w)
+    Wt = derived(weight, "transposed", lambda w_: w_.t().to(cr.T.dtype).contiguous(), cr.T.dtype)
+    out = F.embedding_bag(index.reshape(B * K, C * h * w), Wt, mode="sum",
+                          per_sample_weights=cr.T.reshape(B * K, C * h * w))
+    return out.reshape(B, K, -1)
 
 
 def dense(cr: Crops) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -37,6 +38,27 @@ class Affine:
     conv: Optional[tuple] = None           # (weight, stride, padding before) of a 2-D zero-padded convolution
     #                                        with groups = dilation = 1: what ``bounds.patches`` maps windows by
     matrix: Optional[torch.Tensor] = None  # the weight of a Linear acting on a flat input
+
+
+# (weight id, version, tag, dtype) → (weak reference to the weight, a layout of it): without autograd a layer's weight
+# is rearranged once, not at every call (on MNIST_Large's 3136 → 512 Linear the permutation by position costs more
+# than the product it feeds). A handful of entries; cleared when it grows past 64.
+_DERIVED: dict = {}
+
+
+def derived(weight: torch.Tensor, tag, make: Callable, dtype) -> torch.Tensor:
+    """``make(weight)`` (a rearranged copy of a layer's weight, in ``dtype``), kept between calls without autograd and
+    keyed by the weight's version, so that an in-place update (an optimizer step) makes it anew; under autograd made
+    at each call, so that gradients reach the weight."""
+    if torch.is_grad_enabled() and weight.requires_grad:
+        return make(weight)
+    key = (id(weight), weight._version, tag, dtype)
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0]() is not weight:
+        if len(_DERIVED) >= 64:
+            _DERIVED.clear()
+        hit = _DERIVED[key] = (weakref.ref(weight), make(weight.detach()))
+    return hit[1]
 
 
 def elementwise(k: torch.Tensor, shape: tuple) -> torch.Tensor:

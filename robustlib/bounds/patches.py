@@ -21,11 +21,12 @@ elementwise affine map, a reshape or a Linear.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .ops import derived
 
 
 @dataclass
@@ -159,24 +160,10 @@ def _to_grid(t: torch.Tensor, p: Patches) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1], Cg * Hg * Wg)
 
 
-# (weight id, version, dtype, L) → (weak reference to the weight, the weight laid out by position): without
-# autograd the same Linear's weight is permuted once, not at every call (on MNIST_Large's 3136 → 512 layer the
-# permutation costs more than the product). A handful of entries; cleared when it grows past 64.
-_BY_POSITION: dict = {}
-
-
 def _by_position(weight: torch.Tensor, C: int, L: int, dtype) -> torch.Tensor:
     """``weight`` (n, C·L) as (L, n, C), contiguous: one (n × C) matrix per neuron position."""
-    if torch.is_grad_enabled() and weight.requires_grad:
-        return weight.to(dtype).reshape(-1, C, L).permute(2, 0, 1).contiguous()
-    key = (id(weight), weight._version, dtype, L)
-    hit = _BY_POSITION.get(key)
-    if hit is None or hit[0]() is not weight:
-        if len(_BY_POSITION) >= 64:
-            _BY_POSITION.clear()
-        hit = _BY_POSITION[key] = (weakref.ref(weight),
-                                   weight.detach().to(dtype).reshape(-1, C, L).permute(2, 0, 1).contiguous())
-    return hit[1]
+    return derived(weight, ("by position", L),
+                   lambda w: w.to(dtype).reshape(-1, C, L).permute(2, 0, 1).contiguous(), dtype)
 
 
 def linear(p: Patches, weight: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ input's half-widths, ``J`` the Jacobian of the layers so far, shared by the
 batch), so its radius is one product ``|s| @ |J|``; and a fresh error term,
 one-hot, crosses the next Linear or Conv as a gather from its weights instead
 of a pass of its own (``SHORTCUTS``: these two). Error terms that go on through
-more convolutions stay small crops of the neuron grid around their ReLU
-(:mod:`robustlib.bounds.crops`, ``CROPS``) instead of dense images of the layer.
+more convolutions, or a convolution and then a Linear, stay small crops of the neuron grid around their ReLU
+(:mod:`robustlib.bounds.crops`, ``CROPS``) instead of dense images of the layer; a Linear reads only the weight
+columns of each crop (``CROP_LINEAR``).
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ SHORTCUTS = True
 # Error terms through convolutions as small crops of the neuron grid, one per term (robustlib.bounds.crops); off:
 # each a dense image of its layer through every convolution. Measured like PATCHES ("symbolic, no crops").
 CROPS = True
+# Crops also for error terms whose next convolution leads to a Linear, which reads only each crop's weight columns
+# (crops.linear); off: such terms dense images of the convolution's outputs, through a dense product with the
+# Linear's weight. Measured like CROPS ("symbolic, no crops into Linear").
+CROP_LINEAR = True
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
 # columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
 # on by default on CUDA too, where its before/after has not been measured yet.
@@ -159,18 +164,19 @@ class SymbolicRunner:
             for i in n.inputs:
                 self.consumers.setdefault(i, []).append(n)
 
-    def feeds_a_conv(self, name: str) -> bool:
-        """Whether the output of node ``name`` reaches another convolution through ReLUs and elementwise maps only
-        (where cropped error terms pay: crops that go dense at the next layer would only add work)."""
+    def crops_pay(self, name: str) -> bool:
+        """Whether the output of node ``name`` reaches another convolution, or (``CROP_LINEAR``) a Linear, through
+        ReLUs, elementwise maps and reshapes only: where cropped error terms pay (crops that go dense at the next
+        layer would only add work)."""
         stack, seen = list(self.consumers.get(name, ())), set()
         while stack:
             m = stack.pop()
             if m.name in seen:
                 continue
             seen.add(m.name)
-            if m.kind == "affine" and m.op.conv is not None:
+            if m.kind == "affine" and (m.op.conv is not None or (CROP_LINEAR and m.op.matrix is not None)):
                 return True
-            if m.kind == "relu" or (m.kind == "affine" and m.op.diag is not None):
+            if m.kind == "relu" or (m.kind == "affine" and (m.op.diag is not None or m.op.reshape)):
                 stack += self.consumers.get(m.name, ())
         return False
 
@@ -261,7 +267,7 @@ class SymbolicRunner:
                 E[k] = e
             elif d_flat is not None:
                 E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
-            elif op.conv is not None and CROPS and self.feeds_a_conv(name) and \
+            elif op.conv is not None and CROPS and self.crops_pay(name) and \
                     crops.worth_a_conv((1, 1), op.conv[0], op.conv[1], self.shapes[name]):
                 E[k] = crops.from_sparse(e.idx, e.vals.to(s.c.dtype), in_shape, *op.conv, self.shapes[name])
             elif op.rows is not None and SHORTCUTS:   # the images of one-hot inputs, straight from the weights
@@ -281,9 +287,14 @@ class SymbolicRunner:
 
     def crop_affine(self, name: str, op: Affine, e: crops.Crops, in_shape: tuple, d_flat):
         """An affine layer on cropped error terms: crops again after a convolution that keeps them below half the
-        grid, or an elementwise map; else dense images through the layer."""
+        grid, an elementwise map or a reshape; dense images after a Linear, from each crop's weight columns; else
+        dense images through the layer."""
+        if op.reshape:
+            return e
         if d_flat is not None:
             return crops.scale(e, d_flat)
+        if op.matrix is not None and CROP_LINEAR and op.matrix.shape[1] == math.prod(e.grid):
+            return crops.linear(e, op.matrix)
         if op.conv is not None and tuple(in_shape) == e.grid and \
                 crops.worth_a_conv(e.T.shape[-2:], op.conv[0], op.conv[1], self.shapes[name]):
             return crops.conv(e, *op.conv, self.shapes[name])
