@@ -173,6 +173,44 @@ def test_bounds_follow_a_changed_network():
         bounds.interval(net, x, x)
 
 
+def test_a_reused_plan_follows_weights_statistics_and_settings():
+    """Without autograd the plan of an unchanged network is reused; an in-place weight update, new BatchNorm
+    running statistics, a changed layer setting or a new weight tensor each make a new plan, so that no bound is
+    computed on a stale copy. Under autograd every call builds its own plan."""
+    from robustlib.bounds.graph import prepare
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(3 * 6 * 6, 4)).eval()
+    x = torch.rand(2, 1, 6, 6)
+
+    def check():   # bounds of the point box are the network's output, up to float rounding
+        with torch.no_grad():
+            for method in (bounds.interval, bounds.symbolic):
+                lo, hi = method(net, x, x)
+                assert torch.allclose(lo, net(x), atol=1e-5) and torch.allclose(hi, net(x), atol=1e-5)
+
+    with torch.no_grad():
+        first = prepare(net, x)
+        assert prepare(net, x) is first                    # reused
+        assert prepare(net, x[:1]) is first                # the batch size is not part of the plan
+    assert prepare(net, x) is not first                    # autograd: a plan of its own
+    check()
+    with torch.no_grad():
+        net[0].weight.mul_(-2.0)                           # an optimizer step
+    check()
+    net[1].train()
+    net(torch.rand(8, 1, 6, 6))                            # running statistics move
+    net[1].eval()
+    check()
+    net[1].eps = 0.5                                       # a setting that keeps every shape
+    check()
+    net[0].padding = (2, 2)                                # a setting: the output grid grows to 8 × 8
+    net[4] = nn.Linear(3 * 8 * 8, 4)
+    check()
+    net[4].weight = nn.Parameter(torch.randn(4, 3 * 8 * 8))   # a new tensor in place of the old
+    check()
+
+
 # ----------------------------------------------------------------------------- low
 
 def test_architecture_mismatch_leaves_model_untouched(digits, tmp_path):
