@@ -153,6 +153,23 @@ def test_a_grouped_convolution_keeps_the_dense_path():
     assert (lo >= lo_i - 1e-12).all() and (hi <= hi_i + 1e-12).all()
 
 
+@pytest.mark.parametrize("n, K, step", [((4, 4), (4, 4), (2, 2)), ((7, 7), (10, 10), (4, 4)), ((3, 2), (2, 5), (3, 1)),
+                                         ((2, 3), (3, 3), (1, 2))])
+def test_the_shift_sum_places_every_window_once(n, K, step):
+    """The grouped additions of the windows (one per offset within the step, including a stride wider than the
+    window) against one addition per window, and its backward against autograd's gradient check."""
+    g = torch.Generator().manual_seed(sum(n) + sum(K))
+    R = torch.randn(*n, *K, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = R.new_zeros((n[0] - 1) * step[0] + K[0], (n[1] - 1) * step[1] + K[1], 3)
+    for a in range(n[0]):
+        for b in range(n[1]):
+            ref[a * step[0]:a * step[0] + K[0], b * step[1]:b * step[1] + K[1]] += R[a, b].detach()
+    with torch.no_grad():
+        assert torch.allclose(patches._shift_sum(R, step), ref, atol=1e-12)
+    assert torch.allclose(patches._shift_sum(R, step), ref, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: patches._shift_sum(t, step), (R,), fast_mode=True)
+
+
 def test_the_by_position_weight_follows_in_place_updates():
     """Without autograd a Linear's weight laid out by position is kept between calls, keyed by its version: an
     in-place update (an optimizer step) must not leave the bounds on the old weight."""

@@ -4,9 +4,11 @@ After convolutions, neuron ``(c, y, x)`` depends only on the input pixels of its
 ``K1 × K2`` window of every input channel, at ``(y·S1 − P1, x·S2 − P2)``, the same window size for every neuron
 of a layer. So the coefficients ``A`` of the input noise, ``d`` numbers per neuron when dense, are held as
 
-    P[b, c, y, x, cg, i, j] = A[b, (cg, y·S1 − P1 + i, x·S2 − P2 + j), c, y, x]
+    P[i, j, b, y, x, cg, c] = A[b, (cg, y·S1 − P1 + i, x·S2 − P2 + j), c, y, x]
 
-(zero where the window leaves the input). Through a convolution ``(k, s, p)`` the window grows to
+(zero where the window leaves the input). The window's position leads and the neurons' channels come last, so that
+placing shifted windows into a wider one (through a convolution, or onto the input grid after a Linear) adds long
+contiguous runs of numbers; with the window last it added rows of ``K2`` numbers. Through a convolution ``(k, s, p)`` the window grows to
 ``K + (k − 1)·S``, its stride to ``S·s`` and its offset to ``P + p·S``; each of the ``k²`` kernel offsets is one
 channel contraction of the neurons it reads, written into the shifted part of the wider window. A ReLU scales
 ``P`` by neuron, the radius sums ``|P|`` over the window, and a Linear on the flattened neurons contracts the
@@ -31,7 +33,7 @@ from .ops import derived
 
 @dataclass
 class Patches:
-    P: torch.Tensor   # (B, C, H, W, Cg, K1, K2): each neuron's window of the generators' grid
+    P: torch.Tensor   # (K1, K2, B, H, W, Cg, C): each neuron's window of the generators' grid, window position first
     grid: tuple       # (Cg, Hg, Wg): the per-sample shape of the generators (the input)
     stride: tuple     # (S1, S2): window step from one neuron to the next
     padding: tuple    # (P1, P2): the window of neuron (0, 0) starts at (−P1, −P2)
@@ -42,25 +44,36 @@ class Patches:
 
     @property
     def window(self) -> tuple:
-        return tuple(self.P.shape[-2:])
+        return tuple(self.P.shape[:2])
 
     @property
     def neurons(self) -> tuple:
-        return tuple(self.P.shape[1:4])
+        """(C, H, W)."""
+        return (self.P.shape[6], *self.P.shape[3:5])
 
 
 def _shift_sum_loop(R: torch.Tensor, step: tuple) -> torch.Tensor:
-    n1, n2, N, K1, K2 = R.shape
-    out = R.new_zeros(N, (n1 - 1) * step[0] + K1, (n2 - 1) * step[1] + K2)
-    for a in range(n1):
-        for b in range(n2):
-            out[:, a * step[0]:a * step[0] + K1, b * step[1]:b * step[1] + K2] += R[a, b]
-    return out
+    """The additions of :func:`_shift_sum`, grouped by the offset within the step: window rows ``q·s ≤ i < (q + 1)·s``
+    of every window land on output rows ``(a + q)·s + (i − q·s)``, so one strided addition per ``(q1, q2)`` places
+    them all (⌈K1/s1⌉·⌈K2/s2⌉ additions instead of one per window)."""
+    n1, n2, K1, K2 = R.shape[:4]
+    s1, s2 = step
+    Q1, Q2 = -(-K1 // s1), -(-K2 // s2)
+    rest = R.shape[4:]
+    out = R.new_zeros(n1 + Q1 - 1, s1, n2 + Q2 - 1, s2, *rest)
+    for q1 in range(Q1):
+        m1 = min(s1, K1 - q1 * s1)
+        for q2 in range(Q2):
+            m2 = min(s2, K2 - q2 * s2)
+            src = R[:, :, q1 * s1:q1 * s1 + m1, q2 * s2:q2 * s2 + m2].transpose(1, 2)   # (n1, m1, n2, m2, ...)
+            out[q1:q1 + n1, :m1, q2:q2 + n2, :m2] += src
+    out = out.reshape((n1 + Q1 - 1) * s1, (n2 + Q2 - 1) * s2, *rest)
+    return out[:(n1 - 1) * s1 + K1, :(n2 - 1) * s2 + K2]
 
 
 class _ShiftSum(torch.autograd.Function):
-    """The additions into slices as one autograd node: its backward cuts the gradient back into the slices.
-    (Autograd through the in-place additions themselves would copy the whole output once per slice.)"""
+    """The additions into slices as one autograd node: its backward cuts the gradient back into the windows (one
+    strided view). (Autograd through the in-place additions themselves would copy the whole output per addition.)"""
 
     @staticmethod
     def forward(ctx, R, step):
@@ -69,15 +82,14 @@ class _ShiftSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        n1, n2, _, K1, K2 = ctx.shape
-        s1, s2 = ctx.step
-        return torch.stack([torch.stack([g[:, a * s1:a * s1 + K1, b * s2:b * s2 + K2] for b in range(n2)])
-                            for a in range(n1)]), None
+        n1, n2, K1, K2 = ctx.shape[:4]
+        g = g.unfold(0, K1, ctx.step[0]).unfold(1, K2, ctx.step[1])             # (n1, n2, ..., K1, K2)
+        return g.movedim((-2, -1), (2, 3)), None
 
 
 def _shift_sum(R: torch.Tensor, step: tuple) -> torch.Tensor:
-    """``out[:, a·step1 + i, b·step2 + j] = Σ_{a, b} R[a, b, :, i, j]``: windows (N, K1, K2) placed on a grid with the
-    given step and added, (N, (n1 − 1)·step1 + K1, (n2 − 1)·step2 + K2) for R of shape (n1, n2, N, K1, K2); the
+    """``out[a·step1 + i, b·step2 + j] = Σ_{a, b} R[a, b, i, j]``: windows (K1, K2, ...) placed on a grid with the
+    given step and added, ((n1 − 1)·step1 + K1, (n2 − 1)·step2 + K2, ...) for R of shape (n1, n2, K1, K2, ...); the
     same additions in the same order with and without autograd."""
     if torch.is_grad_enabled() and R.requires_grad:
         return _ShiftSum.apply(R, tuple(step))
@@ -96,8 +108,9 @@ def from_diag(s: torch.Tensor, grid: tuple, weight: torch.Tensor, stride: tuple,
     after = [(n - 1) * st + k - g - p for n, st, k, g, p in zip((H, W), stride, (k1, k2), (Hg, Wg), padding)]
     src = F.pad(s.reshape(B, Cg, Hg, Wg), (padding[1], after[1], padding[0], after[0]))
     cols = F.unfold(src, (k1, k2), stride=stride)                                     # (B, Cg·k1·k2, H·W)
-    cols = cols.reshape(B, 1, Cg, k1, k2, H, W).permute(0, 1, 5, 6, 2, 3, 4)         # (B, 1, H, W, Cg, k1, k2)
-    return Patches(cols * weight.to(s.dtype).reshape(1, C, 1, 1, Cg, k1, k2), grid, tuple(stride), tuple(padding))
+    cols = cols.reshape(B, Cg, k1, k2, H, W, 1).permute(2, 3, 0, 4, 5, 1, 6)         # (k1, k2, B, H, W, Cg, 1)
+    w = weight.to(s.dtype).permute(2, 3, 1, 0).reshape(k1, k2, 1, 1, 1, Cg, C)
+    return Patches(cols * w, grid, tuple(stride), tuple(padding))
 
 
 def grown(window: tuple, stride: tuple, kernel: tuple) -> tuple:
@@ -115,75 +128,82 @@ def worth_a_conv(p: Patches, weight: torch.Tensor) -> bool:
     return smaller_than_input(p.grid[0], grown(p.window, p.stride, tuple(weight.shape[2:])), p.grid)
 
 
+def _placed(t: torch.Tensor, rows: int, cols: int, top: int, left: int) -> torch.Tensor:
+    """``t`` (h, w, ...) with its rows and columns shifted by ``(top, left)`` onto a zero (rows, cols, ...) grid:
+    ``out[r, c] = t[r − top, c − left]`` where that exists, zero elsewhere (a pad or a crop of the first two dims)."""
+    out = t.new_zeros(rows, cols, *t.shape[2:])
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(rows, t.shape[0] + top), min(cols, t.shape[1] + left)
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = t[r0 - top:r1 - top, c0 - left:c1 - left]
+    return out
+
+
 def conv(p: Patches, weight: torch.Tensor, stride: tuple, padding: tuple, out_shape: tuple) -> Patches:
     """The windows of a zero-padded convolution's outputs (no bias): ``Σ_{c, ky, kx} W[:, c, ky, kx] ·`` (the
     window of the input neuron that offset reads, shifted by ``(ky·S1, kx·S2)``). The input neurons each kernel
     offset reads are strided views of the zero-padded neuron grid; one batched product over the ``k1·k2`` offsets
     contracts their channels, and ``k1·k2`` additions place the shifted windows."""
     P = p.P
-    B, C, H, W = P.shape[:4]
-    Cg, K1, K2 = P.shape[4:]
+    K1, K2, B, H, W, Cg, C = P.shape
     Co, Ho, Wo = out_shape
     k1, k2 = weight.shape[2:]
     S1, S2 = p.stride
-    G = Cg * K1 * K2
     Hp, Wp = (Ho - 1) * stride[0] + k1, (Wo - 1) * stride[1] + k2      # the rows / columns the outputs read
-    X = F.pad(P.reshape(B, C, H, W, G), (0, 0, padding[1], Wp - W - padding[1], padding[0], Hp - H - padding[0]))
-    X = X.unfold(2, k1, stride[0]).unfold(3, k2, stride[1])                       # (B, C, Ho, Wo, G, k1, k2)
-    X = X.permute(5, 6, 1, 0, 2, 3, 4).reshape(k1 * k2, C, B * Ho * Wo * G)
-    wq = weight.to(P.dtype).permute(2, 3, 0, 1).reshape(k1 * k2, Co, C)
-    R = torch.bmm(wq, X).reshape(k1, k2, Co * B * Ho * Wo * Cg, K1, K2)
-    new = _shift_sum(R, (S1, S2)).reshape(Co, B, Ho, Wo, Cg, *grown((K1, K2), (S1, S2), (k1, k2)))
-    return p.like(new.transpose(0, 1), (S1 * stride[0], S2 * stride[1]),
+    X = _placed(P.permute(3, 4, 0, 1, 2, 5, 6), Hp, Wp, padding[0], padding[1])   # (Hp, Wp, K1, K2, B, Cg, C)
+    X = X.unfold(0, k1, stride[0]).unfold(1, k2, stride[1])                         # (Ho, Wo, K1, K2, B, Cg, C, k1, k2)
+    X = X.permute(7, 8, 2, 3, 4, 0, 1, 5, 6).reshape(k1 * k2, K1 * K2 * B * Ho * Wo * Cg, C)
+    wq = derived(weight, "(k1·k2, C, Co)", lambda w: w.to(P.dtype).permute(2, 3, 1, 0).reshape(k1 * k2, C, Co),
+                 P.dtype)
+    R = torch.bmm(X, wq).reshape(k1, k2, K1, K2, B * Ho * Wo * Cg * Co)
+    new = _shift_sum(R, (S1, S2))
+    return p.like(new.reshape(*new.shape[:2], B, Ho, Wo, Cg, Co), (S1 * stride[0], S2 * stride[1]),
                   (p.padding[0] + padding[0] * S1, p.padding[1] + padding[1] * S2))
+
+
+def _by_neuron(k: torch.Tensor, p: Patches) -> torch.Tensor:
+    """Factors per neuron, broadcastable to (B, C, H, W), laid out to broadcast against ``p.P``."""
+    C, H, W = p.neurons
+    k = k.reshape(k.shape[0], C, H, W).permute(0, 2, 3, 1)
+    return k.reshape(1, 1, k.shape[0], H, W, 1, C)
 
 
 def scale(p: Patches, k: torch.Tensor, in_place: bool = False) -> Patches:
     """Every neuron's window times ``k`` (broadcastable to (B, C, H, W)): a ReLU's slopes, an elementwise map."""
-    k = k.reshape(*k.shape[:1], *p.neurons, 1, 1, 1) if k.numel() > 1 else k
+    k = _by_neuron(k, p) if k.numel() > 1 else k
     return p.like(p.P.mul_(k) if in_place else p.P * k)
 
 
 def radius(p: Patches, l2: bool = False) -> torch.Tensor:
     """Σ over each window of |P| (its L2 norm for an L2 ball): (B, C, H, W)."""
-    if l2:
-        return torch.linalg.vector_norm(p.P, 2, dim=(4, 5, 6))
-    return p.P.abs().sum((4, 5, 6))
-
-
-def _to_grid(t: torch.Tensor, p: Patches) -> torch.Tensor:
-    """Crop (B, n, Cg, Hf, Wf), laid out from the first window's corner, to the input grid: (B, n, D)."""
-    Cg, Hg, Wg = p.grid
-    P1, P2 = p.padding
-    Hf, Wf = t.shape[-2:]
-    t = F.pad(t, (-P2, P2 + Wg - Wf, -P1, P1 + Hg - Hf))
-    return t.reshape(t.shape[0], t.shape[1], Cg * Hg * Wg)
+    r = torch.linalg.vector_norm(p.P, 2, dim=(0, 1, 5)) if l2 else p.P.abs().sum((0, 1, 5))   # (B, H, W, C)
+    return r.permute(0, 3, 1, 2)
 
 
 def _by_position(weight: torch.Tensor, C: int, L: int, dtype) -> torch.Tensor:
-    """``weight`` (n, C·L) as (L, n, C), contiguous: one (n × C) matrix per neuron position."""
+    """``weight`` (n, C·L) as (L, C, n), contiguous: one (C × n) matrix per neuron position."""
     return derived(weight, ("by position", L),
-                   lambda w: w.to(dtype).reshape(-1, C, L).permute(2, 0, 1).contiguous(), dtype)
+                   lambda w: w.to(dtype).reshape(-1, C, L).permute(2, 1, 0).contiguous(), dtype)
 
 
 def linear(p: Patches, weight: torch.Tensor) -> torch.Tensor:
     """A Linear on the flattened neurons: ``(B, D, n_out)`` dense coefficients. One batched product over the
     neuron positions contracts the channels; each position's windows are then added onto the input grid."""
     P = p.P
-    B, C, H, W = P.shape[:4]
-    Cg, K1, K2 = P.shape[4:]
+    K1, K2, B, H, W, Cg, C = P.shape
     n = weight.shape[0]
-    S1, S2 = p.stride
-    T = torch.bmm(_by_position(weight, C, H * W, P.dtype),
-                  P.permute(2, 3, 1, 0, 4, 5, 6).reshape(H * W, C, B * Cg * K1 * K2))
-    out = _shift_sum(T.reshape(H, W, n * B * Cg, K1, K2), (S1, S2))
-    return _to_grid(out.reshape(n, B, Cg, *out.shape[-2:]).transpose(0, 1), p).transpose(1, 2).contiguous()
+    _, Hg, Wg = p.grid
+    T = torch.bmm(P.permute(3, 4, 0, 1, 2, 5, 6).reshape(H * W, K1 * K2 * B * Cg, C),
+                  _by_position(weight, C, H * W, P.dtype))                          # (H·W, K1·K2·B·Cg, n)
+    out = _shift_sum(T.reshape(H, W, K1, K2, B * Cg * n), p.stride)               # windows of neuron (0, 0) at 0
+    out = _placed(out, Hg, Wg, -p.padding[0], -p.padding[1])                        # (Hg, Wg, B·Cg·n)
+    return out.reshape(Hg, Wg, B, Cg, n).permute(2, 3, 0, 1, 4).reshape(B, Cg * Hg * Wg, n)
 
 
 def dense(p: Patches) -> torch.Tensor:
     """The coefficients as a dense (B, D, C, H, W) tensor: one gather, each (generator, neuron) pair reading its
     window entry, or a zero where the generator lies outside the window."""
-    P = p.P
+    P = p.P.permute(2, 6, 3, 4, 5, 0, 1)                                            # (B, C, H, W, Cg, K1, K2)
     B, C, H, W = P.shape[:4]
     Cg, K1, K2 = P.shape[4:]
     _, Hg, Wg = p.grid
