@@ -20,6 +20,7 @@ again (:func:`dense`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,10 @@ class Crops:
     oy: torch.Tensor   # (B, K) the crop's first row in the grid (may be negative: those rows hold zeros)
     ox: torch.Tensor   # (B, K) its first column
     grid: tuple        # (C, H, W): the layer's per-sample shape
+    pos: Optional[torch.Tensor] = None   # _positions, made once for the crops' corners and shared by their copies
 
     def like(self, T: torch.Tensor) -> "Crops":
-        return Crops(T, self.oy, self.ox, self.grid)
+        return Crops(T, self.oy, self.ox, self.grid, self.pos)
 
 
 def _out_size(n: int, k: int, s: int) -> int:
@@ -110,11 +112,13 @@ def conv(cr: Crops, weight: torch.Tensor, stride: tuple, padding: tuple, out_sha
 def _positions(cr: Crops) -> torch.Tensor:
     """(B, K·h·w) flat grid positions (row·W + column) of every crop entry, clamped onto the grid (entries off the
     grid are zeros, so what they read or add there does not matter)."""
-    B, K, _, h, w = cr.T.shape
-    _, H, W = cr.grid
-    rows = (cr.oy.unsqueeze(-1) + torch.arange(h, device=cr.oy.device)).clamp(0, H - 1)
-    cols = (cr.ox.unsqueeze(-1) + torch.arange(w, device=cr.ox.device)).clamp(0, W - 1)
-    return (rows.unsqueeze(-1) * W + cols.unsqueeze(-2)).reshape(B, K * h * w)
+    if cr.pos is None:
+        B, K, _, h, w = cr.T.shape
+        _, H, W = cr.grid
+        rows = (cr.oy.unsqueeze(-1) + torch.arange(h, device=cr.oy.device)).clamp(0, H - 1)
+        cols = (cr.ox.unsqueeze(-1) + torch.arange(w, device=cr.ox.device)).clamp(0, W - 1)
+        cr.pos = (rows.unsqueeze(-1) * W + cols.unsqueeze(-2)).reshape(B, K * h * w)
+    return cr.pos
 
 
 def scale(cr: Crops, k: torch.Tensor) -> Crops:
