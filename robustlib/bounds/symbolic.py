@@ -51,14 +51,8 @@ SHORTCUTS = True
 CROPS = True
 # Crops also for error terms whose next convolution leads to a Linear, which reads only each crop's weight columns
 # (crops.linear); off: such terms dense images of the convolution's outputs, through a dense product with the
-# Linear's weight. Measured like CROPS ("symbolic, no crops into Linear"). Only without autograd: the backward pass
-# of the weighted column sums (F.embedding_bag) made MNIST_Large's symbolic robust loss 1.36x slower forward +
-# backward on the 2-core CPU (2026-11-27, batch 4, eps 0.01), and gained nothing on MNIST_Small or CIFAR_Small.
+# Linear's weight. Measured like CROPS ("symbolic, no crops into Linear").
 CROP_LINEAR = True
-
-
-def _crop_linear() -> bool:
-    return CROP_LINEAR and not torch.is_grad_enabled()
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
 # columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
 # on by default on CUDA too, where its before/after has not been measured yet.
@@ -171,7 +165,7 @@ class SymbolicRunner:
                 self.consumers.setdefault(i, []).append(n)
 
     def crops_pay(self, name: str) -> bool:
-        """Whether the output of node ``name`` reaches another convolution, or (``CROP_LINEAR``, no autograd) a
+        """Whether the output of node ``name`` reaches another convolution, or (``CROP_LINEAR``) a
         Linear, through ReLUs, elementwise maps and reshapes only: where cropped error terms pay (crops that go dense
         at the next layer would only add work)."""
         stack, seen = list(self.consumers.get(name, ())), set()
@@ -180,7 +174,7 @@ class SymbolicRunner:
             if m.name in seen:
                 continue
             seen.add(m.name)
-            if m.kind == "affine" and (m.op.conv is not None or (_crop_linear() and m.op.matrix is not None)):
+            if m.kind == "affine" and (m.op.conv is not None or (CROP_LINEAR and m.op.matrix is not None)):
                 return True
             if m.kind == "relu" or (m.kind == "affine" and (m.op.diag is not None or m.op.reshape)):
                 stack += self.consumers.get(m.name, ())
@@ -299,7 +293,7 @@ class SymbolicRunner:
             return e
         if d_flat is not None:
             return crops.scale(e, d_flat)
-        if op.matrix is not None and _crop_linear() and op.matrix.shape[1] == math.prod(e.grid):
+        if op.matrix is not None and CROP_LINEAR and op.matrix.shape[1] == math.prod(e.grid):
             return crops.linear(e, op.matrix)
         if op.conv is not None and tuple(in_shape) == e.grid and \
                 crops.worth_a_conv(e.T.shape[-2:], op.conv[0], op.conv[1], self.shapes[name]):
