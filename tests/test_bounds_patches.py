@@ -285,6 +285,7 @@ def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):
         return [lo, hi] + [p.grad.clone() for p in net.parameters()] + [*before, *after]
 
     with monkeypatch.context() as m:
+        m.setattr(sym, "CROP_LINEAR_TERMS", 1)     # this small network's few terms: crops all the same
         kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
         fast = run()
     # ReLUs 1–3 of the autograd call, then of the two calls without it: crops at ReLU 2, dense after the Linear
@@ -294,6 +295,11 @@ def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):
         kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
         dense = run()
     assert kinds[1] == kinds[4] == ["Tensor"]
+    with monkeypatch.context() as m:   # the default: below CROP_LINEAR_TERMS terms in the chunk, dense images
+        kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
+        with torch.no_grad():
+            bounds.symbolic(net, x[:1] - 0.08, x[:1] + 0.08)
+    assert kinds[1] == ["Tensor"]
     for a, b in zip(fast, dense):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
     assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0

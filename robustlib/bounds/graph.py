@@ -58,8 +58,8 @@ def _signature(model: nn.Module) -> tuple:
     return tuple((name, id(m), type(m)) for name, m in model.named_modules()) + (type(model).forward,)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    sig = _signature(model)
+def trace(model: nn.Module, sig: Optional[tuple] = None) -> fx.GraphModule:
+    sig = _signature(model) if sig is None else sig
     cached = _TRACE_CACHE.get(model)
     if cached is not None and cached[0] == sig:
         return cached[1]
@@ -375,34 +375,42 @@ def build_plan(gm: fx.GraphModule, dep: set, probe: torch.Tensor) -> Plan:
 # padding, eps, ...) and the input's per-sample shape, dtype and device. Under autograd a fresh plan is built:
 # its constants (BatchNorm's scale) carry the graph of the call that backpropagates through them.
 _PLAN_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_PLAIN = (int, float, bool, str, type(None))
+_PLAIN = {int, float, bool, str, type(None)}
 
 
-def _state_key(model: nn.Module, example: torch.Tensor) -> tuple:
-    tensors = tuple((id(t), t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers()))
-    settings = tuple(tuple((k, v) for k, v in vars(m).items()
-                           if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(e, _PLAIN) for e in v)))
-                     for m in model.modules())
-    return (_signature(model), tensors, settings, tuple(example.shape[1:]), example.dtype, example.device)
+def _state_key(model: nn.Module, example: torch.Tensor, sig: tuple) -> tuple:
+    key = [sig, tuple(example.shape[1:]), example.dtype, example.device]
+    for m in model.modules():
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None:
+                key.append((id(t), t.data_ptr(), t._version))
+        key.append(tuple((k, v) for k, v in m.__dict__.items()
+                         if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v))))
+    return tuple(key)
 
 
 def prepare(model: nn.Module, example: torch.Tensor) -> Plan:
     """Trace + validate (no tensors), then a light probe forward on 2 samples for shapes; without autograd the
-    plan of the same model in the same state and input shape is reused."""
+    plan of the same model in the same state and input shape is reused (the checks passed for that state)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    gm = trace(model)
+    sig = _signature(model)
+    key = None
+    if not torch.is_grad_enabled():
+        key = _state_key(model, example, sig)
+        plan = _PLAN_CACHE.get(model, {}).get(key)
+        if plan is not None:
+            check_model_input(model, example)
+            return plan
+    gm = trace(model, sig)
     dep = validate(gm)
     check_model_input(model, example)
-    if torch.is_grad_enabled():
-        return _build(model, gm, dep, example)
-    key = _state_key(model, example)
-    plans = _PLAN_CACHE.setdefault(model, {})
-    plan = plans.get(key)
-    if plan is None:
+    plan = _build(model, gm, dep, example)
+    if key is not None:
+        plans = _PLAN_CACHE.setdefault(model, {})
         if len(plans) >= 4:
             plans.clear()
-        plan = plans[key] = _build(model, gm, dep, example)
+        plans[key] = plan
     return plan
 
 

@@ -51,8 +51,13 @@ SHORTCUTS = True
 CROPS = True
 # Crops also for error terms whose next convolution leads to a Linear, which reads only each crop's weight columns
 # (crops.linear); off: such terms dense images of the convolution's outputs, through a dense product with the
-# Linear's weight. Measured like CROPS ("symbolic, no crops into Linear").
+# Linear's weight. Measured like CROPS ("symbolic, no crops into Linear"). Only for a block of at least
+# CROP_LINEAR_TERMS terms in the chunk (batch × terms per sample): below it the crops' extra operations cost more than
+# they save. On the 2-core CPU (2026-11-27, bench_bounds at eps 0.01 and 0.1) crops into a Linear were 0.89x and
+# 0.92x the dense images' speed at 122 and 315 terms (MNIST_Small and CIFAR_Small, batch 1), 1.0-1.1x at 490-1,260
+# and 1.1-2.2x from 1,240 on.
 CROP_LINEAR = True
+CROP_LINEAR_TERMS = 512
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
 # columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
 # on by default on CUDA too, where its before/after has not been measured yet.
@@ -164,21 +169,23 @@ class SymbolicRunner:
             for i in n.inputs:
                 self.consumers.setdefault(i, []).append(n)
 
-    def crops_pay(self, name: str) -> bool:
-        """Whether the output of node ``name`` reaches another convolution, or (``CROP_LINEAR``) a
-        Linear, through ReLUs, elementwise maps and reshapes only: where cropped error terms pay (crops that go dense
-        at the next layer would only add work)."""
-        stack, seen = list(self.consumers.get(name, ())), set()
+    def crops_pay(self, name: str, terms: int) -> bool:
+        """Whether ``terms`` error terms (the chunk's) at the output of node ``name`` should be crops: it reaches
+        another convolution, or (``CROP_LINEAR``, at least ``CROP_LINEAR_TERMS`` terms) a Linear, through ReLUs,
+        elementwise maps and reshapes only (crops that go dense at the next layer would only add work)."""
+        stack, seen, linear = list(self.consumers.get(name, ())), set(), False
         while stack:
             m = stack.pop()
             if m.name in seen:
                 continue
             seen.add(m.name)
-            if m.kind == "affine" and (m.op.conv is not None or (CROP_LINEAR and m.op.matrix is not None)):
+            if m.kind == "affine" and m.op.conv is not None:
                 return True
-            if m.kind == "relu" or (m.kind == "affine" and (m.op.diag is not None or m.op.reshape)):
+            if m.kind == "affine" and m.op.matrix is not None:
+                linear = True
+            elif m.kind == "relu" or (m.kind == "affine" and (m.op.diag is not None or m.op.reshape)):
                 stack += self.consumers.get(m.name, ())
-        return False
+        return linear and CROP_LINEAR and terms >= CROP_LINEAR_TERMS
 
     def jacobian(self, name: str, op: Affine, in_shape: tuple, like: torch.Tensor) -> torch.Tensor:
         J = self.jac.get(name)
@@ -267,7 +274,7 @@ class SymbolicRunner:
                 E[k] = e
             elif d_flat is not None:
                 E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
-            elif op.conv is not None and CROPS and self.crops_pay(name) and \
+            elif op.conv is not None and CROPS and self.crops_pay(name, e.idx.numel()) and \
                     crops.worth_a_conv((1, 1), op.conv[0], op.conv[1], self.shapes[name]):
                 E[k] = crops.from_sparse(e.idx, e.vals.to(s.c.dtype), in_shape, *op.conv, self.shapes[name])
             elif op.rows is not None and SHORTCUTS:   # the images of one-hot inputs, straight from the weights
