@@ -203,7 +203,7 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     model = models.build(name, in_channels=ch, input_size=size).to(device=device, dtype=dtype).eval()
     x = torch.rand(batch, ch, size, size, device=device, dtype=dtype)
     lower, upper = bounds.input_box(x, eps)
-    plan = bounds.graph.prepare(model, x)                 # shapes for the analytic memory figures
+    plan = bounds.plans.prepare(model, x)                 # shapes for the analytic memory figures
     d, n_max = math.prod(plan.in_shape), plan.max_numel
     item = x.element_size()
     per_sample = bounds.estimate_sample_bytes(plan, x)

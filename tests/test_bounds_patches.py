@@ -145,7 +145,7 @@ def test_a_grouped_convolution_keeps_the_dense_path():
     """Only convolutions with groups = dilation = 1 carry windows; others take the dense passes, same bounds."""
     torch.manual_seed(2)
     net = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3)).double().eval()
-    plan = importlib.import_module("robustlib.bounds.graph").prepare(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64))
+    plan = importlib.import_module("robustlib.bounds.plans").prepare(net, torch.zeros(1, 2, 6, 6, dtype=torch.float64))
     assert plan.nodes[0].op.conv is None and plan.nodes[0].op.rows is not None
     x = torch.rand(2, 2, 6, 6, dtype=torch.float64)
     lo, hi = bounds.symbolic(net, x - 0.1, x + 0.1)

@@ -177,7 +177,7 @@ def test_a_reused_plan_follows_weights_statistics_and_settings():
     """Without autograd the plan of an unchanged network is reused; an in-place weight update, new BatchNorm
     running statistics, a changed layer setting or a new weight tensor each make a new plan, so that no bound is
     computed on a stale copy. Under autograd every call builds its own plan."""
-    from robustlib.bounds.graph import prepare
+    from robustlib.bounds.plans import prepare
     torch.manual_seed(1)
     net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
                         nn.Linear(3 * 6 * 6, 4)).eval()

@@ -1,9 +1,10 @@
 r"""Sound output bounds for a network on an input region: interval (IBP) and symbolic intervals.
 
-One idea per file: ``graph`` (fx tracing, the table of supported operations and their
-handlers, the plan and its walker), ``ops`` (the affine maps of the layers), ``interval``
-(IBP), ``symbolic`` (symbolic intervals, chunked by a memory budget) and ``api`` (what
-this package exports).
+One idea per file: ``graph`` (the table of supported operations and their handlers, the plan
+and its walker), ``plans`` (fx tracing and the reuse of plans), ``ops`` (the affine maps of
+the layers), ``interval`` (IBP), ``symbolic`` (symbolic intervals), ``patches`` and ``crops``
+(its coefficients through convolutions as windows and crops), ``chunks`` (the batch in chunks
+sized by a memory budget) and ``api`` (what this package exports).
 
 The input region is the box ``x ∈ [lower, upper]`` (for verification
 ``[x₀ − ε, x₀ + ε] ∩ [0, 1]``), or an L2 ball ``‖x − x₀‖₂ ≤ ε``.

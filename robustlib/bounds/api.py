@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..checks import check_box, check_eps_per_sample, check_finite, check_labels, values_checked
 from . import interval as _interval
 from . import chunks as _chunks
-from .graph import prepare
+from .plans import prepare
 from .interval import Box, L2Ball
 
 

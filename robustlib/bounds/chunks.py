@@ -16,7 +16,8 @@ import torch.utils.checkpoint
 from .. import allocator
 from . import patches
 from . import symbolic as _symbolic
-from .graph import Plan, prepare
+from .graph import Plan
+from .plans import prepare
 from .symbolic import SymbolicRunner, initial_state
 
 

@@ -1,19 +1,17 @@
-"""A network as a plan for bound propagation: fx tracing, one table of supported operations, the walker.
+"""A traced network as a plan for bound propagation: one table of supported operations, the plan, the walker.
 
-:func:`prepare` traces the model (cached per model and its structure), checks
-every input-dependent node against :data:`the handler table <_MODULES>` before
-any tensor work, then runs the graph once on a two-sample probe to record
-shapes and constants and turns each input-dependent node into a plan node:
-``affine`` (with its :class:`~.ops.Affine` map), ``relu``, ``add`` or ``sub``.
-Each supported operation has one :class:`Handler` holding both its check and
-its plan builder. :func:`walk` runs a plan forward for any propagation
-(interval or symbolic), freeing each intermediate state after its last use.
+:func:`validate` checks every input-dependent node of a traced graph against :data:`the handler table
+<_MODULES>` before any tensor work; :func:`build_plan` runs the graph once on a two-sample probe to record
+shapes and constants and turns each input-dependent node into a plan node: ``affine`` (with its
+:class:`~.ops.Affine` map), ``relu``, ``add`` or ``sub``. Each supported operation has one :class:`Handler`
+holding both its check and its plan builder. :func:`walk` runs a plan forward for any propagation (interval or
+symbolic), freeing each intermediate state after its last use. Tracing and the reuse of plans live in
+:mod:`robustlib.bounds.plans`.
 """
 from __future__ import annotations
 
 import math
 import operator
-import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -22,8 +20,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checks import check_model_input
-from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation, unsupported
+from .errors import UnsupportedOperation, unsupported
 from .ops import Affine, conv_affine, conv_geometry, conv_rows, diag_affine, linear_affine, pool_affine, reshape_affine
 
 
@@ -46,34 +43,6 @@ class Plan:
     last_use: dict = field(default_factory=dict)
     max_numel: int = 1
 
-
-# ----------------------------------------------------------------------------- tracing
-
-# model → (structure signature, traced graph). The signature lists every submodule (name, object, class),
-# so replacing a layer (``net[3] = nn.Linear(8, 3)``) re-traces instead of bounding a stale copy.
-_TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _signature(model: nn.Module) -> tuple:
-    return tuple((name, id(m), type(m)) for name, m in model.named_modules()) + (type(model).forward,)
-
-
-def trace(model: nn.Module, sig: Optional[tuple] = None) -> fx.GraphModule:
-    sig = _signature(model) if sig is None else sig
-    cached = _TRACE_CACHE.get(model)
-    if cached is not None and cached[0] == sig:
-        return cached[1]
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means we cannot analyse the graph
-        raise UnsupportedOperation(
-            f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); bounds need a "
-            f"traceable network made of: {SUPPORTED_OPERATIONS}") from exc
-    _TRACE_CACHE[model] = (sig, gm)
-    return gm
-
-
-# ----------------------------------------------------------------------------- the handler table
 
 @dataclass
 class Ctx:
@@ -366,67 +335,6 @@ def build_plan(gm: fx.GraphModule, dep: set, probe: torch.Tensor) -> Plan:
     plan.last_use[output_name] = len(nodes)
     plan.max_numel = max(plan.max_numel, math.prod(plan.in_shape))
     return plan
-
-
-# model → {state key → plan}: without autograd the plan of an unchanged model is reused (building it runs the probe
-# and makes every layer's maps: 0.8 ms of the 7.5 ms that MixTrain's MNIST_Small takes for one sample's symbolic
-# bounds on the 2-core CPU). The key holds every parameter's and buffer's identity, storage and version (an
-# optimizer step or a running-statistics update makes a new plan), every module's plain settings (stride,
-# padding, eps, ...) and the input's per-sample shape, dtype and device. Under autograd a fresh plan is built:
-# its constants (BatchNorm's scale) carry the graph of the call that backpropagates through them.
-_PLAN_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_PLAIN = {int, float, bool, str, type(None)}
-
-
-def _state_key(model: nn.Module, example: torch.Tensor, sig: tuple) -> tuple:
-    key = [sig, tuple(example.shape[1:]), example.dtype, example.device]
-    for m in model.modules():
-        for t in (*m._parameters.values(), *m._buffers.values()):
-            if t is not None:
-                key.append((id(t), t.data_ptr(), t._version))
-        key.append(tuple((k, v) for k, v in m.__dict__.items()
-                         if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v))))
-    return tuple(key)
-
-
-def prepare(model: nn.Module, example: torch.Tensor) -> Plan:
-    """Trace + validate (no tensors), then a light probe forward on 2 samples for shapes; without autograd the
-    plan of the same model in the same state and input shape is reused (the checks passed for that state)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    sig = _signature(model)
-    key = None
-    if not torch.is_grad_enabled():
-        key = _state_key(model, example, sig)
-        plan = _PLAN_CACHE.get(model, {}).get(key)
-        if plan is not None:
-            check_model_input(model, example)
-            return plan
-    gm = trace(model, sig)
-    dep = validate(gm)
-    check_model_input(model, example)
-    plan = _build(model, gm, dep, example)
-    if key is not None:
-        plans = _PLAN_CACHE.setdefault(model, {})
-        if len(plans) >= 4:
-            plans.clear()
-        plans[key] = plan
-    return plan
-
-
-def _build(model: nn.Module, gm: fx.GraphModule, dep: set, example: torch.Tensor) -> Plan:
-    probe = example[:1].detach()
-    if probe.shape[0] == 0:
-        probe = torch.zeros((1, *example.shape[1:]), dtype=example.dtype, device=example.device)
-    probe = probe.expand(2, *probe.shape[1:]).contiguous()
-    try:
-        with torch.no_grad():
-            return build_plan(gm, dep, probe)
-    except UnsupportedOperation:
-        raise
-    except (RuntimeError, ValueError, IndexError) as exc:
-        raise ValueError(f"an input of per-sample shape {tuple(example.shape[1:])} does not fit the model "
-                         f"{type(model).__name__}: {exc}") from exc
 
 
 def walk(plan: Plan, state, step: Callable):
