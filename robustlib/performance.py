@@ -233,7 +233,10 @@ def gains_section(results: dict) -> str:
                    ("symbolic, no crops into Linear", "with `bounds.symbolic.CROP_LINEAR` off (error terms whose "
                                                       "next convolution leads to a Linear as dense images, through a "
                                                       "dense product with its weight) → on (crops, the Linear reading "
-                                                      "each crop's weight columns, `bounds.crops.linear`)"),
+                                                      "each crop's weight columns, `bounds.crops.linear`; used from "
+                                                      "`bounds.symbolic.CROP_LINEAR_TERMS` terms in a chunk, so in "
+                                                      "cells with fewer both runs execute the same code and their "
+                                                      "ratio is the machine's noise)"),
                    ("symbolic, no windows", "with `bounds.symbolic.PATCHES` off (every convolution's input "
                                             "coefficients as d dense columns) → on (one window of the input per "
                                             "neuron, `bounds.patches`)"),
