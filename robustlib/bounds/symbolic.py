@@ -54,8 +54,8 @@ CROPS = True
 # Linear's weight. Measured like CROPS ("symbolic, no crops into Linear"). Only for a block of at least
 # CROP_LINEAR_TERMS terms in the chunk (batch × terms per sample): below it the crops' extra operations cost more than
 # they save. On the 2-core CPU (2026-11-27, bench_bounds at eps 0.01 and 0.1) crops into a Linear were 0.89x and
-# 0.92x the dense images' speed at 122 and 315 terms (MNIST_Small and CIFAR_Small, batch 1), 1.0-1.1x at 490-1,260
-# and 1.1-2.2x from 1,240 on.
+# 0.92x the dense images' speed at 122 and 315 terms (MNIST_Small and CIFAR_Small, batch 1), 1.00x at 490 and
+# 1.1-2.2x from 1,240 terms on.
 CROP_LINEAR = True
 CROP_LINEAR_TERMS = 512
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
