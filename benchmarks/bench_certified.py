@@ -98,7 +98,6 @@ def symbolic_vs_forward(name: str, device, batch: int) -> dict:
             "fwd_bwd_gain": t_sym_before / t_sym}
 
 
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu")

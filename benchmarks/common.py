@@ -63,7 +63,8 @@ def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Pa
 
 @contextlib.contextmanager
 def switched_off(*flags):
-    """The named switches of ``robustlib.bounds.symbolic`` off for the block (``CROPS``, ``PATCHES``, ``SHORTCUTS``):
+    """The named switches of ``robustlib.bounds.symbolic`` off for the block (``CROP_LINEAR``, ``CROPS``,
+    ``PATCHES``, ``SHORTCUTS``):
     the before of those changes, timed in the same process as the after."""
     module = importlib.import_module("robustlib.bounds.symbolic")
     for f in flags:

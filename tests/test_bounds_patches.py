@@ -100,6 +100,19 @@ def _spy(monkeypatch, what=lambda s: type(s.A).__name__) -> list:
     return seen
 
 
+def _margins_and_grads(net, x, y, width: float) -> list:
+    """Margin bounds over the box ``x ± width`` and every parameter's gradient of ``Σ hi − 2 Σ lo``."""
+    net.zero_grad()
+    lo, hi = bounds.margin_bounds(net, x - width, x + width, y)
+    (hi.sum() - 2 * lo.sum()).backward()
+    return [lo, hi] + [p.grad.clone() for p in net.parameters()]
+
+
+def _assert_equal_runs(fast: list, dense: list) -> None:
+    for a, b in zip(fast, dense, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("name", ["windows", "pool", "outgrown"])
 @pytest.mark.parametrize("mode", ["box", "l2"])
 def test_bounds_and_gradients_with_windows_equal_the_dense_propagation(name, mode, monkeypatch):
@@ -115,11 +128,10 @@ def test_bounds_and_gradients_with_windows_equal_the_dense_propagation(name, mod
     y = torch.randint(0, 5 if name != "outgrown" else 4, (3,), generator=g)
 
     def run():
-        net.zero_grad()
         if mode == "box":
-            lo, hi = bounds.margin_bounds(net, x - 0.05, x + 0.05, y)
-        else:
-            lo, hi = bounds.symbolic(net, eps_l2=0.3, center=x)
+            return _margins_and_grads(net, x, y, 0.05)
+        net.zero_grad()
+        lo, hi = bounds.symbolic(net, eps_l2=0.3, center=x)
         (hi.sum() - 2 * lo.sum()).backward()
         return [lo, hi] + [p.grad.clone() for p in net.parameters()]
 
@@ -136,8 +148,7 @@ def test_bounds_and_gradients_with_windows_equal_the_dense_propagation(name, mod
         seen = _spy(m)
         dense = run()
     assert "Patches" not in seen
-    for a, b in zip(fast, dense):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+    _assert_equal_runs(fast, dense)
     assert (fast[1] - fast[0]).max() > 0
 
 
@@ -242,21 +253,14 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
     x = torch.rand(3, 1, 16, 16, generator=g, dtype=torch.float64)
     y = torch.randint(0, 4, (3,), generator=g)
 
-    def run():
-        net.zero_grad()
-        lo, hi = bounds.margin_bounds(net, x - 0.05, x + 0.05, y)
-        (hi.sum() - 2 * lo.sum()).backward()
-        return [lo, hi] + [p.grad.clone() for p in net.parameters()]
-
     with monkeypatch.context() as m:
         kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))   # the error terms' kinds
-        fast = run()
+        fast = _margins_and_grads(net, x, y, 0.05)
     assert "Crops" in kinds[2]        # the first ReLU's terms reach the third ReLU as crops
     with monkeypatch.context() as m:
         m.setattr(sym, "CROPS", False)
-        dense = run()
-    for a, b in zip(fast, dense):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+        dense = _margins_and_grads(net, x, y, 0.05)
+    _assert_equal_runs(fast, dense)
     assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0
 
 
@@ -274,15 +278,13 @@ def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):
     y = torch.randint(0, 5, (3,), generator=g)
 
     def run():
-        net.zero_grad()
-        lo, hi = bounds.margin_bounds(net, x - 0.08, x + 0.08, y)
-        (hi.sum() - 2 * lo.sum()).backward()
+        out = _margins_and_grads(net, x, y, 0.08)
         with torch.no_grad():
             before = bounds.symbolic(net, x - 0.08, x + 0.08)
             net[5].weight.mul_(-1.5)
             after = bounds.symbolic(net, x - 0.08, x + 0.08)
             net[5].weight.div_(-1.5)
-        return [lo, hi] + [p.grad.clone() for p in net.parameters()] + [*before, *after]
+        return out + [*before, *after]
 
     with monkeypatch.context() as m:
         m.setattr(sym, "CROP_LINEAR_TERMS", 1)     # this small network's few terms: crops all the same
@@ -300,8 +302,7 @@ def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):
         with torch.no_grad():
             bounds.symbolic(net, x[:1] - 0.08, x[:1] + 0.08)
     assert kinds[1] == ["Tensor"]
-    for a, b in zip(fast, dense):
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11), (a - b).abs().max()
+    _assert_equal_runs(fast, dense)
     assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0
     assert not torch.allclose(fast[-3], fast[-1])   # the weight change moved the bounds
 

@@ -8,9 +8,10 @@ of a layer. So the coefficients ``A`` of the input noise, ``d`` numbers per neur
 
 (zero where the window leaves the input). The window's position leads and the neurons' channels come last, so that
 placing shifted windows into a wider one (through a convolution, or onto the input grid after a Linear) adds long
-contiguous runs of numbers; with the window last it added rows of ``K2`` numbers. Through a convolution ``(k, s, p)`` the window grows to
-``K + (k − 1)·S``, its stride to ``S·s`` and its offset to ``P + p·S``; each of the ``k²`` kernel offsets is one
-channel contraction of the neurons it reads, written into the shifted part of the wider window. A ReLU scales
+contiguous runs of numbers; with the window last it added rows of ``K2`` numbers. Through a convolution
+``(k, s, p)`` the window grows to ``K + (k − 1)·S``, its stride to ``S·s`` and its offset to ``P + p·S``; each of
+the ``k²`` kernel offsets is one channel contraction of the neurons it reads, added into the shifted part of the
+wider window. A ReLU scales
 ``P`` by neuron, the radius sums ``|P|`` over the window, and a Linear on the flattened neurons contracts the
 channels position by position and adds each position's windows onto the input grid, which leaves the dense
 coefficients of its outputs. A convolution costs ``(window)/d`` of the dense pass of ``d + 1`` columns:
@@ -143,7 +144,7 @@ def conv(p: Patches, weight: torch.Tensor, stride: tuple, padding: tuple, out_sh
     """The windows of a zero-padded convolution's outputs (no bias): ``Σ_{c, ky, kx} W[:, c, ky, kx] ·`` (the
     window of the input neuron that offset reads, shifted by ``(ky·S1, kx·S2)``). The input neurons each kernel
     offset reads are strided views of the zero-padded neuron grid; one batched product over the ``k1·k2`` offsets
-    contracts their channels, and ``k1·k2`` additions place the shifted windows."""
+    contracts their channels, and :func:`_shift_sum` adds the shifted windows."""
     P = p.P
     K1, K2, B, H, W, Cg, C = P.shape
     Co, Ho, Wo = out_shape
