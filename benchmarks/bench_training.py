@@ -15,10 +15,15 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
   direction by its measured-fastest kernel, :mod:`robustlib.conv_kernels`), ``channels-last``, ``bf16``
   (autocast), ``compile`` (``torch.compile`` of the network), ``cudagraphs`` (``torch.compile`` in its
   "reduce-overhead" mode: CUDA graphs on a GPU) and their combinations, and ``default`` (what ``fit``
-  picks by itself on this device: on a CPU fp32 with tuned convolutions). Every variant is a before/after pair
+  picks by itself on this device, :mod:`robustlib.precision`: bf16 + channels-last on CUDA and on a CPU with
+  AMX, else fp32 with tuned convolutions). Every variant is a before/after pair
   with ``fp32`` measured in the same run: that is how each gain of the library is recorded. ``fp32 unfrozen
   attack`` is fp32 with the attack's parameter freezing switched off (monkeypatched in this script): the
   before/after of that change.
+
+With ``--accuracy-epochs`` (default 8 on a CPU), fp32 and ``default`` then train PGD-AT for that many epochs, two
+seeds each, and are evaluated clean and under PGD-20 on 2,000 test images: whether the default's precision costs
+accuracy (``accuracy``, ``accuracy_gap_points`` in the JSON).
 
 After a warm-up of every configuration on two batches (which also pays ``torch.compile``'s compilation and the
 convolution kernels' timing, once per process, reported as ``warmup_s``), ``--repeat`` interleaved rounds time one epoch of every configuration each, in an order rotated
@@ -65,16 +70,40 @@ VARIANTS = {   # fit's speed options per variant (the compiled ones last: they l
 
 
 def data_for(device, n: int, gpu_like: bool):
+    """(training set, test set): n generated CIFAR-sized images and no test set, or Fashion-MNIST (digits if
+    absent)."""
     if gpu_like:   # CIFAR-sized generated images: throughput does not depend on their content
         g = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
         labels = torch.randint(0, 10, (n,), generator=g)
-        return rl.data.ImageData(images, labels, "generated-32x32x3", tuple(str(i) for i in range(10))).to(device)
+        return rl.data.ImageData(images, labels, "generated-32x32x3",
+                                 tuple(str(i) for i in range(10))).to(device), None
     try:
-        train, _ = rl.data.load("fashion-mnist", device=device, n_train=n, download=False)
+        return rl.data.load("fashion-mnist", device=device, n_train=n, download=False)
     except rl.data.DataUnavailable:
-        train, _ = rl.data.load("digits", device=device)
-    return train
+        return rl.data.load("digits", device=device)
+
+
+def accuracy_check(name: str, data, test, device, batch: int, epochs: int, seeds=(0, 1)) -> dict:
+    """Whether fit's default precision trains as well as fp32: PGD-AT from the same initial weights for ``epochs``
+    epochs per seed in fp32 and with the defaults, then clean and PGD-20 accuracy (fp32 evaluation) on 2,000 test
+    images. Returns {config: [{"seed", "clean", "pgd20", "train_s"}, ...]}."""
+    out: dict = {"fp32": [], "default": []}
+    test_n = min(len(test), 2000)
+    for seed in seeds:
+        for config in out:
+            torch.manual_seed(seed)
+            model = rl.models.build(name, like=data).to(device)
+            h = rl.train.fit(model, data, rl.objectives.PGDAT(EPS, alpha=EPS / 4, steps=STEPS), epochs=epochs,
+                             batch_size=batch, lr=0.05, schedule="multistep", seed=seed, progress=False,
+                             **VARIANTS[config])
+            r = rl.evaluate.robustness(model, test, EPS, attacks=("pgd-20",), n=test_n, progress=False)
+            out[config].append({"seed": seed, "clean": r["clean_acc"], "pgd20": r["pgd-20_acc"],
+                                "train_s": h.wall_s, "precision": h.precision})
+            print(f"accuracy check, seed {seed}, {config} ({h.precision}): clean {r['clean_acc']:.4f}, PGD-20 "
+                  f"{r['pgd-20_acc']:.4f} on {test_n} test images after {epochs} epochs ({h.wall_s:.1f} s)",
+                  flush=True)
+    return out
 
 
 def textbook_epoch(model, data, batch: int, device, limit: int | None = None) -> float:
@@ -156,6 +185,9 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=5, help="interleaved rounds, one timed epoch of every "
                    "configuration each (the best and the median are kept)")
     p.add_argument("--fast-at", action="store_true", help="also time 15 epochs of FGSM-RS (CIFAR-10-sized)")
+    p.add_argument("--accuracy-epochs", type=int, default=None,
+                   help="epochs of the accuracy check of fit's default precision against fp32, two seeds each, on the "
+                        "benchmark's images (default 8 on CPU, 0 — skipped — with --quick or generated data)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -163,7 +195,7 @@ def main(argv=None):
     n = args.n or (512 if args.quick else (50_000 if cuda else 10_000))
     batch = args.batch or (512 if cuda else 128)
     repeat = 1 if args.quick else args.repeat
-    data = data_for(device, n, gpu_like=cuda)
+    data, test = data_for(device, n, gpu_like=cuda)
     name = "preact_resnet18" if cuda else "mnist_small"
 
     def fresh():
@@ -206,6 +238,7 @@ def main(argv=None):
                 del samples[config], warmup[config]
         print(f"round {r + 1}/{repeat}: " + ", ".join(f"{c} {samples[c][-1]:.0f}" for c in configs), flush=True)
     ips = {c: max(v) for c, v in samples.items()}
+    default_bf16 = rl.precision.auto_bf16(device)
     median = {c: statistics.median(v) for c, v in samples.items()}
     for c in configs:
         print(f"{c:28s} best {ips[c]:9.1f}, median {median[c]:9.1f} images/s over {repeat} rounds "
@@ -229,11 +262,22 @@ def main(argv=None):
     figures = {"images_per_s": ips, "images_per_s_median": median, "images_per_s_rounds": samples,
                "warmup_s": warmup, "flops_per_image": flops,
                "throughput": [{"what": f"PGD-{STEPS} AT {name} [{v}]", "flop_per_s": ips[v] * flops,
-                               "dtype": "bf16" if VARIANTS.get(v, {}).get("amp") or (v == "default" and cuda)
+                               "dtype": "bf16" if VARIANTS.get(v, {}).get("amp") or (v == "default" and default_bf16)
                                else "fp32"} for v in ips if v != "textbook"]}
+    acc_epochs = args.accuracy_epochs if args.accuracy_epochs is not None else (0 if args.quick or cuda else 8)
+    if acc_epochs > 0 and test is not None:
+        figures["accuracy"] = accuracy_check(name, data, test, device, batch, acc_epochs)
+        figures["accuracy_epochs"] = acc_epochs
+        figures["accuracy_gap_points"] = {   # default − fp32, mean over seeds, in percentage points
+            key: 100 * statistics.mean(d[key] - f[key] for d, f in zip(figures["accuracy"]["default"],
+                                                                      figures["accuracy"]["fp32"]))
+            for key in ("clean", "pgd20")}
+        print(f"fit's default ({rl.precision.describe(device)}) against fp32, mean over seeds: clean "
+              f"{figures['accuracy_gap_points']['clean']:+.2f} points, PGD-20 "
+              f"{figures['accuracy_gap_points']['pgd20']:+.2f} points", flush=True)
     if args.fast_at:
         try:   # a failure here must not cost the throughput figures above
-            big = data_for(device, 5_000 if args.quick else 50_000, gpu_like=True)
+            big, _ = data_for(device, 5_000 if args.quick else 50_000, gpu_like=True)
             model = rl.models.build("preact_resnet18", like=big).to(device)
             sync(device)
             t0 = time.perf_counter()

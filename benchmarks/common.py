@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from robustlib.precision import describe
 from robustlib.reproduce import device_name, versions
 
 # where results go: benchmarks/results/, or $ROBUSTLIB_BENCH_RESULTS (run_all.sh quick points it at a temporary
@@ -54,7 +55,9 @@ def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Pa
         folder = Path(tempfile.mkdtemp(prefix=f"bench_{name}_quick_"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{device_kind(device)}.json"
-    payload = {"benchmark": name, "device": device_name(device), "versions": versions(),
+    payload = {"benchmark": name, "device": device_name(device),
+               "fit_default_precision": describe(device),   # what fit and the pruning scores run in unless told
+               "versions": versions(),
                "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "settings": settings,
                "figures": figures, "ratios": ratios}
     path.write_text(json.dumps(payload, indent=1))

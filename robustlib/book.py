@@ -120,7 +120,8 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True)
     where = (f"Executed {when(rec.get('started'))} on {rec.get('device', '(device unknown)')}; "
              f"notebook wall-clock {_fmt_s(rec.get('wall_s'))}")
     if rec.get("runs"):
-        where += f", training {_fmt_s(rec.get('train_wall_s'))} (as the runs originally took)"
+        where += f", training {_fmt_s(rec.get('train_wall_s'))} (as the runs originally took"
+        where += f"; {_trained_in(rec)})" if _trained_in(rec) else ")"
     where += "."
     params = {k: v for k, v in (parameters or {}).items() if k not in ("results_dir", "preset")}
     shown = ", ".join(f"`{k} = {v!r}`" for k, v in params.items())
@@ -234,12 +235,24 @@ def glance_rows(dirs: dict, names) -> list:
             row.update(value=r.get("measured"), measured=_fmt(r.get("measured"), claim["unit"]),
                        dataset=r.get("dataset") or cfg.get("dataset") or ", ".join(cfg.get("datasets", [])) or None,
                        network=r.get("network") or r.get("model") or cfg.get("model"), preset=ex.preset,
-                       device=ex.record.get("device"), wall_s=ex.record.get("wall_s"),
+                       device=", ".join(x for x in (ex.record.get("device"), _trained_in(ex.record)) if x),
+                       wall_s=ex.record.get("wall_s"),
                        train_wall_s=ex.record.get("train_wall_s"), chapter=ex.name, others=n - 1,
                        note=r.get("note") or r.get("differs"),
                        verdict=claims.verdict(cid, r.get("measured"), ex.preset))
         out.append(row)
     return out
+
+
+def _trained_in(record: dict) -> str:
+    """"bf16 + channels-last training" or "fp32 training" for a record whose runs trained. Records started before
+    2026-11-27 do not say; ``fit`` then trained in fp32 on every CPU and in bf16 + channels-last on CUDA, and no
+    chapter overrode it, so theirs is read off the device."""
+    if record.get("precision"):
+        return f"{record['precision']} training"
+    if not record.get("runs") or str(record.get("started", "9999")) >= "2026-11-27":
+        return ""
+    return "fp32 training" if str(record.get("device", "")).startswith("CPU") else "bf16 + channels-last training"
 
 
 def _badge(verdict: str) -> str:

@@ -53,8 +53,9 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
                                      "(`fit(compile=\"reduce-overhead\")`): on a GPU the compiled kernels replay as "
                                      "CUDA graphs, without a launch per kernel, `fit` marking each batch as a new "
                                      "graph generation.",
-    "default": "what `fit` chooses by itself on this device (`amp`, `channels_last`, `tune_convs` = \"auto\": "
-               "on a CPU fp32 with tuned convolutions, on a GPU bf16 and channels-last).",
+    "default": "what `fit` chooses by itself on this device (`amp`, `channels_last`, `tune_convs` = \"auto\", "
+               "`robustlib.precision`): bf16 and channels-last on a GPU and on a CPU with bf16 matrix units (Intel "
+               "AMX), fp32 with tuned convolutions on other CPUs.",
 }
 PEAKS = {   # dense datasheet peak FLOP/s by a substring of the device name, per dtype (vendor datasheets, SXM parts)
     "H200": {"bf16": 989e12, "fp32": 67e12},
@@ -125,12 +126,15 @@ def result_section(name: str, kind: str, result: dict) -> str:
         {k: v for k, v in result.get("settings", {}).items() if k != "variants"}).items())   # variants: see gains
     versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
     out = [f"### {KIND_TITLE[kind]}: {result['device']}\n",
-           f"Run {result.get('date', '?')} with {versions}. Settings: {settings}.\n"]
+           f"Run {result.get('date', '?')} with {versions}. Settings: {settings}."
+           + (f" `fit` trained in {result['fit_default_precision']} unless a variant says otherwise."
+              if result.get("fit_default_precision") else "") + "\n"]
     figures = result["figures"]
     if isinstance(figures, list):
         out.append(rows_table(figures))
     else:
-        scalars = {k: v for k, v in flatten({k: v for k, v in figures.items() if not isinstance(v, list)}).items()}
+        scalars = {k: v for k, v in flatten({k: v for k, v in figures.items() if not isinstance(v, list)}).items()
+                   if not (isinstance(v, list) and v and isinstance(v[0], dict))}   # nested rows: see the gains
         if scalars:
             out.append(table(("figure", "value"), list(scalars.items())))
         for k, v in figures.items():
@@ -204,6 +208,22 @@ def _memory_gain(result: dict, figures: dict) -> str:
             + table(("what", "seconds", "per epoch / speed-up", "gain"), rows))
 
 
+def _accuracy_check(figures: dict) -> str:
+    """The training benchmark's check that fit's default precision trains as well as fp32, as a table ('' without
+    it)."""
+    acc = figures.get("accuracy")
+    if not acc:
+        return ""
+    rows = [(config, r["seed"], r.get("precision", ""), f"{100 * r['clean']:.2f}%", f"{100 * r['pgd20']:.2f}%",
+             f"{r['train_s']:.0f} s") for config in acc for r in acc[config]]
+    gap = figures.get("accuracy_gap_points", {})
+    return (f"Accuracy check of `default` against `fp32`: PGD-AT for {figures.get('accuracy_epochs', '?')} epochs "
+            f"on the same images from the same initial weights, evaluated in fp32 on 2,000 test images (mean "
+            f"difference, default − fp32: clean {gap.get('clean', float('nan')):+.2f}, PGD-20 "
+            f"{gap.get('pgd20', float('nan')):+.2f} points):\n\n"
+            + table(("run", "seed", "precision", "clean", "PGD-20", "training"), rows))
+
+
 def gains_section(results: dict) -> str:
     out = []
     for kind, result, figures in _per_device(results, "training", dict):
@@ -218,6 +238,7 @@ def gains_section(results: dict) -> str:
                    f"training images/s, before (fp32 eager robustlib) → after (best epoch of each), and the median "
                    f"over rounds of the ratio within one round (the same machine state):\n\n" +
                    table(("variant", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
+        out.append(_accuracy_check(figures))
     for kind, result, rows in _per_device(results, "bounds", list):
         chunks = ("chunks that fit the CPU's last-level cache (`bounds.chunks.CPU_CHUNK_BYTES`)" if kind == "cpu"
                   else "chunks that fit the memory budget (`bounds.default_memory_budget`: only batches larger than "

@@ -114,12 +114,20 @@ class Record:
         return pd.DataFrame(self.rows)
 
     @property
+    def precision(self) -> str | None:
+        """What the runs used trained in ("bf16 + channels-last", "fp32", or several joined by " / "); None without
+        runs."""
+        found = sorted({r["precision"] for r in self.runs if r.get("precision")})
+        return " / ".join(found) or None
+
+    @property
     def wall_s(self) -> float:
         return time.perf_counter() - self._t0
 
     def to_dict(self) -> dict:
         return {"notebook": self.notebook, "preset": self.preset, "device": self.device,
-                "versions": versions(), "started": self.started, "wall_s": round(self.wall_s, 2),
+                "precision": self.precision, "versions": versions(), "started": self.started,
+                "wall_s": round(self.wall_s, 2),
                 "config": self.config, "rows": self.rows, "runs": self.runs,
                 "train_wall_s": round(self.train_wall_s, 2)}
 
@@ -133,7 +141,7 @@ class Record:
     def caption(self) -> str:
         """One line for figures and tables: which preset, device and wall-clock made these numbers."""
         scale = "SMOKE-SCALE, not a reproduction" if self.preset == "smoke" else f"preset {self.preset}"
-        train = f" · training {self.train_wall_s:.0f} s" if self.runs else ""
+        train = f" · training {self.train_wall_s:.0f} s ({self.precision})" if self.runs else ""
         return f"{scale} · {self.device}{train} · notebook wall-clock {self.wall_s:.0f} s"
 
 

@@ -6,7 +6,8 @@ everything that makes the run what it is:
 
 * the run's name, the model's class, parameter shapes and **initial weights** (so another seed is another run);
 * the data's name, size, shape and content digest;
-* the objective's config, the selector's config (or class), and every keyword argument of ``fit``.
+* the objective's config, the selector's config (or class), every keyword argument of ``fit``, and the precision
+  it trains in on the data's device (:mod:`robustlib.precision`: "auto" differs between devices).
 
 A finished run is reloaded instead of retrained (its history, with the wall-clock of the original epochs, comes
 back from the checkpoint); an unfinished one resumes after its last finished epoch; a changed configuration gets a
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import precision
 from .train import History, fit
 
 _DIGESTS: dict = {}   # id(tensor) → (tensor, digest): data sets are hashed once per process
@@ -75,6 +77,8 @@ def run_config(name: str, model: nn.Module, data, objective, kwargs: dict) -> di
         "data": {"name": data_.name, "n": len(data_), "shape": list(data_.shape), "digest": _data_digest(data_)},
         "objective": _plain(objective),
         "fit": _plain({k: v for k, v in kwargs.items() if k not in ("progress", "desc", "callback")}),
+        "precision": precision.label(*precision.resolve(data_.device, kwargs.get("amp", "auto"),
+                                                        kwargs.get("channels_last", "auto"))),
     }
 
 
@@ -90,6 +94,6 @@ def fit_run(runs_dir, name: str, model: nn.Module, data, objective, **kwargs) ->
     config = run_config(name, model, data, objective, kwargs)
     path = Path(runs_dir) / f"{safe}-{run_key(config)}.pt"
     history = fit(model, data, objective, checkpoint=path, resume=True, **kwargs)
-    info = {"name": name, "key": run_key(config), "epochs": len(history),
+    info = {"name": name, "key": run_key(config), "precision": config["precision"], "epochs": len(history),
             "reused_epochs": history.resumed_epochs, "train_wall_s": round(history.wall_s, 3)}
     return history, info

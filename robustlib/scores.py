@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import precision
 from .attacks import pgd
 from .checks import check_int, default_alpha, eval_mode
 from .data import ImageData
@@ -125,11 +126,12 @@ def _logits_features(model: nn.Module, x: torch.Tensor):
 # ----------------------------------------------------------------------------- scores
 
 def _network_precision(data: ImageData, amp):
-    """bf16 autocast for the network passes (attack and forward) when ``amp`` is True, or "auto" on CUDA (what
-    :func:`robustlib.train.fit` trains with); the scores, gradients and solvers stay float32."""
+    """bf16 autocast for the network passes (attack and forward) when ``amp`` is True, or "auto" where
+    :func:`robustlib.train.fit` trains in bf16 (:func:`robustlib.precision.auto_bf16`: CUDA, a CPU with AMX);
+    the scores, gradients and solvers stay float32."""
     if amp not in (True, False, "auto"):
-        raise ValueError(f"amp must be True, False or 'auto' (bf16 autocast on CUDA), got {amp!r}")
-    on = data.device.type == "cuda" if amp == "auto" else amp
+        raise ValueError(f"amp must be True, False or 'auto' (bf16 autocast where fit trains in bf16), got {amp!r}")
+    on = precision.auto_bf16(data.device) if amp == "auto" else amp
     return torch.autocast(data.device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
@@ -137,12 +139,12 @@ def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, mem
                      refresh: int = 0, batch_size: int = 256, amp: bool | str = "auto",
                      factored: bool = False) -> torch.Tensor | OuterRows:
     """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1)),
-    float32; the network passes in bf16 autocast with ``amp`` (default "auto": on CUDA). With a ``memory``
-    (:class:`robustlib.memory.PerturbationMemory` of ``data``), the examples it knows are taken at x + δ, one
-    forward pass each, and only the others are attacked (and remembered); ``refresh`` = r > 0 first moves the
-    known ones r steps of the ``adversarial`` attack on from x + δ (remembered too). ``factored``: the same rows
-    as an :class:`robustlib.greedy.OuterRows` of P = p − e_y (n × C) and [h, 1] (n × (H+1)), C + H + 1 numbers
-    per example instead of C·(H + 1)."""
+    float32; the network passes in bf16 autocast with ``amp`` (default "auto": where ``fit`` trains in bf16).
+    With a ``memory`` (:class:`robustlib.memory.PerturbationMemory` of ``data``), the examples it knows are taken
+    at x + δ, one forward pass each, and only the others are attacked (and remembered); ``refresh`` = r > 0 first
+    moves the known ones r steps of the ``adversarial`` attack on from x + δ (remembered too). ``factored``: the
+    same rows as an :class:`robustlib.greedy.OuterRows` of P = p − e_y (n × C) and [h, 1] (n × (H+1)),
+    C + H + 1 numbers per example instead of C·(H + 1)."""
     P, H = [], []
     with eval_mode(model), _network_precision(data, amp):
         for x, y in _batches(model, data, batch_size, adversarial, memory, refresh):
@@ -154,12 +156,15 @@ def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, mem
 
 
 def _grand_full(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """‖∇_θ ℓ_i‖ over every parameter, per example, in float32 whatever the autocast around it (torch.func's
+    per-example gradients through an eval-mode BatchNorm fail under bf16 autocast on a CPU)."""
     from torch.func import functional_call, grad, vmap
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
     def loss_one(p, xi, yi):
         return F.cross_entropy(functional_call(model, (p, buffers), (xi[None],)).float(), yi[None])
-    g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    with torch.autocast(x.device.type, enabled=False):
+        g = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x.float(), y)
     return sum(v.flatten(1).pow(2).sum(1) for v in g.values()).sqrt()
 
 
@@ -169,9 +174,9 @@ def score(name: str, model: nn.Module, data: ImageData, *, adversarial=None, bat
     """Importance score of every example of ``data``: float32 (n,) on the data's device.
 
     ``name`` ∈ :data:`SCORES`; ``mode`` ("last" or "full") picks GraNd's parameters — lower
-    ``batch_size`` for "full", which holds batch_size × #parameters floats; ``forgetting`` returns the
-    scores of ``counter``, a :class:`ForgettingCounter` updated during training. ``amp``: bf16 autocast
-    for the network passes (default "auto": on CUDA, as ``fit`` trains), the scores in float32.
+    ``batch_size`` for "full", which holds batch_size × #parameters floats and runs in float32 whatever
+    ``amp``; ``forgetting`` returns the scores of ``counter``, a :class:`ForgettingCounter` updated during training. ``amp``: bf16 autocast
+    for the network passes (default "auto": as ``fit`` trains), the scores in float32.
     """
     if name not in SCORES:
         raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORES)}")

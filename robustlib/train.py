@@ -3,7 +3,7 @@
 ``fit(model, train, objective, epochs=...)`` runs mini-batch training with
 SGD or Adam, a learning-rate schedule evaluated per step from the fractional
 epoch t (so resuming needs no scheduler state), bf16 autocast and
-channels-last on CUDA, per-epoch wall-clock measured between device
+channels-last on CUDA and AMX CPUs (:mod:`robustlib.precision`), per-epoch wall-clock measured between device
 synchronisations, a progress bar, a history record per epoch, atomic
 checkpoints with resume, and an epoch-boundary ``selector`` hook for data
 pruning.
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import allocator, conv_kernels, distributed
+from . import allocator, conv_kernels, distributed, precision
 from .checks import check_choice, check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
@@ -63,10 +63,12 @@ def lr_factor(schedule: str, t: float, epochs: int, milestones=None, gamma: floa
 
 class History(list):
     """One dict per epoch; ``.frame()`` gives a pandas DataFrame; ``resumed_epochs`` came from a checkpoint;
-    ``conv_kernels`` holds the kernel each tuned convolution used per direction (see :mod:`robustlib.conv_kernels`)."""
+    ``conv_kernels`` holds the kernel each tuned convolution used per direction (see :mod:`robustlib.conv_kernels`);
+    ``precision`` what the steps ran in, e.g. "bf16 + channels-last" (:func:`robustlib.precision.label`)."""
 
     resumed_epochs = 0
     conv_kernels = None
+    precision = None
 
     def frame(self):
         import pandas as pd
@@ -115,6 +117,8 @@ def _run_settings(model, loader, objective, **settings) -> dict:
 def _differences(saved: dict, now: dict) -> list:
     out = []
     for key in sorted(set(saved) | set(now)):
+        if key == "precision" and key not in saved:   # written before 2026-11-27, when runs did not record it
+            continue
         a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
         if a != b:
             if key == "model":
@@ -189,7 +193,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     last finished epoch; on CPU with the same seed it ends with the same
     weights as an uninterrupted run.
 
-    Speed options: ``amp`` (bf16 autocast) and ``channels_last`` default to on with CUDA, off on a CPU;
+    Speed options: ``amp`` (bf16 autocast) and ``channels_last`` default to on with CUDA and on a CPU with bf16
+    matrix hardware (Intel AMX), off on other CPUs (:mod:`robustlib.precision`, which gives the measurements);
     ``compile`` wraps the network in ``torch.compile`` (``True``: its default mode; a string names the mode, e.g.
     ``"reduce-overhead"``, which replays the compiled kernels as CUDA graphs on a GPU); ``tune_convs`` ("auto": on
     a CPU without ``channels_last`` or ``compile``) computes every convolution's forward pass, input gradient and
@@ -225,8 +230,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     main = not parallel or distributed.is_main()
     model.to(device)
     on_cuda = device.type == "cuda"
-    use_amp = on_cuda if amp == "auto" else bool(amp)
-    use_cl = on_cuda if channels_last == "auto" else bool(channels_last)
+    use_amp, use_cl = precision.resolve(device, amp, channels_last)
     if use_cl:
         model.to(memory_format=torch.channels_last)
     if not on_cuda:
@@ -241,9 +245,11 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
     history, start_epoch = History(), 0
+    history.precision = precision.label(use_amp, use_cl)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
                         weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,
+                        precision=precision.label(use_amp, use_cl),
                         **({"processes": loader.world} if loader.world > 1 else {}))
     if ckpt is not None and resume and ckpt.exists():
         state = _load_checkpoint(ckpt, device, run)

@@ -62,3 +62,11 @@ def chapter_record(smoke_book, name: str) -> dict:
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in nb.cells if c.cell_type == "code" for o in c.outputs)  # the figures are there
     return rec
+
+
+@pytest.fixture
+def fp32_default(monkeypatch):
+    """``fit`` and the pruning scores in fp32 by default on any CPU (``robustlib.precision``): for tests that compare
+    with a direct fp32 computation, or that test what the fp32 default does (tuned convolutions). The bf16 default of
+    a CPU with AMX has its own tests (test_precision.py)."""
+    monkeypatch.setenv("ROBUSTLIB_CPU_BF16", "off")

@@ -200,6 +200,7 @@ def test_bounds_trace_a_tuned_network_inside_the_training_step():
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.usefixtures("fp32_default")   # tuning is the default of a CPU without bf16 units
 def test_fit_tunes_on_cpu_records_the_kernels_and_a_resumed_run_keeps_them(tmp_path):
     train, _ = rl.data.load("digits")
     part = train.head(256)

@@ -89,6 +89,7 @@ def test_bullet_train_remembers_only_the_examples_it_attacked(setup):
     assert torch.equal(memory.known[:100], ~outliers) and not memory.known[100:].any()
 
 
+@pytest.mark.usefixtures("fp32_default")
 def test_selection_gradients_are_taken_at_the_remembered_perturbations(setup):
     train, model = setup
     data = train.head(80)
@@ -145,6 +146,7 @@ def test_pgd_from_a_given_start_continues_from_its_projection(setup):
         rl.attacks.pgd(model, x, y, 0.1, start=x[:3])
 
 
+@pytest.mark.usefixtures("fp32_default")
 def test_refresh_moves_remembered_perturbations_on_and_attacks_the_unknown_in_full(setup):
     train, model = setup
     data = train.head(60)

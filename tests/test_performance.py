@@ -31,8 +31,12 @@ def _training(ips, dtype_of=lambda v: "fp32"):
 
 def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     res = tmp_path / "results"
+    accuracy = {"fp32": [{"seed": 0, "clean": 0.811, "pgd20": 0.6895, "train_s": 30.2, "precision": "fp32"}],
+                "default": [{"seed": 0, "clean": 0.804, "pgd20": 0.687, "train_s": 19.9,
+                             "precision": "bf16 + channels-last"}]}
     _write(res, "training", "cpu", "CPU (AMD EPYC, x86_64, 2 logical cores, 2 torch threads)",
-           _training({"textbook": 1000.0, "fp32": 1100.0, "channels-last": 1650.0}),
+           {**_training({"textbook": 1000.0, "fp32": 1100.0, "channels-last": 1650.0}), "accuracy": accuracy,
+            "accuracy_epochs": 8, "accuracy_gap_points": {"clean": -0.7, "pgd20": -0.25}},
            {"robustlib[fp32] / textbook": 1.1, "robustlib[channels-last] / robustlib[fp32]": 1.5})
     _write(res, "training", "cuda", "NVIDIA H100 80GB HBM3",
            _training({"textbook": 2000.0, "fp32": 3000.0, "bf16": 9000.0}, lambda v: "bf16" if v == "bf16" else "fp32"),
@@ -70,6 +74,10 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert performance.paired_median({"a": [2.0, 3.0, 5.0], "b": [1.0, 2.0, 2.0]}, "a", "b") == 2.0
     assert performance.paired_median({"a": [1.0]}, "a", "b") is None
     assert "3,000 → 9,000" in page and "3.00×" in page
+    # the accuracy check of the default precision: its own table, not a list printed in the figures table
+    assert "PGD-AT for 8 epochs" in page and "clean -0.70, PGD-20 -0.25 points" in page
+    assert "| default | 0 | bf16 + channels-last | 80.40% | 68.70% | 20 s |" in page
+    assert "[{" not in page
     assert "| mnist_small, B = 16 | 45.0 → 90.0 | 2.00× |" in page    # the chunking gain, from the bounds file
     radius = page[page.index("by `torch.linalg.vector_norm(A, 1, dim=1)`"):]   # the L1 radius gain, its own table
     assert "| mnist_small, B = 1 | 30.0 → 37.3 | 1.24× |" in radius.split("\n\n**")[0]

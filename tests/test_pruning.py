@@ -171,6 +171,7 @@ def _reference_scores(model, x, y):
             dict(el2n=el2n, loss=loss, grand_full=g_full, grand_last=g_last).items()}
 
 
+@pytest.mark.usefixtures("fp32_default")
 def test_scores_equal_per_example_computation_and_leave_the_model_untouched(small):
     train, _, model = small
     data = train.head(40)
@@ -195,6 +196,7 @@ def test_scores_equal_per_example_computation_and_leave_the_model_untouched(smal
     assert got["grand_last"].std() > 0 and not torch.allclose(got["grand_full"], got["grand_last"])
 
 
+@pytest.mark.usefixtures("fp32_default")
 def test_adversarial_scores_are_scores_on_pgd_examples(small):
     train, _, model = small
     data = train.head(32)
@@ -214,14 +216,20 @@ def test_adversarial_scores_are_scores_on_pgd_examples(small):
     assert torch.equal(r1, r2) and not torch.equal(r1, score("random", model, data, seed=2))
 
 
-def test_bf16_network_passes_give_float32_scores_close_to_fp32(small):
+def test_bf16_network_passes_give_float32_scores_close_to_fp32(small, monkeypatch):
     train, _, model = small
     data = train.head(64)
     G32 = last_layer_grads(model, data, amp=False)
-    G16 = last_layer_grads(model, data, amp=True)        # what "auto" does on CUDA, here on the CPU
+    G16 = last_layer_grads(model, data, amp=True)        # what "auto" does on CUDA and AMX CPUs, here on this CPU
     assert G16.dtype == torch.float32 and G16.shape == G32.shape and not torch.equal(G16, G32)
     assert (G16 - G32).norm() <= 0.05 * G32.norm()        # bf16 keeps ~3 significant digits
-    assert torch.equal(last_layer_grads(model, data), G32)  # "auto" is fp32 off CUDA
+    for mode, expected in (("off", G32), ("on", G16)):   # "auto" follows fit's precision (robustlib.precision)
+        monkeypatch.setenv("ROBUSTLIB_CPU_BF16", mode)
+        assert torch.equal(last_layer_grads(model, data), expected), mode
+    monkeypatch.delenv("ROBUSTLIB_CPU_BF16")
+    # GraNd over all parameters stays float32 under autocast (torch.func's per-example gradients)
+    torch.testing.assert_close(score("grand", model, data, mode="full", amp=True, batch_size=16),
+                               score("grand", model, data, mode="full", amp=False, batch_size=16))
     e16 = score("el2n", model, data, amp=True)
     assert e16.dtype == torch.float32
     torch.testing.assert_close(e16, score("el2n", model, data, amp=False), atol=0.05, rtol=0.05)
