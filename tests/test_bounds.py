@@ -630,3 +630,34 @@ def test_default_chunk_is_cache_sized_on_cpu_and_respects_an_explicit_budget(mon
     split = bounds.symbolic(net, lower, upper)
     assert calls == [2, 2, 1]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(whole, split))
+
+
+def test_small_batch_convolutions_use_the_own_kernel_and_give_the_same_numbers(monkeypatch):
+    from robustlib.bounds import ops
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 4, stride=2, padding=1)
+    seen = []
+
+    def spy(t, w, b):
+        seen.append((t.shape[0], torch.backends.mkldnn.enabled))
+        return conv._conv_forward(t, w, b)
+
+    op = ops.conv_affine(spy, conv.weight, conv.bias, True)
+    with torch.no_grad():
+        for n in (1, 2, 5):
+            x = torch.rand(n, 3, 12, 12)
+            got = (op.full(x), op.lin(x), op.abs_lin(x))
+            monkeypatch.setattr(ops, "SMALL_CONV_BATCH", 0)      # oneDNN for every batch: the before
+            want = (op.full(x), op.lin(x), op.abs_lin(x))
+            monkeypatch.undo()
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert torch.backends.mkldnn.enabled                        # restored after every call
+    own = {n for n, on in seen if not on}
+    assert own == {1, 2} and {n for n, on in seen if on} == {1, 2, 5}
+
+    def failing(t, w, b):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        ops.conv_affine(failing, conv.weight, conv.bias, True).full(torch.rand(1, 3, 12, 12))
+    assert torch.backends.mkldnn.enabled                        # restored after a failure too
