@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import random
 import statistics
 import sys
 import time
@@ -86,7 +87,11 @@ def _sync(device):
 def _time_rounds(fns: dict, device, target_s: float, max_repeats: int) -> dict:
     """Median seconds of each of ``fns`` (name → callable), timed in interleaved rounds so that the machine's speed
     drifts alike for all of them: after one warm-up call each, method ``m`` runs once per round in its first
-    ``min(max_repeats, target_s // warm-up time)`` rounds (at least one). Returns name → (median, repeats)."""
+    ``min(max_repeats, target_s // warm-up time)`` rounds (at least one). Each round visits the methods in its own
+    order, a permutation seeded by the round: the method that follows the batched forward pass of d + 1 images
+    finds the caches emptied by it, and in a fixed (or merely rotated) order that was always ``symbolic``, which then
+    read 0.86–0.95× its identical twins, the "no crops into Linear" rows below 512 terms (2026-11-27). Returns
+    name → (median, repeats)."""
     warm = {}
     for name, fn in fns.items():
         _sync(device)
@@ -97,7 +102,10 @@ def _time_rounds(fns: dict, device, target_s: float, max_repeats: int) -> dict:
     repeats = {name: int(max(1, min(max_repeats, target_s // max(w, 1e-6)))) for name, w in warm.items()}
     times = {name: [] for name in fns}
     for r in range(max(repeats.values())):
-        for name, fn in fns.items():
+        names = list(fns)
+        random.Random(r).shuffle(names)
+        for name in names:
+            fn = fns[name]
             if r < repeats[name]:
                 t0 = time.perf_counter()
                 fn()
