@@ -87,7 +87,7 @@ def data_for(device, n: int, gpu_like: bool):
 def accuracy_check(name: str, data, test, device, batch: int, epochs: int, seeds=(0, 1)) -> dict:
     """Whether fit's default precision trains as well as fp32: PGD-AT from the same initial weights for ``epochs``
     epochs per seed in fp32 and with the defaults, then clean and PGD-20 accuracy (fp32 evaluation) on 2,000 test
-    images. Returns {config: [{"seed", "clean", "pgd20", "train_s"}, ...]}."""
+    images. Returns {config: [{"seed", "clean", "pgd20", "train_s", "precision"}, ...]}."""
     out: dict = {"fp32": [], "default": []}
     test_n = min(len(test), 2000)
     for seed in seeds:

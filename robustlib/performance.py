@@ -127,7 +127,7 @@ def result_section(name: str, kind: str, result: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items())
     out = [f"### {KIND_TITLE[kind]}: {result['device']}\n",
            f"Run {result.get('date', '?')} with {versions}. Settings: {settings}."
-           + (f" `fit` trained in {result['fit_default_precision']} unless a variant says otherwise."
+           + (f" `fit`'s default precision on this device: {result['fit_default_precision']}."
               if result.get("fit_default_precision") else "") + "\n"]
     figures = result["figures"]
     if isinstance(figures, list):

@@ -16,11 +16,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import naive_symbolic  # noqa: E402
 
 
-def _write(folder, name, kind, device, figures, ratios, settings=None):
+def _write(folder, name, kind, device, figures, ratios, settings=None, **extra):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}-{kind}.json").write_text(json.dumps({
         "benchmark": name, "device": device, "versions": {"torch": "2.x"}, "date": "2026-11-25T00:00:00+00:00",
-        "settings": settings or {"steps": 10}, "figures": figures, "ratios": ratios}))
+        "settings": settings or {"steps": 10}, "figures": figures, "ratios": ratios, **extra}))
 
 
 def _training(ips, dtype_of=lambda v: "fp32"):
@@ -37,7 +37,8 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     _write(res, "training", "cpu", "CPU (AMD EPYC, x86_64, 2 logical cores, 2 torch threads)",
            {**_training({"textbook": 1000.0, "fp32": 1100.0, "channels-last": 1650.0}), "accuracy": accuracy,
             "accuracy_epochs": 8, "accuracy_gap_points": {"clean": -0.7, "pgd20": -0.25}},
-           {"robustlib[fp32] / textbook": 1.1, "robustlib[channels-last] / robustlib[fp32]": 1.5})
+           {"robustlib[fp32] / textbook": 1.1, "robustlib[channels-last] / robustlib[fp32]": 1.5},
+           fit_default_precision="bf16 + channels-last")
     _write(res, "training", "cuda", "NVIDIA H100 80GB HBM3",
            _training({"textbook": 2000.0, "fp32": 3000.0, "bf16": 9000.0}, lambda v: "bf16" if v == "bf16" else "fp32"),
            {"robustlib[bf16] / robustlib[fp32]": 3.0})
@@ -78,6 +79,7 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert "PGD-AT for 8 epochs" in page and "clean -0.70, PGD-20 -0.25 points" in page
     assert "| default | 0 | bf16 + channels-last | 80.40% | 68.70% | 20 s |" in page
     assert "[{" not in page
+    assert page.count("`fit`'s default precision on this device: bf16 + channels-last.") == 1   # only where recorded
     assert "| mnist_small, B = 16 | 45.0 → 90.0 | 2.00× |" in page    # the chunking gain, from the bounds file
     radius = page[page.index("by `torch.linalg.vector_norm(A, 1, dim=1)`"):]   # the L1 radius gain, its own table
     assert "| mnist_small, B = 1 | 30.0 → 37.3 | 1.24× |" in radius.split("\n\n**")[0]

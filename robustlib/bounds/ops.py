@@ -164,17 +164,20 @@ def conv_rows(weight: torch.Tensor, in_shape: Sequence[int], out_shape: Sequence
     g_in, g_out = c_in // groups, c_out // groups
     geometry = (tuple(in_shape[1:]), tuple(out_shape[1:]), kernel, stride, padding, dilation)
 
-    def rows(idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-        B, K = idx.shape
-        offset = _offsets(*geometry, idx.device)
+    def by_input_channel(weight_: torch.Tensor, dtype) -> torch.Tensor:
         # wc[c, m, a] = W[m, c mod g_in, a] for output channels m of c's group, 0 for the others and at a = n_k
-        w = weight.to(vals.dtype).reshape(groups, g_out, g_in, n_k).permute(0, 2, 1, 3)   # (g, g_in, g_out, n_k)
+        w = weight_.to(dtype).reshape(groups, g_out, g_in, n_k).permute(0, 2, 1, 3)   # (g, g_in, g_out, n_k)
         if groups == 1:
             wc = w.reshape(c_in, c_out, n_k)
         else:
-            mine = torch.eye(groups, dtype=vals.dtype, device=idx.device).reshape(groups, 1, groups, 1, 1)
+            mine = torch.eye(groups, dtype=dtype, device=w.device).reshape(groups, 1, groups, 1, 1)
             wc = (w.unsqueeze(2) * mine).reshape(c_in, c_out, n_k)
-        wc = torch.cat([wc, wc.new_zeros(c_in, c_out, 1)], dim=2)
+        return torch.cat([wc, wc.new_zeros(c_in, c_out, 1)], dim=2)
+
+    def rows(idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+        B, K = idx.shape
+        offset = _offsets(*geometry, idx.device)
+        wc = derived(weight, ("by input channel", groups), lambda w: by_input_channel(w, vals.dtype), vals.dtype)
         sel = wc[idx // n_sp_in] * vals.reshape(B, K, 1, 1)                  # (B, K, C_out, n_k + 1)
         where = offset[idx % n_sp_in].unsqueeze(2).expand(B, K, c_out, n_sp_out)
         return torch.gather(sel, 3, where).reshape(B, K, *out_shape)
