@@ -129,9 +129,7 @@ def _network_precision(data: ImageData, amp):
     """bf16 autocast for the network passes (attack and forward) when ``amp`` is True, or "auto" where
     :func:`robustlib.train.fit` trains in bf16 (:func:`robustlib.precision.auto_bf16`: CUDA, a CPU with AMX);
     the scores, gradients and solvers stay float32."""
-    if amp not in (True, False, "auto"):
-        raise ValueError(f"amp must be True, False or 'auto' (bf16 autocast where fit trains in bf16), got {amp!r}")
-    on = precision.auto_bf16(data.device) if amp == "auto" else amp
+    on, _ = precision.resolve(data.device, amp)   # validates amp too
     return torch.autocast(data.device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
 
 
@@ -175,8 +173,9 @@ def score(name: str, model: nn.Module, data: ImageData, *, adversarial=None, bat
 
     ``name`` ∈ :data:`SCORES`; ``mode`` ("last" or "full") picks GraNd's parameters — lower
     ``batch_size`` for "full", which holds batch_size × #parameters floats and runs in float32 whatever
-    ``amp``; ``forgetting`` returns the scores of ``counter``, a :class:`ForgettingCounter` updated during training. ``amp``: bf16 autocast
-    for the network passes (default "auto": as ``fit`` trains), the scores in float32.
+    ``amp``; ``forgetting`` returns the scores of ``counter``, a :class:`ForgettingCounter` updated during
+    training. ``amp``: bf16 autocast for the network passes (default "auto": as ``fit`` trains), the scores in
+    float32.
     """
     if name not in SCORES:
         raise ValueError(f"unknown score {name!r}; valid: {', '.join(SCORES)}")

@@ -353,13 +353,14 @@ class SymbolicRunner:
                 E[k] = e.mul_(lam_b) if owned(e) else e * lam_b
         # one fresh error term of size −λl/2 per unstable neuron, packed per sample
         flat_u = unstable.reshape(B, -1)
-        K = int(flat_u.sum(1).max()) if B else 0
+        counts = flat_u.sum(1, keepdim=True)
+        K = int(counts.max()) if B else 0
         if K > 0:   # unstable neuron j of a sample goes to slot (its rank among them); slot K collects the others
             n = flat_u.shape[1]
             slot = torch.where(flat_u, flat_u.cumsum(1) - 1, K)
             order = flat_u.new_zeros(B, K + 1, dtype=torch.long).scatter_(
                 1, slot, torch.arange(n, device=flat_u.device).expand(B, n))[:, :K]
-            valid = torch.arange(K, device=flat_u.device) < flat_u.sum(1, keepdim=True)
+            valid = torch.arange(K, device=flat_u.device) < counts
             E[name] = _SparseE(order, mu.reshape(B, -1).gather(1, order) * valid)
         box = None
         if s.box is not None:
