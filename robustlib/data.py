@@ -11,6 +11,9 @@ Datasets
                      ``size`` (28 by default) and ``channels`` (1 or 3).
   ``fashion-mnist``  the Debian package ``dataset-fashion-mnist``
                      (``/usr/share/datasets/fashion-mnist/``) when present,
+                     else a copy of its four ``.gz`` files in
+                     ``$ROBUSTLIB_DATA/fashion-mnist/`` (how a machine without
+                     the package or internet gets it: ``make offline-kit``),
                      else torchvision's download.
   ``mnist``, ``cifar10``, ``cifar100``, ``svhn``
                      torchvision, cached in ``$ROBUSTLIB_DATA``
@@ -190,8 +193,9 @@ def _torchvision(name, root: Path, download: bool):
                 "cifar100": "CIFAR-100 (cifar-100-python.tar.gz, extracted as cifar-100-python/)",
                 "svhn": "SVHN (train_32x32.mat and test_32x32.mat)",
                 "mnist": "MNIST (the four IDX files in MNIST/raw/)",
-                "fashion-mnist": "Fashion-MNIST (the four IDX files in FashionMNIST/raw/); offline on "
-                                 "Debian/Ubuntu: `sudo apt-get install dataset-fashion-mnist`",
+                "fashion-mnist": "Fashion-MNIST (the four IDX files in FashionMNIST/raw/, or the four "
+                                 "*-ubyte.gz files in fashion-mnist/); offline on Debian/Ubuntu: "
+                                 "`sudo apt-get install dataset-fashion-mnist`",
             }[name]
             raise DataUnavailable(
                 f"dataset {name!r} is not available: {type(e).__name__}: {e}\n"
@@ -213,13 +217,15 @@ def _torchvision(name, root: Path, download: bool):
 
 
 def _fashion_mnist(root: Path, download: bool):
-    debian_dir = DEBIAN_FASHION_MNIST  # read at call time (tests point it elsewhere)
-    if (debian_dir / "train-images-idx3-ubyte.gz").exists():
-        sets = []
-        for split in ("train", "t10k"):
-            d = from_idx(debian_dir / f"{split}-images-idx3-ubyte.gz", debian_dir / f"{split}-labels-idx1-ubyte.gz")
-            sets.append((d.images, d.labels))
-        return sets[0], sets[1], FASHION_CLASSES
+    # the Debian package, else a copy of its four files under the data root (DEBIAN_FASHION_MNIST is read at call
+    # time: tests point it elsewhere)
+    for folder in (DEBIAN_FASHION_MNIST, root / "fashion-mnist"):
+        if (folder / "train-images-idx3-ubyte.gz").exists():
+            sets = []
+            for split in ("train", "t10k"):
+                d = from_idx(folder / f"{split}-images-idx3-ubyte.gz", folder / f"{split}-labels-idx1-ubyte.gz")
+                sets.append((d.images, d.labels))
+            return sets[0], sets[1], FASHION_CLASSES
     tr, te, _ = _torchvision("fashion-mnist", root, download)
     return tr, te, FASHION_CLASSES
 

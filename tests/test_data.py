@@ -166,6 +166,25 @@ def test_fashion_mnist_torchvision_fallback_reads_generated_files(tmp_path, monk
     assert train.classes[9] == "Ankle boot"
 
 
+def test_fashion_mnist_from_a_copy_of_the_debian_files_under_the_data_root(tmp_path, monkeypatch):
+    # how a machine without the package or internet gets it (make offline-kit copies the four .gz files there)
+    monkeypatch.setattr(rl.data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    made = {}
+    for split, n in (("train", 7), ("t10k", 5)):
+        made[split] = _fake_images(n, (28, 28), n)
+        _write_idx(tmp_path / "x", made[split])
+        (folder / f"{split}-images-idx3-ubyte.gz").write_bytes(gzip.compress((tmp_path / "x").read_bytes()))
+        _write_idx(tmp_path / "y", (np.arange(n) + 3) % 10)
+        (folder / f"{split}-labels-idx1-ubyte.gz").write_bytes(gzip.compress((tmp_path / "y").read_bytes()))
+    monkeypatch.setenv("ROBUSTLIB_DATA", str(tmp_path))
+    train, test = rl.data.load("fashion-mnist", download=False)
+    assert np.array_equal(train.images[:, 0].numpy(), made["train"])
+    assert np.array_equal(test.images[:, 0].numpy(), made["t10k"])
+    assert test.labels.tolist() == [3, 4, 5, 6, 7] and train.classes[0] == "T-shirt/top"
+
+
 def test_read_idx_handles_gzip_and_rejects_garbage(tmp_path):
     arr = _fake_images(3, (4, 5), 0)
     _write_idx(tmp_path / "a.idx", arr)
