@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= auto
 
-.PHONY: setup book test reproduce build clean
+.PHONY: setup book test reproduce build clean offline-kit
 
 setup: $(VENV)/.installed
 
@@ -36,3 +36,20 @@ test: setup
 
 clean:
 	rm -rf _build results/smoke
+
+# For a machine with PyTorch but neither Jupyter nor internet (a lent GPU box): the wheels of
+# requirements-offline.txt for CPython $(OFFLINE_PYTHON) on x86-64 Linux in .whl/, and Fashion-MNIST's four files
+# in .data/fashion-mnist/. Carry both there and run scripts/run_offline.sh OUTDIR CHAPTER...
+OFFLINE_PYTHON ?= 3.12
+OFFLINE_PLATFORMS := $(foreach v,2_17 2_24 2_26 2_27 2_28,--platform manylinux_$(v)_x86_64) \
+                     --platform manylinux2014_x86_64 --platform manylinux1_x86_64
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+
+offline-kit: setup
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(OFFLINE_PYTHON) --implementation cp \
+		$(OFFLINE_PLATFORMS) -d .whl -r requirements-offline.txt
+	@test -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz || { echo "no Fashion-MNIST in $(FASHION_MNIST):" \
+		"sudo apt-get install dataset-fashion-mnist, or FASHION_MNIST=<folder with the four *-ubyte.gz files>" >&2; exit 1; }
+	mkdir -p .data/fashion-mnist
+	cp $(FASHION_MNIST)/*-ubyte.gz .data/fashion-mnist/
+	@du -sh .whl .data

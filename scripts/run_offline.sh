@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run chapters on a machine that has PyTorch and the scientific stack but neither Jupyter nor internet (such as a
+# lent GPU machine), from a checkout that carries the offline kit of `make offline-kit` (.whl/ and .data/):
+#
+#   scripts/run_offline.sh OUTDIR CHAPTER...     # e.g. scripts/run_offline.sh $OUT mixtrain
+#
+# It installs the wheels of .whl/ (WHEELS) into a folder of its own (SITE_DIR, default /tmp/robustlib-site;
+# nothing is installed into the system), points ROBUSTLIB_DATA at .data/ (Fashion-MNIST's files), runs
+# `python -m robustlib reproduce --preset $PRESET --only CHAPTER...` (PRESET default gpu) under BUDGET_S seconds
+# (default 540: inside one 600-s call), and copies each chapter's executed notebook and results record
+# (results/<preset>/<chapter>.ipynb and .json), and this run's log, to OUTDIR as soon as the run ends.
+# Exit status: reproduce's (124 when the budget ran out), 2 for bad arguments, 3 when the kit does not import.
+set -u
+out=${1:?usage: scripts/run_offline.sh OUTDIR CHAPTER...}
+shift
+if [ $# -lt 1 ]; then
+    echo "name at least one chapter (a file stem in notebooks/, e.g. mixtrain)" >&2
+    exit 2
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PYTHON:-python3}
+preset=${PRESET:-gpu}
+budget=${BUDGET_S:-540}
+mkdir -p "$out"
+log="$out/run_offline.log"
+export PYTHONUNBUFFERED=1
+wheels=${WHEELS:-$root/.whl}
+if compgen -G "$wheels/*.whl" >/dev/null; then
+    site=${SITE_DIR:-/tmp/robustlib-site}
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "$wheels"/*.whl >>"$log" 2>&1 || { tail -n 5 "$log"; echo "installing $wheels failed" | tee -a "$log"; exit 3; }
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d "$root/.data" ]; then
+    export ROBUSTLIB_DATA=${ROBUSTLIB_DATA:-$root/.data}
+fi
+if ! "$PY" -c "import papermill, ipykernel, ipywidgets, robustlib" >>"$log" 2>&1; then
+    tail -n 5 "$log"
+    echo "the offline kit does not import: run 'make offline-kit' where pip works and carry .whl/ along" | tee -a "$log"
+    exit 3
+fi
+{ nvidia-smi -L 2>/dev/null; "$PY" -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee -a "$log"
+marker=$(mktemp)
+cd "$root" || exit 2
+timeout --signal=INT --kill-after=20 "$budget" "$PY" -m robustlib reproduce --preset "$preset" --only "$@" 2>&1 \
+    | tee -a "$log"
+rc=${PIPESTATUS[0]}
+for chapter in "$@"; do
+    for ext in ipynb json; do
+        f="results/$preset/$chapter.$ext"
+        if [ -f "$f" ] && [ "$f" -nt "$marker" ]; then
+            cp "$f" "$out/"
+        fi
+    done
+done
+rm -f "$marker"
+echo "## run_offline: exit $rc" | tee -a "$log"
+exit "$rc"
