@@ -33,9 +33,9 @@ PRESETS = {
         # Bullet-Train alone and with both selectors, both selectors from a perturbation memory (ours); TRADES and
         # MART full data and Adv-GRAD-MATCH + Bullet-Train.
         # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15).
-        # Measured 2026-11-25/26 on the 2-core CPU: 51 min of training in all, controls included (3,081 s as the
-        # runs took; a full-data PGD-10 epoch 25–39 s), about an hour for the whole notebook from scratch; 8 min
-        # with every run cached, 21 min on 2026-11-26 when the eight Adv-GRAD-MATCH and memory runs were new.
+        # Measured 2026-11-27 on a 2-core Intel Xeon with AMX (bf16): 28 min for the whole notebook from scratch,
+        # 25 min of training, controls included (a full-data PGD-10 epoch 14–15 s). On a 2-core AMD EPYC in fp32
+        # (2026-11-25/26): 51 min of training (a full-data epoch 25–39 s), about an hour in all.
         "data_pruning": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=8, batch_size=128, lr=0.05,
                              schedule="onecycle", augment=None, eps=0.1, alpha=0.025, steps=10, beta=6.0,
                              fractions=[0.2, 0.4], R=3, kappa=0.5, warmup=None, select_steps=3,
@@ -83,22 +83,24 @@ PRESETS = {
                                         "epochs": 3, "checkpoint": True}]),
     },
     "gpu": {
-        # data_pruning: every method with and without Bullet-Train for PGD-AT, the selectors and random for TRADES
-        # and MART, at three fractions (about 90 runs; not yet measured on a GPU). Estimated from the H200
-        # benchmarks (a full-data PGD-10 epoch of PreAct-ResNet-18 on 59,000 images ≈ 8–10 s, a selection ≈ 0.6
-        # of it): about 1.5 h of training and 1 h of evaluation on one H200.
-        "data_pruning": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=10, batch_size=256,
+        # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 (a lent GPU
+        # machine gives a session 15 minutes). These are estimates from the committed H100 benchmark figures, not
+        # yet measured chapter runs: a full-data PGD-10 epoch of PreAct-ResNet-18 on 59,000 Fashion-MNIST images
+        # ≈ 10.7 s at batch 512 (pruning-cuda.json: 3.44 s per 19,000), a fresh PGD-3 selection ≈ 0.83 of it, one
+        # from the perturbation memory ≈ 0.1.
+        # data_pruning: E = 5, f = 0.3, T_w = 1, R = 2 (two selections): PGD-AT with full data, Bullet-Train,
+        # random, Adv-GRAD-MATCH (fresh and from the memory) and Adv-GLISTER; TRADES full and with Adv-GRAD-MATCH +
+        # Bullet-Train; the equal-budget control (no stretched schedules). About 34 full-data epochs' worth of
+        # training (≈ 6 min; Bullet-Train saved no wall-clock on the H100) and 1.5 min of evaluation and start-up.
+        # MART, the static scores, more fractions and the stretched controls are for `paper` or a GPU of one's own
+        # (add them to the grid).
+        "data_pruning": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=5, batch_size=512,
                              lr=0.1, schedule="onecycle", augment="crop-flip", eps=0.1, alpha=0.025, steps=10,
-                             beta=6.0, fractions=[0.2, 0.3, 0.5], R=3, kappa=0.5, warmup=None, select_steps=3,
-                             gradmatch_variant="per_batch", n_valid=1000, attack="pgd-20x5", n_eval=None,
-                             n_autoattack=500, autoattack_runs="claims",
-                             grid={"pgd-at": ["full+bt"] + [m + bt for bt in ("", "+bt") for m in (
-                                       "random", "random-static", "el2n", "el2n-adv", "grand", "grand-adv",
-                                       "gradmatch", "glister")] + ["gradmatch-memory", "glister-memory"],
-                                   "trades": ["full+bt"] + [m + bt for m in ("random", "gradmatch", "glister")
-                                                            for bt in ("", "+bt")],
-                                   "mart": ["full+bt"] + [m + bt for m in ("random", "gradmatch", "glister")
-                                                          for bt in ("", "+bt")]}),
+                             beta=6.0, fractions=[0.3], R=2, kappa=0.5, warmup=None, select_steps=3,
+                             gradmatch_variant="per_batch", n_valid=1000, attack="pgd-20x2", n_eval=2000,
+                             n_autoattack=100, autoattack_runs="claims", schedule_methods=[],
+                             grid={"pgd-at": ["full+bt", "random", "gradmatch", "glister", "gradmatch-memory"],
+                                   "trades": ["gradmatch+bt"]}),
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="preact_resnet18", epochs=15,
                                   batch_size=256, lr=0.1, schedule="onecycle", augment="crop-flip",
                                   n_train=None, n_test=None),
@@ -106,22 +108,23 @@ PRESETS = {
                                      batch_size=256, lr=0.1, augment="crop-flip",
                                      eps_list=[0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2], eps_show=0.1,
                                      n_eval=2000),
-        "adversarial_training": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=10,
-                                     batch_size=256, lr=0.1, schedule="onecycle", augment="crop-flip",
-                                     eps=0.1, alpha=0.025, steps=10, n_eval=None, n_autoattack=500),
+        # adversarial_training: five methods × 8 epochs ≈ 27 full-data PGD-10 epochs' worth (≈ 5 min) and AutoAttack
+        # on 200 images of each model: about 7 min.
+        "adversarial_training": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=8,
+                                     batch_size=512, lr=0.1, schedule="onecycle", augment="crop-flip",
+                                     eps=0.1, alpha=0.025, steps=10, n_eval=None, n_autoattack=200),
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
                                   n_attack=500, interval_steps=5),
-        # mixtrain: MNIST_Small estimated from the H200 certified-training benchmark (per 2,000 images: PGD-AT 0.81 s,
-        # MixTrain k = 5 0.60 s, symbolic 0.88 s, IBP 0.30 s): about 30 min on one H200. MNIST_Large is not measured
-        # on a GPU: at ε = 0.1 its unstable ReLUs make one symbolic bound with its backward cost seconds on the CPU
-        # and gigabytes (hence checkpoint: recomputed in the backward pass), so it runs on 10,000 images, full
-        # symbolic training on 500, and may still take longer than the rest of the notebook.
-        "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=None,
-                         n_symbolic=10000, n_ablation=10000, epochs=20, eps_warmup=5, eps=0.1, lr=1e-3, k=5, n_val=1000,
-                         n_eval=10000, n_attack=1000, pgd_restarts=10, interval_steps=5,
-                         settings=[{}, {"model": "mnist_large", "n_train": 10000, "n_symbolic": 500,
-                                        "n_eval": 1000, "checkpoint": True}]),
+        # mixtrain: per 2,000 images at batch 50 on the H100 (certified-cuda.json) PGD-AT takes 0.57 s, MixTrain
+        # k = 5 0.41 s, full symbolic 1.08 s, IBP 0.31 s; one symbolic bound of MNIST_Large with its backward ≈ 6 ms.
+        # Twice the `cpu` preset's data: MNIST_Small on 20,000 images (full symbolic on 5,000, the ablations on
+        # 5,000), MNIST_Large on 5,000 (full symbolic on 250), 6 epochs: about 6.5 min with the evaluation.
+        "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=20000,
+                         n_symbolic=5000, n_ablation=5000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=500,
+                         n_eval=5000, n_attack=500, pgd_restarts=10, interval_steps=5,
+                         settings=[{}, {"model": "mnist_large", "n_train": 5000, "n_symbolic": 250, "n_eval": 1000,
+                                        "checkpoint": True}]),
     },
     "paper": {
         # data_pruning: the paper's setting as far as it is known (CIFAR-10/100, PreAct-ResNet-18, ε = 8/255,

@@ -1,0 +1,54 @@
+"""Every preset names real notebooks and only parameters those notebooks have (papermill would inject a misspelt
+name silently, and the run would use the smoke value); the pruning grids and MixTrain settings parse."""
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from robustlib import presets
+from robustlib import pruning_study as study
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _parameters(name: str) -> dict:
+    nb = json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{name}: expected one cell tagged 'parameters'"
+    tree = ast.parse("".join(cells[0]["source"]))
+    return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+@pytest.mark.parametrize("preset", [p for p in presets.PRESETS if p != "smoke"])
+def test_preset_keys_are_parameters_of_real_notebooks(preset):
+    for notebook, values in presets.PRESETS[preset].items():
+        assert (NOTEBOOKS / f"{notebook}.ipynb").exists(), f"{preset}: no notebook {notebook!r}"
+        params = _parameters(notebook)
+        unknown = set(values) - set(params)
+        assert not unknown, f"{preset}/{notebook}: not in its parameters cell: {sorted(unknown)}"
+        for key, value in values.items():   # a preset's value has the smoke value's kind (None: any)
+            smoke = params[key]
+            if smoke is not None and value is not None and not isinstance(smoke, bool):
+                kinds = (int, float) if isinstance(smoke, (int, float)) else type(smoke)
+                assert isinstance(value, kinds), f"{preset}/{notebook}: {key}={value!r}, smoke has {smoke!r}"
+
+
+@pytest.mark.parametrize("preset", list(presets.PRESETS))
+def test_pruning_grids_and_mixtrain_settings_parse(preset):
+    values = {**_parameters("data_pruning"), **presets.parameters(preset, "data_pruning")}
+    runs = study.parse_grid(values["grid"], values["fractions"])
+    assert {r["objective"] for r in runs} == set(values["grid"])
+    assert all(r["fraction"] == 1.0 or r["fraction"] in values["fractions"] for r in runs)
+    assert set(values["schedule_methods"]) <= set(study.METHODS)
+    mix = {**_parameters("mixtrain"), **presets.parameters(preset, "mixtrain")}
+    allowed = {"dataset", "image_size", "model", "eps", "n_train", "n_symbolic", "n_eval", "epochs", "checkpoint"}
+    for setting in mix["settings"]:
+        assert set(setting) <= allowed, f"{preset}: unknown MixTrain setting keys {set(setting) - allowed}"
+
+
+def test_a_misspelt_preset_key_is_caught(monkeypatch):
+    monkeypatch.setitem(presets.PRESETS, "gpu", {"mixtrain": {"n_trian": 5}})
+    with pytest.raises(AssertionError, match="n_trian"):
+        test_preset_keys_are_parameters_of_real_notebooks("gpu")
