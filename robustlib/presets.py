@@ -99,6 +99,7 @@ PRESETS = {
                              beta=6.0, fractions=[0.3], R=2, kappa=0.5, warmup=None, select_steps=3,
                              gradmatch_variant="per_batch", n_valid=1000, attack="pgd-20x2", n_eval=2000,
                              n_autoattack=100, autoattack_runs="claims", schedule_methods=[],
+                             objectives=["pgd-at", "trades"],
                              grid={"pgd-at": ["full+bt", "random", "gradmatch", "glister", "gradmatch-memory"],
                                    "trades": ["gradmatch+bt"]}),
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="preact_resnet18", epochs=15,

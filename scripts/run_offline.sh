@@ -7,8 +7,9 @@
 # It installs the wheels of .whl/ (WHEELS) into a folder of its own (SITE_DIR, default /tmp/robustlib-site;
 # nothing is installed into the system), points ROBUSTLIB_DATA at .data/ (Fashion-MNIST's files), runs
 # `python -m robustlib reproduce --preset $PRESET --only CHAPTER...` (PRESET default gpu) under BUDGET_S seconds
-# (default 540: inside one 600-s call), and copies each chapter's executed notebook and results record
-# (results/<preset>/<chapter>.ipynb and .json), and this run's log, to OUTDIR as soon as the run ends.
+# (default 540: inside one 600-s call), and packs each chapter's executed notebook and results record
+# (results/<preset>/<chapter>.ipynb and .json) into OUTDIR/results-<preset>.tar.gz as soon as the run ends, beside
+# this run's log, OUTDIR/run_offline.log: two files, however many chapters. `tar xzf` it in the repository root.
 # Exit status: reproduce's (124 when the budget ran out), 2 for bad arguments, 3 when the kit does not import.
 set -u
 out=${1:?usage: scripts/run_offline.sh OUTDIR CHAPTER...}
@@ -46,14 +47,19 @@ cd "$root" || exit 2
 timeout --signal=INT --kill-after=20 "$budget" "$PY" -m robustlib reproduce --preset "$preset" --only "$@" 2>&1 \
     | tee -a "$log"
 rc=${PIPESTATUS[0]}
+made=()
 for chapter in "$@"; do
     for ext in ipynb json; do
         f="results/$preset/$chapter.$ext"
         if [ -f "$f" ] && [ "$f" -nt "$marker" ]; then
-            cp "$f" "$out/"
+            made+=("$f")
         fi
     done
 done
 rm -f "$marker"
+if [ ${#made[@]} -gt 0 ]; then   # one file, however many chapters (a device call hands back at most 8 files)
+    tar czf "$out/results-$preset.tar.gz" "${made[@]}"
+    echo "## packed into results-$preset.tar.gz (tar xzf it in the repository root): ${made[*]}" | tee -a "$log"
+fi
 echo "## run_offline: exit $rc" | tee -a "$log"
 exit "$rc"

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -43,9 +44,12 @@ def test_runs_a_chapter_with_the_carried_wheels_and_hands_back_its_results(tmp_p
     r = _run(tmp_path, str(out), "setting_the_stage", WHEELS=str(wheels), SITE_DIR=str(site))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (site / "offline_probe" / "__init__.py").exists()           # installed into its own folder
-    rec = json.loads((out / "setting_the_stage.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["results-smoke.tar.gz", "run_offline.log"]
+    with tarfile.open(out / "results-smoke.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["results/smoke/setting_the_stage.ipynb", "results/smoke/setting_the_stage.json"]
+        rec = json.load(tar.extractfile("results/smoke/setting_the_stage.json"))
+        assert tar.getmember("results/smoke/setting_the_stage.ipynb").size > 0
     assert rec["preset"] == "smoke" and rec["status"] == "ok"
-    assert (out / "setting_the_stage.ipynb").stat().st_size > 0
     assert "run_offline: exit 0" in (out / "run_offline.log").read_text()
 
 
