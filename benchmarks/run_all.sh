@@ -20,6 +20,12 @@ log=${out:+$out/run_all.log}
 log=${log:-/dev/null}
 [ -n "$out" ] && mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+# on a machine without internet: the offline kit (make offline-kit; torchattacks for the textbook baseline,
+# Fashion-MNIST) when it was carried along
+root=$(cd "$here/.." && pwd)
+# shellcheck source=scripts/offline_env.sh
+. "$root/scripts/offline_env.sh"
+offline_env || exit 3
 
 # ONLY (default: all) names the steps to run, e.g. ONLY="training pruning".
 only=${ONLY:-training bounds certified pruning}

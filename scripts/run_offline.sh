@@ -25,17 +25,9 @@ budget=${BUDGET_S:-540}
 mkdir -p "$out"
 log="$out/run_offline.log"
 export PYTHONUNBUFFERED=1
-wheels=${WHEELS:-$root/.whl}
-if compgen -G "$wheels/*.whl" >/dev/null; then
-    site=${SITE_DIR:-/tmp/robustlib-site}
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-        "$wheels"/*.whl >>"$log" 2>&1 || { tail -n 5 "$log"; echo "installing $wheels failed" | tee -a "$log"; exit 3; }
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d "$root/.data" ]; then
-    export ROBUSTLIB_DATA=${ROBUSTLIB_DATA:-$root/.data}
-fi
+# shellcheck source=scripts/offline_env.sh
+. "$root/scripts/offline_env.sh"
+offline_env || exit 3
 if ! "$PY" -c "import papermill, ipykernel, ipywidgets, robustlib" >>"$log" 2>&1; then
     tail -n 5 "$log"
     echo "the offline kit does not import: run 'make offline-kit' where pip works and carry .whl/ along" | tee -a "$log"

@@ -16,15 +16,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "run_offline.sh"
 
 
-def _wheel(folder: Path) -> Path:
-    """A minimal pure-Python wheel of a package ``offline_probe``, as `make offline-kit` leaves real ones."""
+def _wheel(folder: Path, tag: str = "py3-none-any") -> Path:
+    """A minimal wheel of a package ``offline_probe``, as `make offline-kit` leaves real ones (``tag``: the
+    Python / ABI / platform it claims to be for)."""
     files = {"offline_probe/__init__.py": b"VALUE = 41\n",
              "offline_probe-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: offline-probe\nVersion: 1.0\n",
-             "offline_probe-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                                  b"Tag: py3-none-any\n"}
+             "offline_probe-1.0.dist-info/WHEEL": f"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                  f"Tag: {tag}\n".encode()}
     record = "".join(f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},"
                      f"{len(data)}\n" for name, data in files.items()) + "offline_probe-1.0.dist-info/RECORD,,\n"
-    path = folder / "offline_probe-1.0-py3-none-any.whl"
+    path = folder / f"offline_probe-1.0-{tag}.whl"
     with zipfile.ZipFile(path, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
@@ -63,3 +64,27 @@ def test_bad_arguments_and_a_kit_that_does_not_import(tmp_path):
     empty.mkdir()
     r = _run(tmp_path, str(tmp_path / "out2"), "setting_the_stage", PYTHON=bare, WHEELS=str(empty))
     assert r.returncode == 3 and "make offline-kit" in r.stdout
+
+
+def _offline_env(root: Path, python: str, **env):
+    """Source scripts/offline_env.sh for the repository ``root`` and report its status and environment."""
+    script = (f'root="{root}"; PY="{python}"; log="{root}/env.log"; . "{ROOT}/scripts/offline_env.sh"; '
+              f'offline_env; echo "rc=$?"; echo "PYTHONPATH=$PYTHONPATH"; echo "DATA=${{ROBUSTLIB_DATA:-}}"')
+    full = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ROBUSTLIB_DATA")}
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env={**full, **env}, timeout=300)
+    return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line), r.stdout
+
+
+def test_wheels_for_another_python_are_skipped_when_this_one_has_the_packages(tmp_path):
+    (tmp_path / ".whl").mkdir()
+    (tmp_path / ".data").mkdir()
+    _wheel(tmp_path / ".whl", tag="cp399-cp399-manylinux1_x86_64")      # no Python can install this one
+    got, out = _offline_env(tmp_path, sys.executable, SITE_DIR=str(tmp_path / "site"))
+    assert got["rc"] == "0" and "going on" in out, out
+    assert str(tmp_path / "site") not in got["PYTHONPATH"] and got["PYTHONPATH"].startswith(str(tmp_path))
+    assert got["DATA"] == str(tmp_path / ".data")                        # the carried Fashion-MNIST
+    bare = shutil.which("python3", path="/usr/bin:/bin")
+    if bare is None or subprocess.run([bare, "-c", "import papermill"], capture_output=True).returncode == 0:
+        pytest.skip("no system Python without papermill to stand for a machine without the kit")
+    got, out = _offline_env(tmp_path, bare, SITE_DIR=str(tmp_path / "site2"))
+    assert got["rc"] == "3" and "lacks the packages" in out, out
