@@ -46,22 +46,23 @@ PRESETS = {
                                               "gradmatch+bt@0.2", "glister+bt@0.2", "gradmatch-memory@0.2",
                                               "glister-memory@0.2"],
                                    "trades": ["gradmatch+bt@0.2"], "mart": ["gradmatch+bt@0.2"]}),
-        # setting_the_stage and adversarial_examples: measured 2026-11-25 on the 2-core CPU: 55 s and 120 s from
-        # scratch; all 10,000 test images.
+        # setting_the_stage and adversarial_examples: 42 s and 89 s from scratch on a 2-core Intel Xeon with AMX
+        # (bf16, 2026-11-27; 55 s and 120 s on a 2-core AMD EPYC in fp32, 2026-11-25); all 10,000 test images.
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, schedule="onecycle", augment=None, n_train=None, n_test=None),
         "adversarial_examples": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                      lr=0.05, augment=None, eps_list=[0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2],
                                      eps_show=0.1, n_eval=10000),
-        # adversarial_training: measured 2026-11-25 on the 2-core CPU: 18 min (17 min of training).
+        # adversarial_training: 10 min (8.5 min of training) on the Intel Xeon in bf16 (2026-11-27); 18 min on the
+        # AMD EPYC in fp32 (2026-11-25).
         "adversarial_training": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=10,
                                      batch_size=128, lr=0.05, schedule="onecycle", augment=None, eps=0.1,
                                      alpha=0.025, steps=10, n_eval=10000, n_autoattack=200),
         # interval_analysis: symbolic certification of MNIST_Small costs ≈ 0.008–0.02 s per image here (the
         # published checkpoints, 2026-11-26, with the bounds' shortcuts; 0.02–0.05 s before them, 0.05–0.1 s before
         # the cache-sized chunks), so the published checkpoint is certified on 2,000 real MNIST test images (SE ≤ 0.5
-        # points at 95%). Measured 2026-11-25 on the 2-core CPU, before those chunks: 12 min from scratch; 2.6 min
-        # on 2026-11-26 with every training run cached.
+        # points at 95%). 3.2 min from scratch on a 2-core Intel Xeon with AMX (bf16 training, 2026-11-27); on a
+        # 2-core AMD EPYC in fp32 before those chunks, 12 min (2026-11-25).
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=10, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=2000,
                                   n_attack=200, interval_steps=3),
