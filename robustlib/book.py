@@ -186,8 +186,8 @@ def _fmt(value, unit: str) -> str:
         return f"{100 * float(value):.1f}%"
     if unit.startswith("×"):
         return f"{float(value):.2f}×"
-    if unit == "points":
-        return f"{float(value):.0f} point{'s' if float(value) != 1 else ''}"
+    if unit == "images":   # a count of test images, e.g. violations only the interval attack found
+        return f"{float(value):.0f} image{'s' if float(value) != 1 else ''}"
     return f"{float(value):.3g} {unit}"
 
 
@@ -196,7 +196,7 @@ def claimed_text(claim: dict) -> str:
     if claim["rule"] == "range":
         return f"{c[0]:g}–{c[1]:g}× ({unit.lstrip('× ')})" if unit.startswith("×") else f"{c[0]:g}–{c[1]:g} {unit}"
     if claim["rule"] == "positive":
-        return "more than 0 points"
+        return f"at least 1 {unit.rstrip('s')}"
     return "up to " + (f"{c:g}×" if unit.startswith("×") else _fmt(c, unit))
 
 

@@ -47,7 +47,7 @@ CLAIMS = {
     "p2-vs-at": dict(paper=2, text="3× less training time than adversarial training", claimed=3.0, unit="×",
                      rule="at_least", tol=0.1, partial=0.5),
     "p2-interval-attack": dict(paper=2, text="the interval attack finds violations that PGD with restarts misses",
-                               claimed=1, unit="points", rule="positive"),
+                               claimed=1, unit="images", rule="positive"),
 }
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not yet run", "pipeline check only")

@@ -372,3 +372,11 @@ def test_glance_rows_prefer_the_best_record(tmp_path):
     assert (tmp_path / "staged" / "_generated" / "glance.png").stat().st_size > 10_000
     outlook = (tmp_path / "staged" / "_generated" / "outlook.md").read_text()
     assert "not yet run" in outlook and len(out["rows"]) == len(claims.CLAIMS)
+
+
+def test_the_interval_attack_claim_counts_images_not_points():
+    claim = claims.CLAIMS["p2-interval-attack"]
+    assert book.claimed_text(claim) == "at least 1 image"
+    assert book._fmt(1.0, claim["unit"]) == "1 image" and book._fmt(3, claim["unit"]) == "3 images"
+    assert claims.verdict("p2-interval-attack", 1) == "reproduced"
+    assert claims.verdict("p2-interval-attack", 0) == "not reproduced"
