@@ -66,8 +66,9 @@ PRESETS = {
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=10, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=2000,
                                   n_attack=200, interval_steps=3),
-        # mixtrain: both settings ran from scratch in 22 min (18 of training) on a 2-core Intel Xeon on 2026-11-26/27,
-        # with windows and crops in the bounds (62 min on the AMD machine before them). One symbolic bound of
+        # mixtrain: both settings ran from scratch in 16 min (13.6 of training) on a 2-core Intel Xeon with AMX on
+        # 2026-11-27, fit in bf16 and the bounds with windows, crops and crops into a Linear (22 min there in fp32
+        # the day before, 62 min on the AMD machine before windows and crops). One symbolic bound of
         # MNIST_Small at d = 784 cost about 0.04 s forward + backward on the 2-core CPU before them (about 0.007 s
         # at ε = 0.01 on 2026-11-27), so MixTrain runs
         # on a seeded 10,000-image subset of Fashion-MNIST (1,000 symbolic bounds per epoch), full symbolic training
