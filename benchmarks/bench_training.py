@@ -3,6 +3,7 @@
     python benchmarks/bench_training.py                    # CPU: MNIST_Small on Fashion-MNIST (digits if absent)
     python benchmarks/bench_training.py --device cuda      # GPU: PreAct-ResNet-18 on 32×32×3 generated data, batch 512
     python benchmarks/bench_training.py --fast-at          # also 15 epochs of FGSM-RS on a CIFAR-10-sized set (GPU)
+    python benchmarks/bench_training.py --device cuda --network mnist_small   # a launch-bound small network
 
 Both sides train the same network from the same initial weights with PGD-AT (ε = 0.1 on [0, 1] pixels,
 α = ε/4, K = 10, SGD) for one epoch over the same images:
@@ -188,15 +189,21 @@ def main(argv=None):
     p.add_argument("--accuracy-epochs", type=int, default=None,
                    help="epochs of the accuracy check of fit's default precision against fp32, two seeds each, on the "
                         "benchmark's images (default 8 on CPU, 0 — skipped — with --quick or generated data)")
+    p.add_argument("--network", choices=("preact_resnet18", "mnist_small"), default=None,
+                   help="the network (default: preact_resnet18 on 32×32×3 generated images on CUDA, mnist_small on "
+                        "Fashion-MNIST on a CPU); another than the device's default writes "
+                        "training-<network>-<device>.json, beside the default's file, e.g. mnist_small on CUDA, where "
+                        "kernel launches bound a small network and CUDA graphs (the cudagraphs variants) may pay")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    default_name = "preact_resnet18" if cuda else "mnist_small"
+    name = args.network or default_name
     n = args.n or (512 if args.quick else (50_000 if cuda else 10_000))
     batch = args.batch or (512 if cuda else 128)
     repeat = 1 if args.quick else args.repeat
-    data, test = data_for(device, n, gpu_like=cuda)
-    name = "preact_resnet18" if cuda else "mnist_small"
+    data, test = data_for(device, n, gpu_like=name == "preact_resnet18")
 
     def fresh():
         torch.manual_seed(0)
@@ -289,7 +296,8 @@ def main(argv=None):
                   f"{figures['fast_at_total_s']:.0f} s (published reference: ≈ 12 min on an RTX 2080 Ti)")
         except Exception as e:
             print(f"Fast-AT: failed ({type(e).__name__}: {str(e).splitlines()[0][:160]})", flush=True)
-    path = write_result("training", device, {"n": len(data), "data": data.name, "network": name, "batch": batch,
+    result = "training" if name == default_name else f"training-{name}"
+    path = write_result(result, device, {"n": len(data), "data": data.name, "network": name, "batch": batch,
                                              "eps": EPS, "steps": STEPS, "repeat": repeat, "quick": args.quick,
                                              "variants": {v: VARIANTS[v] for v in ips if v != "textbook"}},
                         figures, ratios)

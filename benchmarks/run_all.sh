@@ -27,7 +27,9 @@ root=$(cd "$here/.." && pwd)
 . "$root/scripts/offline_env.sh"
 offline_env || exit 3
 
-# ONLY (default: all) names the steps to run, e.g. ONLY="training pruning".
+# ONLY (default: the four below) names the steps to run, e.g. ONLY="training pruning". One more step runs only when
+# named: training-small, fit's CUDA variants on MNIST_Small (Fashion-MNIST from the offline kit), where kernel
+# launches bound a small network and CUDA graphs may pay (about 2 minutes; training-mnist_small-cuda.json).
 only=${ONLY:-training bounds certified pruning}
 wanted() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
@@ -64,6 +66,9 @@ cuda)
     wanted training && step ${TRAIN_S:-200} training-cuda.json training-cuda.json -- "$PY" "$here/bench_training.py" \
         --device cuda --n 10240 --repeat 2 --fast-at \
         --variants ${VARIANTS:-default bf16 channels-last bf16+channels-last compile+bf16+channels-last}
+    wanted training-small && step ${TRAIN_SMALL_S:-150} training-mnist_small-cuda.json \
+        training-mnist_small-cuda.json -- "$PY" "$here/bench_training.py" --device cuda --network mnist_small \
+        --repeat 3 --variants default bf16+channels-last compile+bf16+channels-last cudagraphs+bf16+channels-last
     wanted bounds && step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
     wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \

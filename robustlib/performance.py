@@ -407,6 +407,12 @@ virtual machine does not report reliably, so a CPU panel shows achieved values o
                            f"`benchmarks/results/{name}-{kind}.json`.\n")
             else:
                 out.append(result_section(name, kind, result))
+        for (other, kind), result in sorted(results.items()):   # e.g. training-mnist_small: another network
+            if other.startswith(f"{name}-"):
+                variant = other[len(name) + 1:]
+                out.append(f"### {title}, {variant}\n\n`benchmarks/bench_{name}.py` run for `{variant}` "
+                           f"(`benchmarks/results/{other}-{kind}.json`).\n")
+                out.append(result_section(other, kind, result))
     return "\n".join(out)
 
 

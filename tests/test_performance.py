@@ -175,3 +175,19 @@ def test_attacks_freeze_parameters_and_restore_their_flags(one_thread):
     with pytest.raises(RuntimeError, match="boom"), checks.input_gradients_only(model):
         raise RuntimeError("boom")
     assert model[2].weight.requires_grad and not model[0].weight.requires_grad
+
+
+def test_another_networks_training_file_gets_its_own_section(tmp_path):
+    # bench_training.py --network mnist_small on CUDA writes training-mnist_small-cuda.json beside training-cuda.json
+    res = tmp_path / "results"
+    _write(res, "training", "cuda", "NVIDIA H100 80GB HBM3", _training({"textbook": 2000.0, "fp32": 3000.0}),
+           {"robustlib[fp32] / textbook": 1.5})
+    _write(res, "training-mnist_small", "cuda", "NVIDIA H100 80GB HBM3",
+           _training({"textbook": 4000.0, "fp32": 5000.0, "cudagraphs+bf16+channels-last": 31000.0}),
+           {"robustlib[cudagraphs+bf16+channels-last] / robustlib[fp32]": 6.2}, settings={"network": "mnist_small"})
+    results = performance.load(res)
+    assert ("training-mnist_small", "cuda") in results
+    page = performance.page(results, None, "now")
+    i = page.index("### Adversarial-training throughput, mnist_small")
+    assert page.index("## Adversarial-training throughput") < i < page.index("## Bounds")
+    assert "training-mnist_small-cuda.json" in page and "6.20×" in page[i:page.index("## Bounds")]
