@@ -120,8 +120,9 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True)
     where = (f"Executed {when(rec.get('started'))} on {rec.get('device', '(device unknown)')}; "
              f"notebook wall-clock {_fmt_s(rec.get('wall_s'))}")
     if rec.get("runs"):
-        where += f", training {_fmt_s(rec.get('train_wall_s'))} (as the runs originally took"
-        where += f"; {_trained_in(rec)})" if _trained_in(rec) else ")"
+        trained = _trained_in(rec)
+        where += (f", training {_fmt_s(rec.get('train_wall_s'))} (as the runs originally took"
+                  f"{'; ' + trained if trained else ''})")
     where += "."
     params = {k: v for k, v in (parameters or {}).items() if k not in ("results_dir", "preset")}
     shown = ", ".join(f"`{k} = {v!r}`" for k, v in params.items())
@@ -245,14 +246,8 @@ def glance_rows(dirs: dict, names) -> list:
 
 
 def _trained_in(record: dict) -> str:
-    """"bf16 + channels-last training" or "fp32 training" for a record whose runs trained. Records started before
-    2026-11-27 do not say; ``fit`` then trained in fp32 on every CPU and in bf16 + channels-last on CUDA, and no
-    chapter overrode it, so theirs is read off the device."""
-    if record.get("precision"):
-        return f"{record['precision']} training"
-    if not record.get("runs") or str(record.get("started", "9999")) >= "2026-11-27":
-        return ""
-    return "fp32 training" if str(record.get("device", "")).startswith("CPU") else "bf16 + channels-last training"
+    """"bf16 + channels-last training", "fp32 training"… as the record says its runs trained ('' if it does not)."""
+    return f"{record['precision']} training" if record.get("precision") else ""
 
 
 def _badge(verdict: str) -> str:
