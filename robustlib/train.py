@@ -249,7 +249,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     ckpt = Path(checkpoint) if checkpoint is not None else None
     run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
                         weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,
-                        precision=precision.label(use_amp, use_cl),
+                        precision=history.precision,
                         **({"processes": loader.world} if loader.world > 1 else {}))
     if ckpt is not None and resume and ckpt.exists():
         state = _load_checkpoint(ckpt, device, run)
