@@ -153,6 +153,37 @@ def fraction_view(frame, fractions, *, acc: str = "pgd_acc", tolerance: float = 
     return _finish(fig, title, caption)
 
 
+def seed_strip(frame, *, acc: str = "pgd_acc", tolerance: float = 0.015, title: str = "", caption: str = "",
+               xlabel: str = "robust accuracy"):
+    """Robust accuracy of runs repeated with several seeds: one row per method (``frame``: one row per run with
+    ``method``, ``bt``, ``seed`` and ``acc``), a dot per seed and a bar at the mean; the solid line is full data's
+    mean (no Bullet-Train) and the dotted one ``tolerance`` below it — the claim rule read on the means."""
+    import matplotlib.pyplot as plt
+
+    from .pruning_study import METHODS
+    colors, _ = _method_style(frame)
+    labels = list(dict.fromkeys(f"{m}{' + BT' if bt else ''}" for m, bt in
+                                sorted(zip(frame["method"], frame["bt"].astype(bool)),
+                                       key=lambda p: (list(METHODS).index(p[0]), p[1]))))
+    fig, ax = plt.subplots(figsize=(6.2, 1.2 + 0.45 * len(labels)))
+    full = frame[(frame["method"] == "full") & ~frame["bt"].astype(bool)][acc]
+    if len(full):
+        ax.axvline(float(full.mean()), color="k", lw=1)
+        ax.axvline(float(full.mean()) - tolerance, color="k", ls=":", lw=1)
+    for i, label in enumerate(labels):
+        method, bt = label.removesuffix(" + BT"), label.endswith(" + BT")
+        t = frame[(frame["method"] == method) & (frame["bt"].astype(bool) == bt)]
+        ax.scatter(t[acc], [i] * len(t), color=colors[method], s=28, alpha=0.8, zorder=2)
+        ax.plot([float(t[acc].mean())] * 2, [i - 0.3, i + 0.3], color=colors[method], lw=2.5, zorder=3)
+        for a, s in zip(t[acc], t["seed"]):
+            ax.annotate(str(s), (a, i), xytext=(0, 5), textcoords="offset points", fontsize=6, ha="center")
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return _finish(fig, title, caption)
+
+
 def _finish(fig, title: str = "", caption: str = ""):
     """A figure's suptitle, tight layout and caption line (which preset, device and wall-clock made it)."""
     if title:

@@ -27,8 +27,8 @@ def test_every_method_and_objective_ran(record):
         assert {(r["method"], r["bt"]) for r in runs if r["objective"] == objective} >= {
             ("full", False), ("full", True), ("gradmatch", False), ("gradmatch", True)}
     assert len({r["fraction"] for r in runs if r["method"] != "full"}) >= 2
-    controls = [r for r in record["rows"] if r["section"] == "schedule"]
-    assert len({r["run"] for r in runs}) == len(runs) == len(record["runs"]) - len(controls)
+    others = [r for r in record["rows"] if r["section"] in ("schedule", "seeds")]
+    assert len({r["run"] for r in runs}) == len(runs) == len(record["runs"]) - len(others)
 
 
 def test_schedule_controls_match_the_pruned_and_the_full_example_budgets(record):
@@ -123,3 +123,26 @@ def test_the_six_headline_claims_follow_the_stated_rule(record):
         assert run["autoattack_acc"] is not None   # the runs behind the headline numbers face AutoAttack
         if c["claim"].startswith("p1-bt") and run["method"] != "full":
             assert run["bt"] and run["objective"] == c["claim"].split("-")[2]
+
+
+def test_repeated_seeds_are_read_together_with_the_grid_run(record):
+    from robustlib.pruning_study import seed_spread
+    cfg = record["config"]
+    f = cfg["schedule_fraction"] or cfg["fractions"][0]
+    repeats = [r for r in record["rows"] if r["section"] == "seeds"]
+    assert cfg["repeat_seeds"] and {(r["method"], r["seed"]) for r in repeats} == {
+        (m, s) for m in ["full", *cfg["repeat_methods"]] for s in cfg["repeat_seeds"]}
+    assert {r["run"] for r in repeats} <= {run["name"] for run in record["runs"]}
+    grid = {(r["method"], r["fraction"]): r for r in _runs(record) if r["objective"] == "pgd-at" and not r["bt"]}
+    for r in repeats:   # another seed trains another model: the same run settings, other weights and accuracies
+        assert r["fraction"] == (1.0 if r["method"] == "full" else f) and r["seed"] != cfg["seed"]
+        assert 0 <= r["pgd_acc"] <= r["clean_acc"] <= 1 and r["train_s"] > 0
+    first = [dict(grid[m, 1.0 if m == "full" else f], seed=cfg["seed"]) for m in ["full", *cfg["repeat_methods"]]]
+    spread = {g["method"]: g for g in (r for r in record["rows"] if r["section"] == "seed_spread")}
+    expected = {g["method"]: g for g in seed_spread(first + repeats, tolerance=cfg["tolerance"])}
+    assert set(spread) == set(expected)
+    for method, g in expected.items():   # the record holds what the library computes from the runs it lists
+        assert spread[method]["n"] == 1 + len(cfg["repeat_seeds"])
+        assert spread[method]["acc_mean"] == pytest.approx(g["acc_mean"])
+        assert spread[method]["speedup"] == pytest.approx(g["speedup"])
+        assert spread[method].get("decided") == g.get("decided")

@@ -44,6 +44,8 @@ def test_pruning_grids_and_mixtrain_settings_parse(preset):
     assert {r["objective"] for r in runs} == set(values["objectives"])
     assert all(r["fraction"] == 1.0 or r["fraction"] in values["fractions"] for r in runs)
     assert set(values["schedule_methods"]) <= set(study.METHODS)
+    assert set(values["repeat_methods"]) <= set(study.METHODS) - {"full"}, "full data always repeats; name pruned ones"
+    assert values["seed"] not in values["repeat_seeds"], "the grid's run is the base seed: repeat with other seeds"
     mix = {**_parameters("mixtrain"), **presets.parameters(preset, "mixtrain")}
     allowed = {"dataset", "image_size", "model", "eps", "n_train", "n_symbolic", "n_eval", "epochs", "checkpoint"}
     for setting in mix["settings"]:
