@@ -7,7 +7,7 @@
     rl.evaluate.robustness(model, test, eps=0.1)
 """
 from . import (allocator, attacks, bounds, checkpoints, checks, claims, conv_kernels, data, distributed, evaluate,  # noqa: F401
-               memory, models, objectives, plot, precision, presets, pruning, pruning_study, reproduce, runs, scores,
+               memory, models, objectives, plot, precision, presets, pruning, pruning_study, reproduce, runs, scores, seeds,
                train)
 
 __version__ = "0.1.0"

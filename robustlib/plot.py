@@ -153,31 +153,29 @@ def fraction_view(frame, fractions, *, acc: str = "pgd_acc", tolerance: float = 
     return _finish(fig, title, caption)
 
 
-def seed_strip(frame, *, acc: str = "pgd_acc", tolerance: float = 0.015, title: str = "", caption: str = "",
-               xlabel: str = "robust accuracy"):
-    """Robust accuracy of runs repeated with several seeds: one row per method (``frame``: one row per run with
-    ``method``, ``bt``, ``seed`` and ``acc``), a dot per seed and a bar at the mean; the solid line is full data's
-    mean (no Bullet-Train) and the dotted one ``tolerance`` below it — the claim rule read on the means."""
+def seed_strip(frame, *, by: str = "method", value: str = "pgd_acc", reference=None, tolerance: float = 0.0,
+               title: str = "", caption: str = "", xlabel: str = "robust accuracy"):
+    """Runs repeated with several seeds (``frame``: one row per run with ``by``, ``seed`` and ``value``): one row per
+    value of ``by`` in order of appearance, a dot per seed (labelled with it) and a bar at the mean. With a
+    ``reference`` (a value of ``by``) a solid line marks its mean and, with ``tolerance``, a dotted one that much
+    below it — a comparison rule read on the means (:mod:`robustlib.seeds`)."""
     import matplotlib.pyplot as plt
 
-    from .pruning_study import METHODS
-    colors, _ = _method_style(frame)
-    labels = list(dict.fromkeys(f"{m}{' + BT' if bt else ''}" for m, bt in
-                                sorted(zip(frame["method"], frame["bt"].astype(bool)),
-                                       key=lambda p: (list(METHODS).index(p[0]), p[1]))))
+    labels = list(dict.fromkeys(frame[by]))
     fig, ax = plt.subplots(figsize=(6.2, 1.2 + 0.45 * len(labels)))
-    full = frame[(frame["method"] == "full") & ~frame["bt"].astype(bool)][acc]
-    if len(full):
-        ax.axvline(float(full.mean()), color="k", lw=1)
-        ax.axvline(float(full.mean()) - tolerance, color="k", ls=":", lw=1)
+    if reference is not None:
+        ref = float(frame[frame[by] == reference][value].mean())
+        ax.axvline(ref, color="k", lw=1)
+        if tolerance:
+            ax.axvline(ref - tolerance, color="k", ls=":", lw=1)
     for i, label in enumerate(labels):
-        method, bt = label.removesuffix(" + BT"), label.endswith(" + BT")
-        t = frame[(frame["method"] == method) & (frame["bt"].astype(bool) == bt)]
-        ax.scatter(t[acc], [i] * len(t), color=colors[method], s=28, alpha=0.8, zorder=2)
-        ax.plot([float(t[acc].mean())] * 2, [i - 0.3, i + 0.3], color=colors[method], lw=2.5, zorder=3)
-        for a, s in zip(t[acc], t["seed"]):
-            ax.annotate(str(s), (a, i), xytext=(0, 5), textcoords="offset points", fontsize=6, ha="center")
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        t = frame[frame[by] == label]
+        color = plt.cm.tab10(i % 10)
+        ax.scatter(t[value], [i] * len(t), color=color, s=28, alpha=0.8, zorder=2)
+        ax.plot([float(t[value].mean())] * 2, [i - 0.3, i + 0.3], color=color, lw=2.5, zorder=3)
+        for x, s in zip(t[value], t["seed"]):
+            ax.annotate(str(s), (x, i), xytext=(0, 5), textcoords="offset points", fontsize=6, ha="center")
+    ax.set_yticks(range(len(labels)), [str(label) for label in labels], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(xlabel, fontsize=8)
     ax.grid(axis="x", alpha=0.3)

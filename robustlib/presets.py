@@ -83,7 +83,8 @@ PRESETS = {
                          n_symbolic=500, n_ablation=2000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=200,
                          n_eval=1000, n_attack=200, pgd_restarts=10, interval_steps=5,
                          settings=[{}, {"model": "mnist_large", "n_train": 1000, "n_symbolic": 50, "n_eval": 100,
-                                        "epochs": 3, "checkpoint": True}]),
+                                        "epochs": 3, "checkpoint": True}],
+                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling"]),
     },
     "gpu": {
         # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 (a lent GPU
@@ -128,7 +129,7 @@ PRESETS = {
                          n_symbolic=5000, n_ablation=5000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=500,
                          n_eval=5000, n_attack=500, pgd_restarts=10, interval_steps=5,
                          settings=[{}, {"model": "mnist_large", "n_train": 5000, "n_symbolic": 250, "n_eval": 1000,
-                                        "checkpoint": True}]),
+                                        "checkpoint": True}], repeat_seeds=[]),
     },
     "paper": {
         # data_pruning: the paper's setting as far as it is known (CIFAR-10/100, PreAct-ResNet-18, ε = 8/255,
@@ -162,7 +163,8 @@ PRESETS = {
                          n_eval=10000, n_attack=1000, pgd_restarts=10, interval_steps=5,
                          settings=[{}, {"eps": 0.3}, {"model": "mnist_large", "checkpoint": True},
                                    {"model": "mnist_large", "eps": 0.3, "checkpoint": True},
-                                   {"dataset": "cifar10", "model": "cifar_small", "eps": 2 / 255, "checkpoint": True}]),
+                                   {"dataset": "cifar10", "model": "cifar_small", "eps": 2 / 255, "checkpoint": True}],
+                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling"]),
     },
 }
 

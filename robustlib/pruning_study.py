@@ -35,6 +35,7 @@ import time
 import torch
 import torch.nn as nn
 
+from . import seeds
 from .data import ImageData
 from .memory import PerturbationMemory
 from .pruning import DynamicSelector, StaticSelector, budget_of, score, warmup_epochs
@@ -279,55 +280,24 @@ def _best_within(rows, reference: dict, objective: str, bt: bool, tolerance: flo
 SEED_GROUP = ("dataset", "objective", "method", "bt", "fraction")   # what the runs of one group share
 
 
-def _mean_sd(values) -> tuple:
-    """Mean and sample standard deviation (n − 1 in the denominator; None for a single value)."""
-    v = [float(x) for x in values]
-    m = sum(v) / len(v)
-    return m, (math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else None)
-
-
 def seed_spread(rows, tolerance: float = 0.015, acc: str = "pgd_acc", confidence: float = 0.95) -> list:
-    """Runs repeated with several seeds, read together: one dict per group of runs that differ only in their seed
-    (same :data:`SEED_GROUP`), in order of first appearance.
+    """Runs repeated with several seeds, read together (:mod:`robustlib.seeds`): one dict per group of runs that
+    differ only in their seed (same :data:`SEED_GROUP`), in order of first appearance.
 
-    Each holds the group's keys, ``n`` (seeds), ``seeds``, the mean and sample standard deviation of ``clean_acc``,
-    ``acc`` (as ``acc_mean``, ``acc_sd``, ``acc_min``, ``acc_max``) and ``train_s``, and ``speedup``: the mean
-    training wall-clock of full data (same dataset and objective, no Bullet-Train) over the group's. A pruned group
-    adds its comparison with full data:
-
-    * ``gap`` = mean ``acc`` − full data's mean ``acc``, with a Welch t interval ``gap_low``, ``gap_high`` at
-      ``confidence`` (standard error √(s_p²/n_p + s_f²/n_f), Welch–Satterthwaite degrees of freedom; None with
-      fewer than two seeds on either side);
-    * ``rule``: the claim rule on the means, gap ≥ −``tolerance``;
-    * ``decided``: whether the interval lies wholly on one side of −``tolerance`` — the seeds settle the rule; False:
-      the verdict is within the seeds' noise (None without an interval).
+    Each holds the group's keys, ``n`` (seeds), ``seeds``, the mean and sample standard deviation of ``clean_acc``
+    (``clean_mean``, ``clean_sd``), ``acc`` (``acc_mean``, ``acc_sd``, ``acc_min``, ``acc_max``) and ``train_s``,
+    and ``speedup``: the mean training wall-clock of full data (same dataset and objective, no Bullet-Train) over
+    the group's. A pruned group adds its comparison with full data (:func:`robustlib.seeds.gap`): ``gap`` = mean
+    ``acc`` − full data's mean ``acc`` with a Welch t interval ``gap_low``, ``gap_high`` at ``confidence``;
+    ``rule``, the claim rule on the means (gap ≥ −``tolerance``); ``decided``, whether the interval lies wholly on
+    one side of −``tolerance`` — the seeds settle the rule; False: the verdict is within the seeds' noise.
 
     A seed moves the initial weights, the order of the batches, the random starts of the training attacks and the
     selector's random choices; the data split and the test images stay the same. ``rows``: dicts with the group
     keys, ``seed``, ``clean_acc``, ``acc`` and ``train_s``; every dataset and objective needs full-data runs.
     """
-    from scipy import stats
-
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
-    groups: dict = {}
-    for r in rows:
-        missing = [k for k in (*SEED_GROUP, "seed", "clean_acc", acc, "train_s") if k not in r]
-        if missing:
-            raise ValueError(f"a run lacks {missing}: seed_spread needs {', '.join(SEED_GROUP)}, seed, clean_acc, "
-                             f"{acc} and train_s per run")
-        key = tuple(bool(r[k]) if k == "bt" else r[k] for k in SEED_GROUP)
-        group = groups.setdefault(key, {})
-        if r["seed"] in group:
-            raise ValueError(f"two runs of {dict(zip(SEED_GROUP, key))} with seed {r['seed']}: one run per seed")
-        group[r["seed"]] = r
-    out = []
-    for key, runs in groups.items():
-        row = dict(zip(SEED_GROUP, key), n=len(runs), seeds=sorted(runs))
-        for name, column in (("clean", "clean_acc"), ("acc", acc), ("train_s", "train_s")):
-            row[f"{name}_mean"], row[f"{name}_sd"] = _mean_sd(r[column] for r in runs.values())
-        row["acc_min"], row["acc_max"] = min(r[acc] for r in runs.values()), max(r[acc] for r in runs.values())
-        out.append(row)
+    seeds.check_confidence(confidence)
+    out = seeds.spread(rows, SEED_GROUP, {"clean": "clean_acc", "acc": acc, "train_s": "train_s"})
     full = {(g["dataset"], g["objective"]): g for g in out if g["method"] == "full" and not g["bt"]}
     for g in out:
         ref = full.get((g["dataset"], g["objective"]))
@@ -335,19 +305,6 @@ def seed_spread(rows, tolerance: float = 0.015, acc: str = "pgd_acc", confidence
             raise ValueError(f"no full-data runs for {g['dataset']} / {g['objective']}: they are the reference of "
                              f"every speed-up and gap")
         g["speedup"] = ref["train_s_mean"] / g["train_s_mean"]
-        if g["method"] == "full":
-            continue
-        g["gap"] = g["acc_mean"] - ref["acc_mean"]
-        g["rule"] = g["gap"] >= -tolerance
-        g["gap_low"] = g["gap_high"] = g["decided"] = None
-        if g["n"] > 1 and ref["n"] > 1:
-            a, b = g["acc_sd"] ** 2 / g["n"], ref["acc_sd"] ** 2 / ref["n"]
-            se = math.sqrt(a + b)
-            if se > 0:
-                dof = (a + b) ** 2 / (a ** 2 / (g["n"] - 1) + b ** 2 / (ref["n"] - 1))
-                half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
-            else:   # every seed gave the same accuracy on both sides
-                half = 0.0
-            g["gap_low"], g["gap_high"] = g["gap"] - half, g["gap"] + half
-            g["decided"] = g["gap_low"] >= -tolerance or g["gap_high"] < -tolerance
+        if g["method"] != "full":
+            g.update(seeds.gap(g, ref, "acc", tolerance, confidence))
     return out

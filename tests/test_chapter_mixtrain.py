@@ -68,3 +68,29 @@ def test_mixtrain_chapter_prunes_certified_training(smoke_book):
         assert r["symbolic_bounds"] < full["symbolic_bounds"] and r["passes"] < full["passes"]
         assert 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1
     assert rows["gradmatch"]["select_s"] > 0      # the selection is paid, and counted in the run's time
+
+
+def test_mixtrain_ablations_repeat_with_other_seeds(smoke_book):
+    """The ablations again with other seeds, read against MixTrain as the paper runs it (robustlib.seeds)."""
+    from robustlib import seeds
+    rec = chapter_record(smoke_book, "mixtrain")
+    cfg, rows = rec["config"], rec["rows"]
+    repeats = [r for r in rows if r["section"] == "seeds"]
+    assert cfg["repeat_seeds"] and {r["seed"] for r in repeats} == set(cfg["repeat_seeds"])
+    if "sampling" in cfg["repeat_sections"]:
+        assert {r["sampling"] for r in repeats} >= {"uniform", "worst-ibp", "ibp-weighted"}
+    names = {r["name"] for r in rec["runs"]}
+    for r in repeats:   # another seed trains another run under its own name
+        assert f"ablation-k{r['k']}-{r['rule']}-{r['sampling']}-seed{r['seed']}" in names
+        assert 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1 and r["epoch_s"] > 0
+    assert cfg["repeat_sections"] == ["sampling"]   # the smoke preset: the seed-0 runs are the sampling section's
+    base = [dict(variant=f"k = {cfg['k']}, fixed, {r['sampling']}", seed=0, symbolic_vra=r["symbolic_vra"])
+            for r in rows if r["section"] == "sampling"]
+    groups = {g["variant"]: g for g in seeds.spread(base + repeats, ("variant",), {"vra": "symbolic_vra"})}
+    spread = {r["variant"]: r for r in rows if r["section"] == "seed_spread"}
+    reference = f"k = {cfg['k']}, fixed, uniform"
+    assert reference in spread and "gap" not in spread[reference]
+    for v, g in groups.items():   # the record holds what robustlib.seeds computes from the runs it lists
+        assert spread[v]["n"] == 1 + len(cfg["repeat_seeds"]) and spread[v]["vra_mean"] == g["vra_mean"]
+        if v != reference:
+            assert spread[v]["gap"] == seeds.gap(g, groups[reference], "vra")["gap"]

@@ -97,9 +97,9 @@ def test_the_seed_figure_draws_a_dot_per_run_and_the_full_data_lines():
     from robustlib import plot
     rows = (_runs("full", [0.70, 0.72, 0.71], [1.0] * 3) + _runs("gradmatch", [0.6, 0.62, 0.61], [0.4] * 3)
             + _runs("random", [0.64, 0.65], [0.4] * 2))
-    fig = plot.seed_strip(pd.DataFrame(rows), tolerance=0.02, caption="caption line")
+    fig = plot.seed_strip(pd.DataFrame(rows), reference="full", tolerance=0.02, caption="caption line")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["full", "random", "gradmatch"]   # METHODS order
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["full", "gradmatch", "random"]   # order of appearance
     assert sum(len(c.get_offsets()) for c in ax.collections) == len(rows)
     vertical = sorted(line.get_xdata()[0] for line in ax.lines if line.get_xdata()[0] == line.get_xdata()[1]
                       and line.get_ydata()[0] != line.get_ydata()[1] and line.get_linestyle() in (":", "-")
@@ -107,3 +107,20 @@ def test_the_seed_figure_draws_a_dot_per_run_and_the_full_data_lines():
     assert vertical == [pytest.approx(0.69), pytest.approx(0.71)]
     assert any(t.get_text() == "caption line" for t in fig.texts)
     plt.close("all")
+
+
+def test_generic_spread_and_gap_read_any_grouping():
+    """robustlib.seeds on its own: groups by any keys, names its columns by alias, compares against zero."""
+    from robustlib import seeds
+    rows = [dict(variant=v, seed=s, vra=a, t=1.0 + s) for v, accs in (("k=5", [0.50, 0.52, 0.51]),
+                                                                     ("k=1", [0.40, 0.46, 0.43]),
+                                                                     ("k=10", [0.51, 0.49, 0.53]))
+            for s, a in enumerate(accs)]
+    out = {g["variant"]: g for g in seeds.spread(rows, ("variant",), {"vra": "vra", "time": "t"})}
+    assert out["k=1"]["vra_mean"] == pytest.approx(0.43) and out["k=1"]["vra_sd"] == pytest.approx(0.03)
+    assert out["k=5"]["time_mean"] == pytest.approx(2.0) and out["k=5"]["seeds"] == [0, 1, 2]
+    worse, same = seeds.gap(out["k=1"], out["k=5"], "vra"), seeds.gap(out["k=10"], out["k=5"], "vra")
+    assert worse["rule"] is False and worse["decided"] is True and worse["gap_high"] < 0   # the seeds agree
+    assert same["decided"] is False and same["gap_low"] < 0 < same["gap_high"]             # within their noise
+    with pytest.raises(ValueError, match=r"e.g. 0.95; got 95"):
+        seeds.gap(out["k=1"], out["k=5"], "vra", confidence=95)
