@@ -32,7 +32,9 @@ PRESETS = {
         # data_pruning: PGD-AT with every method at f = 0.2 (Adv-GRAD-MATCH / Adv-GLISTER also at f = 0.4),
         # Bullet-Train alone and with both selectors, both selectors from a perturbation memory (ours); TRADES and
         # MART full data and Adv-GRAD-MATCH + Bullet-Train.
-        # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15).
+        # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15); the
+        # seed repeats add full data, random, Adv-GRAD-MATCH and Adv-GLISTER at f = 0.2 with seeds 1 and 2 (8 runs,
+        # 8.3 min of training on the Intel Xeon, 2026-11-27).
         # Measured 2026-11-27 on a 2-core Intel Xeon with AMX (bf16): 28 min for the whole notebook from scratch,
         # 25 min of training, controls included (a full-data PGD-10 epoch 14–15 s). On a 2-core AMD EPYC in fp32
         # (2026-11-25/26): 51 min of training (a full-data epoch 25–39 s), about an hour in all.
@@ -78,7 +80,8 @@ PRESETS = {
         # initialisation (forward only; 0.25 s at ε = 0.01), several with its backward, and full symbolic training of
         # a batch of 50 ran out of the 24 GiB of this machine without checkpoint=True (2026-11-26). So it trains on
         # 800 images for 3 epochs (ε = 0, 0.05, 0.1), full symbolic training on 50, accuracies on 100 test images:
-        # its times per example are the measurement, its accuracies are not evidence.
+        # its times per example are the measurement, its accuracies are not evidence. The ablations (k, rule,
+        # sampling) repeat with seeds 1 and 2: 16 runs, 7.9 min of training on the Intel Xeon (2026-11-27).
         "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=10000,
                          n_symbolic=500, n_ablation=2000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=200,
                          n_eval=1000, n_attack=200, pgd_restarts=10, interval_steps=5,
