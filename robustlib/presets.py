@@ -48,7 +48,7 @@ PRESETS = {
                                               "gradmatch+bt@0.2", "glister+bt@0.2", "gradmatch-memory@0.2",
                                               "glister-memory@0.2"],
                                    "trades": ["gradmatch+bt@0.2"], "mart": ["gradmatch+bt@0.2"]},
-                             repeat_seeds=[1, 2], repeat_methods=["gradmatch", "random", "glister"]),
+                             repeat_seeds=[1, 2], repeat_methods=["gradmatch", "random", "glister"], long_epochs=24),
         # setting_the_stage and adversarial_examples: 42 s and 89 s from scratch on a 2-core Intel Xeon with AMX
         # (bf16, 2026-11-27; 55 s and 120 s on a 2-core AMD EPYC in fp32, 2026-11-25); all 10,000 test images.
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
@@ -106,7 +106,7 @@ PRESETS = {
                              beta=6.0, fractions=[0.3], R=2, kappa=0.5, warmup=None, select_steps=3,
                              gradmatch_variant="per_batch", n_valid=1000, attack="pgd-20x2", n_eval=2000,
                              n_autoattack=100, autoattack_runs="claims", schedule_methods=[],
-                             objectives=["pgd-at", "trades"], repeat_seeds=[],
+                             objectives=["pgd-at", "trades"], repeat_seeds=[], long_epochs=None,
                              grid={"pgd-at": ["full+bt", "random", "gradmatch", "glister", "gradmatch-memory"],
                                    "trades": ["gradmatch+bt"]}),
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="preact_resnet18", epochs=15,
@@ -145,7 +145,7 @@ PRESETS = {
                              grid={o: ["full+bt"] + [m + bt for bt in ("", "+bt") for m in (
                                        "random", "random-static", "el2n", "el2n-adv", "grand", "grand-adv",
                                        "gradmatch", "glister")] for o in ("pgd-at", "trades", "mart")},
-                             repeat_seeds=[1, 2], repeat_methods=["gradmatch", "glister", "random"]),
+                             repeat_seeds=[1, 2], repeat_methods=["gradmatch", "glister", "random"], long_epochs=None),
         "setting_the_stage": dict(dataset="cifar10", model_name="preact_resnet18", epochs=100,
                                   batch_size=128, lr=0.1, schedule="multistep", augment="crop-flip",
                                   n_train=None, n_test=None),

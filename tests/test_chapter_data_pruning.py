@@ -27,7 +27,7 @@ def test_every_method_and_objective_ran(record):
         assert {(r["method"], r["bt"]) for r in runs if r["objective"] == objective} >= {
             ("full", False), ("full", True), ("gradmatch", False), ("gradmatch", True)}
     assert len({r["fraction"] for r in runs if r["method"] != "full"}) >= 2
-    others = [r for r in record["rows"] if r["section"] in ("schedule", "seeds")]
+    others = [r for r in record["rows"] if r["section"] in ("schedule", "seeds", "long")]
     assert len({r["run"] for r in runs}) == len(runs) == len(record["runs"]) - len(others)
 
 
@@ -146,3 +146,21 @@ def test_repeated_seeds_are_read_together_with_the_grid_run(record):
         assert spread[method]["acc_mean"] == pytest.approx(g["acc_mean"])
         assert spread[method]["speedup"] == pytest.approx(g["speedup"])
         assert spread[method].get("decided") == g.get("decided")
+
+
+def test_the_longer_schedule_trains_full_data_and_the_long_methods(record):
+    cfg = record["config"]
+    f, E, L = cfg["schedule_fraction"] or cfg["fractions"][0], cfg["epochs"], cfg["long_epochs"]
+    assert L and L > E
+    long = {r["method"]: r for r in record["rows"] if r["section"] == "long"}
+    assert set(long) == {"full", *cfg["long_methods"]}
+    assert long.pop("full")["examples"] == pytest.approx(L)
+    R_long = max(1, round(cfg["R"] * L / E))
+    for r in long.values():   # the same warm-up rule and selections at the same points of the longer training
+        t_w = round(f * cfg["kappa"] * L)
+        assert r["epochs"] == L and r["R"] == R_long and r["warmup"] == t_w and r["fraction"] == f
+        group = cfg.get("gradmatch_group_size") or cfg["batch_size"]
+        slack = group * (L - t_w) / _runs(record)[0]["n_train"] if r["method"] == "gradmatch" else 0.01
+        assert abs(r["examples"] - (t_w + (L - t_w) * f)) <= slack + 0.01, r
+        assert 0 <= r["pgd_acc"] <= r["clean_acc"] <= 1 and r["train_s"] > 0
+        assert r["run"] in {run["name"] for run in record["runs"]}
