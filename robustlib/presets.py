@@ -34,7 +34,8 @@ PRESETS = {
         # MART full data and Adv-GRAD-MATCH + Bullet-Train.
         # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15); the
         # seed repeats add full data, random, Adv-GRAD-MATCH and Adv-GLISTER at f = 0.2 with seeds 1 and 2 (8 runs,
-        # 8.3 min of training on the Intel Xeon, 2026-11-27).
+        # 8.3 min of training on the Intel Xeon, 2026-11-27); the longer schedule (E = 24) full data, Adv-GRAD-MATCH and
+        # random at f = 0.2 (3 runs, 9.5 min of training there).
         # Measured 2026-11-27 on a 2-core Intel Xeon with AMX (bf16): 28 min for the whole notebook from scratch,
         # 25 min of training, controls included (a full-data PGD-10 epoch 14–15 s). On a 2-core AMD EPYC in fp32
         # (2026-11-25/26): 51 min of training (a full-data epoch 25–39 s), about an hour in all.
