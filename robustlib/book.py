@@ -353,17 +353,17 @@ def _rows_table(rows, skip=("section",)) -> str:
 IDEAS = {
     "pruned-certified": dict(title="Pruning the data of certified training",
                              claims=("p1-speedup-cifar10", "p1-speedup-cifar100", "p2-vs-verifiable", "p2-vra"),
-                             match=lambda r: r.get("idea") == "pruned-certified"),
+                             match=lambda r: r.get("idea") == "pruned-certified" and r.get("section") == "outlook"),
     "worst-ibp": dict(title="Importance-sampled MixTrain (`sampling=\"worst-ibp\"` and `\"ibp-weighted\"`)",
                       claims=("p2-vra", "p2-vs-verifiable", "p2-vs-at"),
-                      match=lambda r: r.get("idea") == "worst-ibp" or "sampling" in r),
+                      match=lambda r: r.get("idea") == "worst-ibp" or r.get("section") == "sampling"),
 }
 
 
 def outlook_snippet(dirs: dict, names, glance: list) -> str:
     """The measured evidence of the closing chapter: per idea, what we measured of its ingredients (claim rows)
-    and of the combination itself (rows with ``section="outlook", idea=…``, or MixTrain rows that say which
-    ``sampling`` they used), each with preset, device and wall-clock; "not yet run" where nothing was measured."""
+    and of the combination itself (rows with ``section="outlook", idea=…``, or the rows of MixTrain's ``sampling``
+    section; the chapters' seed repeats of these runs stay on their pages), each with preset, device and wall-clock; "not yet run" where nothing was measured."""
     recs = records(dirs, names)
     by_id = {r["id"]: r for r in glance}
     out = []

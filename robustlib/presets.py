@@ -88,7 +88,7 @@ PRESETS = {
                          n_eval=1000, n_attack=200, pgd_restarts=10, interval_steps=5,
                          settings=[{}, {"model": "mnist_large", "n_train": 1000, "n_symbolic": 50, "n_eval": 100,
                                         "epochs": 3, "checkpoint": True}],
-                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling"]),
+                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"]),
     },
     "gpu": {
         # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 (a lent GPU
@@ -168,7 +168,7 @@ PRESETS = {
                          settings=[{}, {"eps": 0.3}, {"model": "mnist_large", "checkpoint": True},
                                    {"model": "mnist_large", "eps": 0.3, "checkpoint": True},
                                    {"dataset": "cifar10", "model": "cifar_small", "eps": 2 / 255, "checkpoint": True}],
-                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling"]),
+                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"]),
     },
 }
 

@@ -380,3 +380,16 @@ def test_the_interval_attack_claim_counts_images_not_points():
     assert book._fmt(1.0, claim["unit"]) == "1 image" and book._fmt(3, claim["unit"]) == "3 images"
     assert claims.verdict("p2-interval-attack", 1) == "reproduced"
     assert claims.verdict("p2-interval-attack", 0) == "not reproduced"
+
+
+def test_the_outlook_collects_the_combinations_rows_and_not_their_seed_repeats(tmp_path):
+    res = tmp_path / "results"
+    rows = [dict(section="sampling", sampling="worst-ibp", symbolic_vra=0.35),
+            dict(section="outlook", idea="pruned-certified", method="gradmatch", symbolic_vra=0.24),
+            dict(section="seeds", variant="k = 5, fixed, worst-ibp", sampling="worst-ibp", seed=1, symbolic_vra=0.29),
+            dict(section="seeds_pruning", method="gradmatch", seed=1, symbolic_vra=0.25)]
+    _executed(res / "cpu", "mt", "cpu", rows=rows)
+    dirs = book.results_dirs(["cpu"], res)
+    outlook = book.outlook_snippet(dirs, ["mt"], book.glance_rows(dirs, ["mt"]))
+    assert "0.35" in outlook and "0.24" in outlook          # the sampling section and the outlook row
+    assert "0.29" not in outlook and "0.25" not in outlook  # the seed repeats stay on the chapter's page

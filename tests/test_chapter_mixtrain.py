@@ -83,7 +83,7 @@ def test_mixtrain_ablations_repeat_with_other_seeds(smoke_book):
     for r in repeats:   # another seed trains another run under its own name
         assert f"ablation-k{r['k']}-{r['rule']}-{r['sampling']}-seed{r['seed']}" in names
         assert 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1 and r["epoch_s"] > 0
-    assert cfg["repeat_sections"] == ["sampling"]   # the smoke preset: the seed-0 runs are the sampling section's
+    assert cfg["repeat_sections"] == ["sampling", "pruning"]   # smoke: the seed-0 runs are these sections' own
     base = [dict(variant=f"k = {cfg['k']}, fixed, {r['sampling']}", seed=0, symbolic_vra=r["symbolic_vra"])
             for r in rows if r["section"] == "sampling"]
     groups = {g["variant"]: g for g in seeds.spread(base + repeats, ("variant",), {"vra": "symbolic_vra"})}
@@ -94,3 +94,21 @@ def test_mixtrain_ablations_repeat_with_other_seeds(smoke_book):
         assert spread[v]["n"] == 1 + len(cfg["repeat_seeds"]) and spread[v]["vra_mean"] == g["vra_mean"]
         if v != reference:
             assert spread[v]["gap"] == seeds.gap(g, groups[reference], "vra")["gap"]
+
+    # the pruning section's three runs again, compared with full data on the means
+    prune = [r for r in rows if r["section"] == "seeds_pruning"]
+    assert {(r["method"], r["seed"]) for r in prune} == {(m, s) for m in ("full data", "random", "gradmatch")
+                                                          for s in cfg["repeat_seeds"]}
+    for s in cfg["repeat_seeds"]:   # each its own keyed run, the selector's seed in the name's tail
+        for tag in ("full-reference", "random-f", "gradmatch-f"):
+            assert any(n.startswith(f"ablation-k{cfg['k']}-fixed-uniform-{tag}") and n.endswith(f"-seed{s}")
+                       for n in names), (tag, s)
+    base = [dict(method=r["method"], seed=0, symbolic_vra=r["symbolic_vra"], train_s=r["train_s"])
+            for r in rows if r["section"] == "outlook"]
+    groups = {g["method"]: g for g in seeds.spread(base + prune, ("method",), {"vra": "symbolic_vra",
+                                                                              "train_s": "train_s"})}
+    recorded = {r["method"]: r for r in rows if r["section"] == "seed_spread_pruning"}
+    assert set(recorded) == {"full data", "random", "gradmatch"} and "gap" not in recorded["full data"]
+    for method in ("random", "gradmatch"):
+        assert recorded[method]["speedup"] == groups["full data"]["train_s_mean"] / groups[method]["train_s_mean"]
+        assert recorded[method]["gap"] == seeds.gap(groups[method], groups["full data"], "vra")["gap"]
