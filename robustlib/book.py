@@ -363,7 +363,8 @@ IDEAS = {
 def outlook_snippet(dirs: dict, names, glance: list) -> str:
     """The measured evidence of the closing chapter: per idea, what we measured of its ingredients (claim rows)
     and of the combination itself (rows with ``section="outlook", idea=…``, or the rows of MixTrain's ``sampling``
-    section; the chapters' seed repeats of these runs stay on their pages), each with preset, device and wall-clock; "not yet run" where nothing was measured."""
+    section; the chapters' seed repeats of these runs stay on their pages), each with preset, device and
+    wall-clock; "not yet run" where nothing was measured."""
     recs = records(dirs, names)
     by_id = {r["id"]: r for r in glance}
     out = []

@@ -37,7 +37,7 @@ def spread(rows, group, values: dict, seed: str = "seed") -> list:
         if missing:
             raise ValueError(f"a run lacks {missing}: reading seeds needs {', '.join((*group, seed))} and "
                              f"{', '.join(values.values())} per run")
-        key = tuple(bool(r[k]) if isinstance(r[k], bool) else r[k] for k in group)
+        key = tuple(r[k].item() if hasattr(r[k], "item") else r[k] for k in group)   # numpy scalars as Python ones
         runs = groups.setdefault(key, {})
         if r[seed] in runs:
             raise ValueError(f"two runs of {dict(zip(group, key))} with seed {r[seed]}: one run per seed")

@@ -124,3 +124,16 @@ def test_generic_spread_and_gap_read_any_grouping():
     assert same["decided"] is False and same["gap_low"] < 0 < same["gap_high"]             # within their noise
     with pytest.raises(ValueError, match=r"e.g. 0.95; got 95"):
         seeds.gap(out["k=1"], out["k=5"], "vra", confidence=95)
+
+
+def test_numpy_scalars_group_with_python_values():
+    """Rows built from numpy arrays (a frame's ``.values``, ``itertuples``) group and report as Python values."""
+    import numpy as np
+
+    from robustlib import seeds
+    bt = np.array([False, False, True])
+    rows = [dict(method="full", bt=b, seed=s, acc=a) for b, s, a in zip(bt, [0, 1, 0], [0.7, 0.72, 0.69])]
+    assert type(rows[0]["bt"]) is np.bool_
+    out = seeds.spread(rows, ("method", "bt"), {"acc": "acc"})
+    assert [(g["bt"], g["n"]) for g in out] == [(False, 2), (True, 1)]
+    assert all(type(g["bt"]) is bool for g in out)   # JSON-ready in a results record
