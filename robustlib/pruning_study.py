@@ -287,10 +287,11 @@ def seed_spread(rows, tolerance: float = 0.015, acc: str = "pgd_acc", confidence
     Each holds the group's keys, ``n`` (seeds), ``seeds``, the mean and sample standard deviation of ``clean_acc``
     (``clean_mean``, ``clean_sd``), ``acc`` (``acc_mean``, ``acc_sd``, ``acc_min``, ``acc_max``) and ``train_s``,
     and ``speedup``: the mean training wall-clock of full data (same dataset and objective, no Bullet-Train) over
-    the group's. A pruned group adds its comparison with full data (:func:`robustlib.seeds.gap`): ``gap`` = mean
-    ``acc`` − full data's mean ``acc`` with a Welch t interval ``gap_low``, ``gap_high`` at ``confidence``;
-    ``rule``, the claim rule on the means (gap ≥ −``tolerance``); ``decided``, whether the interval lies wholly on
-    one side of −``tolerance`` — the seeds settle the rule; False: the verdict is within the seeds' noise.
+    the group's. Every other group (pruned, or full data with Bullet-Train) adds its comparison with full data
+    (:func:`robustlib.seeds.gap`): ``gap`` = mean ``acc`` − full data's mean ``acc`` with a Welch t interval
+    ``gap_low``, ``gap_high`` at ``confidence``; ``rule``, the claim rule on the means (gap ≥ −``tolerance``);
+    ``decided``, whether the interval lies wholly on one side of −``tolerance`` — the seeds settle the rule; False:
+    the verdict is within the seeds' noise.
 
     A seed moves the initial weights, the order of the batches, the random starts of the training attacks and the
     selector's random choices; the data split and the test images stay the same. ``rows``: dicts with the group
@@ -298,13 +299,11 @@ def seed_spread(rows, tolerance: float = 0.015, acc: str = "pgd_acc", confidence
     """
     seeds.check_confidence(confidence)
     out = seeds.spread(rows, SEED_GROUP, {"clean": "clean_acc", "acc": acc, "train_s": "train_s"})
-    full = {(g["dataset"], g["objective"]): g for g in out if g["method"] == "full" and not g["bt"]}
-    for g in out:
-        ref = full.get((g["dataset"], g["objective"]))
+    for where in dict.fromkeys((g["dataset"], g["objective"]) for g in out):
+        here = [g for g in out if (g["dataset"], g["objective"]) == where]
+        ref = next((g for g in here if g["method"] == "full" and not g["bt"]), None)
         if ref is None:
-            raise ValueError(f"no full-data runs for {g['dataset']} / {g['objective']}: they are the reference of "
-                             f"every speed-up and gap")
-        g["speedup"] = ref["train_s_mean"] / g["train_s_mean"]
-        if g["method"] != "full":
-            g.update(seeds.gap(g, ref, "acc", tolerance, confidence))
+            raise ValueError(f"no full-data runs for {where[0]} / {where[1]}: they are the reference of every "
+                             f"speed-up and gap")
+        seeds.against(here, ref, "acc", tolerance=tolerance, confidence=confidence, time="train_s")
     return out

@@ -9,7 +9,8 @@ and reads them with two functions:
   (n − 1 in the denominator), minimum and maximum of the named values;
 * :func:`gap` compares two such groups: the difference of their means with a Welch t interval (standard error
   √(s_a²/n_a + s_b²/n_b), Welch–Satterthwaite degrees of freedom), whether the difference passes a threshold
-  (gap ≥ −tolerance), and whether the whole interval lies on one side of it — the seeds *decide* the comparison.
+  (gap ≥ −tolerance), and whether the whole interval lies on one side of it — the seeds *decide* the comparison;
+* :func:`against` compares every group with one reference group that way, and their mean times as a speed-up.
 
 With two or three seeds the standard deviations are rough and the intervals wide; a comparison that is not decided
 is within the seeds' noise, not shown to be equal.
@@ -81,3 +82,16 @@ def gap(a: dict, b: dict, value: str, tolerance: float = 0.0, confidence: float 
         out.update(gap_low=g - half, gap_high=g + half)
         out["decided"] = out["gap_low"] >= -tolerance or out["gap_high"] < -tolerance
     return out
+
+
+def against(groups, reference: dict, value: str, *, tolerance: float = 0.0, confidence: float = 0.95,
+            time: str | None = None) -> list:
+    """Every group of ``groups`` (rows of :func:`spread`) against ``reference`` (one of them): the reference's
+    ``<time>_mean`` over the group's as ``speedup`` when ``time`` is given, and for every other group its
+    :func:`gap` on ``value``. Updates the groups in place and returns them."""
+    for g in groups:
+        if time is not None:
+            g["speedup"] = reference[f"{time}_mean"] / g[f"{time}_mean"]
+        if g is not reference:
+            g.update(gap(g, reference, value, tolerance, confidence))
+    return groups

@@ -122,6 +122,9 @@ def test_generic_spread_and_gap_read_any_grouping():
     worse, same = seeds.gap(out["k=1"], out["k=5"], "vra"), seeds.gap(out["k=10"], out["k=5"], "vra")
     assert worse["rule"] is False and worse["decided"] is True and worse["gap_high"] < 0   # the seeds agree
     assert same["decided"] is False and same["gap_low"] < 0 < same["gap_high"]             # within their noise
+    compared = {g["variant"]: g for g in seeds.against(list(out.values()), out["k=5"], "vra", time="time")}
+    assert "gap" not in compared["k=5"] and compared["k=1"]["gap"] == worse["gap"]
+    assert compared["k=10"]["speedup"] == pytest.approx(1.0)   # the same times per seed
     with pytest.raises(ValueError, match=r"e.g. 0.95; got 95"):
         seeds.gap(out["k=1"], out["k=5"], "vra", confidence=95)
 
