@@ -9,6 +9,9 @@
   Colab install cell tagged ``remove-cell`` (kept in the notebooks, hidden in the HTML), and an admonition under the
   title that says which preset, device and wall-clock made the page — a smoke page says "pipeline check, not a
   reproduction";
+* stage, beside the chosen copy, every other successful real-data run of the chapter (say the ``cpu`` run of a
+  chapter rendered from ``gpu``) as a section page of its own (:func:`also_run`, :func:`toc_with_sections`): a
+  better preset never hides what a cheaper one measured;
 * write the generated pages (:func:`write_generated`): ``book/glance.md`` ("Reproduction at a glance": one row per
   claim of :data:`robustlib.claims.CLAIMS`, from the best record that measured it, and a claimed-vs-measured
   figure), and the snippets that ``book/intro.md`` and ``book/outlook.md`` include from ``book/_generated/``.
@@ -79,6 +82,39 @@ def choose(names, dirs: dict) -> dict:
     return chosen
 
 
+def also_run(name: str, dirs: dict, chosen: Executed | None) -> list:
+    """The other successful executed copies of chapter ``name`` at real-data presets (not ``smoke``), in preference
+    order: the book renders each as a section page under the chosen one."""
+    if chosen is None:
+        return []
+    return [e for e in executed(name, dirs) if e.ok and e.preset not in ("smoke", chosen.preset)]
+
+
+def section_stem(name: str, preset: str) -> str:
+    """File stem of the staged page of chapter ``name`` at a preset other than the chosen one."""
+    return f"{name}-{preset}"
+
+
+def toc_with_sections(toc_text: str, sections: dict) -> str:
+    """``_toc.yml``'s text with ``sections`` (``{"notebooks/<name>": ["notebooks/<name>-cpu", …]}``) added under
+    the chapters that have them (comments are not kept: this is the staged copy)."""
+    import yaml
+    toc = yaml.safe_load(toc_text)
+
+    def walk(node):
+        if isinstance(node, dict):
+            extra = sections.get(node.get("file"))
+            if extra:
+                node.setdefault("sections", []).extend({"file": f} for f in extra)
+            for v in list(node.values()):
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(toc)
+    return yaml.safe_dump(toc, sort_keys=False)
+
+
 # ---------------------------------------------------------------- the staged chapter
 
 def _tags(cell) -> list:
@@ -114,8 +150,11 @@ def when(iso) -> str:
     return t.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True) -> str:
-    """The admonition under a chapter's title: preset, device, date and wall-clock of the run it shows."""
+def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True, main: Executed | None = None,
+           also: tuple = ()) -> str:
+    """The admonition under a chapter's title: preset, device, date and wall-clock of the run it shows. ``main``:
+    this page is another preset's run of a chapter whose main page renders ``main``; ``also``: the presets of the
+    chapter's other runs, each on a section page."""
     rec = ex.record or {}
     where = (f"Executed {when(rec.get('started'))} on {rec.get('device', '(device unknown)')}; "
              f"notebook wall-clock {_fmt_s(rec.get('wall_s'))}")
@@ -138,13 +177,22 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True)
                 f"This page was rendered from the **smoke** preset ({what}). Its numbers show that the code runs end "
                 "to end; they say nothing about the papers' claims. " + where +
                 " The real-data presets are described in the introduction." + stale + "\n```")
+    others = "".join(f" The same chapter at preset {p}: {{doc}}`/notebooks/{section_stem(ex.name, p)}`."
+                     for p in also)
+    if main is not None:
+        return (f"```{{admonition}} The same chapter at preset {ex.preset}\n:class: note\n"
+                f"This page is the chapter {{doc}}`/notebooks/{ex.name}` executed at the **{ex.preset}** preset "
+                f"({what}); the chapter's own page shows the {main.preset} run. Its numbers stand on their own and are "
+                f"never mixed with the other run's. {where}"
+                + (f" Parameters set by the preset: {shown}." if shown else "") + stale + "\n```")
     return (f"```{{admonition}} Rendered from preset {ex.preset}\n:class: note\n"
             f"The numbers on this page come from the **{ex.preset}** preset ({what}). {where}"
-            + (f" Parameters set by the preset: {shown}." if shown else "") + stale + "\n```")
+            + (f" Parameters set by the preset: {shown}." if shown else "") + others + stale + "\n```")
 
 
-def prepare_notebook(source: Path, ex: Executed):
-    """The staged copy of one chapter (an ``nbformat`` notebook) — see the module docstring."""
+def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, also: tuple = ()):
+    """The staged copy of one chapter (an ``nbformat`` notebook) — see the module docstring. ``main`` and ``also``
+    as for :func:`banner`; a page of another preset's run gets "(preset …)" after its title."""
     import nbformat
     nb = nbformat.read(ex.notebook, as_version=4)
     src = nbformat.read(source, as_version=4) if Path(source).exists() else nb
@@ -167,13 +215,15 @@ def prepare_notebook(source: Path, ex: Executed):
         if "injected-parameters" in _tags(c) or is_colab_install(c):
             _hide(c)
     parameters = nb.metadata.get("papermill", {}).get("parameters", {})
-    note = banner(ex, parameters, refreshed)
+    note = banner(ex, parameters, refreshed, main=main, also=also)
     first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     lines = first.source.split("\n") if first is not None else []
     at = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
     if at is None:
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(note))
     else:
+        if main is not None:
+            lines[at] = f"{lines[at]} (preset {ex.preset})"
         first.source = "\n".join(lines[:at + 1] + ["", note, ""] + lines[at + 1:])
     return nb
 

@@ -73,6 +73,10 @@ class Record:
 
     ``rec = Record("setting_the_stage", preset, results_dir)``; ``rec.add(**row)``
     per measured row; ``rec.save()`` writes ``<results_dir>/<notebook>.json``.
+
+    Until then every row and run is also written there as it comes, marked ``"status": "running"``: a notebook
+    cut short (a budget that ran out, a session that ended) leaves what it measured, never passed for a finished
+    record (the book renders only records without a status or with ``"ok"``).
     """
 
     def __init__(self, notebook: str, preset: str, results_dir, config: dict | None = None, device=None):
@@ -87,6 +91,7 @@ class Record:
 
     def add(self, **row) -> dict:
         self.rows.append(row)
+        self._write(status="running")
         return row
 
     def claim(self, claim_id: str, measured, **setting) -> dict:
@@ -101,6 +106,7 @@ class Record:
         from .runs import fit_run
         history, info = fit_run(self.path.parent / "runs", name, model, data, objective, **kwargs)
         self.runs.append(info)
+        self._write(status="running")
         return history
 
     @property
@@ -132,9 +138,13 @@ class Record:
                 "train_wall_s": round(self.train_wall_s, 2)}
 
     def save(self) -> Path:
+        """Write the finished record (no status: :func:`run` marks it ``"ok"`` once the notebook has ended)."""
+        return self._write()
+
+    def _write(self, **extra) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_jsonable))
+        tmp.write_text(json.dumps({**self.to_dict(), **extra}, indent=1, default=_jsonable))
         os.replace(tmp, self.path)
         return self.path
 
@@ -225,11 +235,16 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
                 pm.execute_notebook(str(src), str(out_dir / f"{name}.ipynb"), parameters=params,
                                     cwd=str(src.parent), kernel_name="python3", progress_bar=False,
                                     execution_timeout=timeout)
-                if not record.exists():
-                    raise RuntimeError(f"{name} ran but wrote no results record {record}")
+                if not record.exists() or load_record(record).get("status") == "running":
+                    raise RuntimeError(f"{name} ran but wrote no results record {record} (rec.save() at its end)")
                 _mark(record, name, preset, "ok")
                 outcome[name] = None
                 log(f"[reproduce] {name}: ok in {time.perf_counter() - t0:.0f} s")
+            except KeyboardInterrupt:   # a budget's SIGINT (scripts/run_offline.sh) or Ctrl-C: keep what was measured
+                _mark(record, name, preset, "interrupted",
+                      f"interrupted after {time.perf_counter() - t0:.0f} s; the rows measured until then are kept")
+                log(f"[reproduce] {name}: INTERRUPTED after {time.perf_counter() - t0:.0f} s")
+                raise
             except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
                 outcome[name] = failure_cause(e)
                 _mark(record, name, preset, "failed", outcome[name])
@@ -284,8 +299,7 @@ def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
     if src.exists():
         shutil.rmtree(src)
     src.mkdir(parents=True)
-    for f in ("_config.yml", "_toc.yml"):
-        shutil.copy2(root / f, src / f)
+    shutil.copy2(root / "_config.yml", src / "_config.yml")
     shutil.copytree(root / "book", src / "book", ignore=shutil.ignore_patterns(book.GENERATED, "glance.md",
                                                                                  "performance.md"))
     (src / "notebooks").mkdir()
@@ -296,10 +310,19 @@ def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
     if missing:
         raise FileNotFoundError(f"no executed copy of {missing} for preset(s) {prefer}: run "
                                 f"`python -m robustlib reproduce --preset {prefer[0]}` first")
+    sections = {}
     for name, ex in chosen.items():
-        nbformat.write(book.prepare_notebook(root / "notebooks" / f"{name}.ipynb", ex),
+        source = root / "notebooks" / f"{name}.ipynb"
+        others = book.also_run(name, dirs, ex)
+        nbformat.write(book.prepare_notebook(source, ex, also=tuple(o.preset for o in others)),
                        src / "notebooks" / f"{name}.ipynb")
-        log(f"[build] {name}: executed at preset {ex.preset}" + ("" if ex.ok else " (FAILED run: its error shows)"))
+        for o in others:   # a better preset never hides what a cheaper one measured
+            stem = book.section_stem(name, o.preset)
+            nbformat.write(book.prepare_notebook(source, o, main=ex), src / "notebooks" / f"{stem}.ipynb")
+            sections.setdefault(f"notebooks/{name}", []).append(f"notebooks/{stem}")
+        log(f"[build] {name}: executed at preset {ex.preset}" + ("" if ex.ok else " (FAILED run: its error shows)")
+            + "".join(f"; also at {o.preset} (a section page)" for o in others))
+    (src / "_toc.yml").write_text(book.toc_with_sections((root / "_toc.yml").read_text(), sections))
     book.write_generated(src / "book", chosen, dirs, names)
     performance.write_page(src / "book", root / "benchmarks" / "results", book.GENERATED)
     return src

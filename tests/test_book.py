@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import nbformat
+import yaml
 import pytest
 
 from conftest import ROOT
@@ -352,6 +353,39 @@ def test_staged_chapter_is_labelled_refreshed_and_hides_cells(tmp_path):
     assert "Pipeline check, not a reproduction" in smoke and ":class: warning" in smoke
     failed = book.banner(book.Executed("a", "gpu", tmp_path / "a.ipynb", {"status": "failed", "error": "OOM"}))
     assert "failed" in failed and "OOM" in failed
+
+
+def test_other_real_data_runs_become_section_pages(tmp_path):
+    root = tmp_path
+    (root / "notebooks").mkdir()
+    (root / "book").mkdir()
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    (root / "_config.yml").write_text("title: t\n")
+    (root / "_toc.yml").write_text("# a comment\nformat: jb-book\nroot: book/intro\nparts:\n  - caption: P\n"
+                                   "    chapters:\n      - file: notebooks/a\n      - file: notebooks/b\n")
+    res = root / "results"
+    for preset in ("gpu", "cpu", "smoke"):
+        _executed(res / preset, "a", preset, params={"preset": preset, "results_dir": "."})
+    _executed(res / "paper", "a", "paper", status="failed")           # a failed run gets no page of its own
+    _executed(res / "cpu", "b", "cpu")
+    nbformat.write(nbformat.read(res / "cpu" / "a.ipynb", as_version=4), root / "notebooks" / "a.ipynb")
+    nbformat.write(nbformat.read(res / "cpu" / "b.ipynb", as_version=4), root / "notebooks" / "b.ipynb")
+    dirs = book.results_dirs(reproduce.preference("best"), res)
+    chosen = book.choose(["a", "b"], dirs)
+    assert [e.preset for e in book.also_run("a", dirs, chosen["a"])] == ["cpu"]   # not smoke, not the failed one
+    assert book.also_run("b", dirs, chosen["b"]) == [] and book.also_run("c", dirs, None) == []
+
+    src = reproduce.stage(reproduce.preference("best"), root=root, log=lambda *a: None,
+                          out=tmp_path / "out")
+    toc = yaml.safe_load((src / "_toc.yml").read_text())
+    a, b = toc["parts"][0]["chapters"]
+    assert a == {"file": "notebooks/a", "sections": [{"file": "notebooks/a-cpu"}]} and b == {"file": "notebooks/b"}
+    main = nbformat.read(src / "notebooks" / "a.ipynb", as_version=4).cells[0].source
+    other = nbformat.read(src / "notebooks" / "a-cpu.ipynb", as_version=4).cells[0].source
+    assert main.startswith("# a\n") and "Rendered from preset gpu" in main and "{doc}`/notebooks/a-cpu`" in main
+    assert other.startswith("# a (preset cpu)\n") and "The same chapter at preset cpu" in other
+    assert "shows the gpu run" in other and "{doc}`/notebooks/a`" in other and "Rendered from" not in other
+    assert not (src / "notebooks" / "a-smoke.ipynb").exists() and not (src / "notebooks" / "a-paper.ipynb").exists()
 
 
 def test_glance_rows_prefer_the_best_record(tmp_path):

@@ -90,6 +90,41 @@ def test_record_caption_labels_smoke_scale(tmp_path):
     assert "SMOKE" not in rl.reproduce.Record("x", "gpu", tmp_path).caption()
 
 
+def test_record_is_written_as_it_grows_and_marked_until_saved(tmp_path):
+    rec = rl.reproduce.Record("x", "gpu", tmp_path)
+    assert not rec.path.exists()
+    rec.add(method="full", robust=0.5)
+    partial = json.loads(rec.path.read_text())
+    assert partial["status"] == "running" and partial["rows"] == [{"method": "full", "robust": 0.5}]
+    rec.add(method="random", robust=0.4)
+    assert [r["method"] for r in json.loads(rec.path.read_text())["rows"]] == ["full", "random"]
+    rec.save()
+    final = json.loads(rec.path.read_text())
+    assert "status" not in final and len(final["rows"]) == 2
+
+
+def test_a_record_never_saved_or_cut_short_is_not_passed_as_finished(tiny_book, monkeypatch):
+    _notebook(tiny_book / "notebooks" / "first.ipynb",
+              'import robustlib as rl\nrec = rl.reproduce.Record("first", preset, results_dir)\nrec.add(value=value)')
+    results = tiny_book / "results" / "smoke"
+    outcome = reproduce.run("smoke", only=["first"], root=tiny_book, results=results, log=lambda *a: None)
+    assert "wrote no results record" in outcome["first"]
+    rec = json.loads((results / "first.json").read_text())
+    assert rec["status"] == "failed" and rec["rows"] == [{"value": 1}]
+
+    import papermill
+
+    def interrupted(src, dst, **kwargs):   # a budget's SIGINT arrives while the notebook runs
+        rl.reproduce.Record("last", "smoke", results).add(value=2)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.run("smoke", only=["last"], root=tiny_book, results=results, log=lambda *a: None)
+    rec = json.loads((results / "last.json").read_text())
+    assert rec["status"] == "interrupted" and "interrupted after" in rec["error"] and rec["rows"] == [{"value": 2}]
+
+
 from conftest import chapter_record as _record  # noqa: E402 - the shared smoke_book fixture lives in conftest
 
 
