@@ -115,6 +115,43 @@ def toc_with_sections(toc_text: str, sections: dict) -> str:
     return yaml.safe_dump(toc, sort_keys=False)
 
 
+def section_parents(toc_text: str) -> dict:
+    """``{section file: chapter file}`` for every section of a staged ``_toc.yml``."""
+    import yaml
+    out = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            for sec in node.get("sections") or []:
+                if isinstance(sec, dict) and "file" in sec and "file" in node:
+                    out[sec["file"]] = node["file"]
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(yaml.safe_load(toc_text))
+    return out
+
+
+def retarget_launch_buttons(html_dir: Path, toc_text: str) -> list:
+    """Point the Colab launch button of each other-preset page (``notebooks/<name>-<preset>``, a staged file only)
+    at its chapter's notebook, which exists in the repository; return the pages changed."""
+    import re
+    changed = []
+    for section, chapter in section_parents(toc_text).items():
+        page = Path(html_dir) / f"{section}.html"
+        if not page.exists():
+            continue
+        text = page.read_text()
+        new = re.sub(r"(colab\.research\.google\.com/github/[^\"'\s]*?/)" + re.escape(section) + r"\.ipynb",
+                     lambda m: f"{m.group(1)}{chapter}.ipynb", text)
+        if new != text:
+            page.write_text(new)
+            changed.append(section)
+    return changed
+
+
 # ---------------------------------------------------------------- the staged chapter
 
 def _tags(cell) -> list:

@@ -92,15 +92,15 @@ PRESETS = {
                          repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"]),
     },
     "gpu": {
-        # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 (a lent GPU
-        # machine gives a session 15 minutes). These are estimates from the committed H100 benchmark figures, not
-        # yet measured chapter runs: a full-data PGD-10 epoch of PreAct-ResNet-18 on 59,000 Fashion-MNIST images
-        # ≈ 10.7 s at batch 512 (pruning-cuda.json: 3.44 s per 19,000), a fresh PGD-3 selection ≈ 0.83 of it, one
-        # from the perturbation memory ≈ 0.1.
+        # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 or H200 (a lent
+        # GPU machine gives a session 15 minutes). Only data_pruning has run (below); the other sizes are estimates
+        # from the committed GPU benchmark figures: a full-data PGD-10 epoch of PreAct-ResNet-18 on 59,000
+        # Fashion-MNIST images ≈ 9.5–11.4 s at batch 512 on the H200 (measured in data_pruning's run), a fresh PGD-3
+        # selection ≈ 0.7 of it, one from the perturbation memory ≈ 0.06–0.09.
         # data_pruning: E = 5, f = 0.3, T_w = 1, R = 2 (two selections): PGD-AT with full data, Bullet-Train,
         # random, Adv-GRAD-MATCH (fresh and from the memory) and Adv-GLISTER; TRADES full and with Adv-GRAD-MATCH +
-        # Bullet-Train; the equal-budget control (no stretched schedules). About 34 full-data epochs' worth of
-        # training (≈ 6 min; Bullet-Train saved no wall-clock on the H100) and 1.5 min of evaluation and start-up.
+        # Bullet-Train; the equal-budget control (no stretched schedules). Measured 2026-11-27 on one NVIDIA H200
+        # (bf16 + channels-last): 6.5 min for the whole notebook, 5.3 min of training; 402 s in run_offline.sh.
         # MART, the static scores, more fractions and the stretched controls are for `paper` or a GPU of one's own
         # (add them to the grid).
         "data_pruning": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=5, batch_size=512,
@@ -126,8 +126,9 @@ PRESETS = {
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
                                   n_attack=500, interval_steps=5),
-        # mixtrain: per 2,000 images at batch 50 on the H100 (certified-cuda.json) PGD-AT takes 0.57 s, MixTrain
-        # k = 5 0.41 s, full symbolic 1.08 s, IBP 0.31 s; one symbolic bound of MNIST_Large with its backward ≈ 6 ms.
+        # mixtrain: per 2,000 images at batch 50 on the H200 (certified-cuda.json, 2026-11-27) PGD-AT takes 0.72 s,
+        # MixTrain k = 5 0.55 s, full symbolic 0.88 s, IBP 0.33 s; one symbolic bound of MNIST_Large with its
+        # backward ≈ 5.4 ms.
         # Twice the `cpu` preset's data: MNIST_Small on 20,000 images (full symbolic on 5,000, the ablations on
         # 5,000), MNIST_Large on 5,000 (full symbolic on 250), 6 epochs: about 6.5 min with the evaluation.
         "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=20000,

@@ -341,6 +341,7 @@ def build(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
     env = dict(os.environ)   # the API page imports robustlib (autodoc), installed or not
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     subprocess.run(cmd, check=True, env=env)
+    book.retarget_launch_buttons(out / "_build" / "html", (src / "_toc.yml").read_text())
     index = out / "_build" / "html" / "index.html"
     if not index.exists():
         raise RuntimeError(f"jupyter-book finished but {index} is missing")

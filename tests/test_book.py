@@ -387,6 +387,16 @@ def test_other_real_data_runs_become_section_pages(tmp_path):
     assert "shows the gpu run" in other and "{doc}`/notebooks/a`" in other and "Rendered from" not in other
     assert not (src / "notebooks" / "a-smoke.ipynb").exists() and not (src / "notebooks" / "a-paper.ipynb").exists()
 
+    html = tmp_path / "html" / "notebooks"
+    html.mkdir(parents=True)
+    colab = "https://colab.research.google.com/github/o/r/blob/main/notebooks/{}.ipynb"
+    (html / "a-cpu.html").write_text(f'<a href="{colab.format("a-cpu")}">Colab</a> '
+                                     '<a href="../_sources/notebooks/a-cpu.ipynb">.ipynb</a>')
+    assert book.retarget_launch_buttons(html.parent, (src / "_toc.yml").read_text()) == ["notebooks/a-cpu"]
+    page = (html / "a-cpu.html").read_text()
+    assert colab.format("a") in page and "a-cpu.ipynb\">Colab" not in page   # the chapter's notebook: it exists
+    assert "_sources/notebooks/a-cpu.ipynb" in page                            # the download stays the executed copy
+
 
 def test_glance_rows_prefer_the_best_record(tmp_path):
     res = tmp_path / "results"
