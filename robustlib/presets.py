@@ -188,3 +188,36 @@ def resolve(preset: str) -> str:
 def parameters(preset: str, notebook: str) -> dict:
     """The parameters a preset gives one notebook (on top of its smoke defaults)."""
     return dict(PRESETS[resolve(preset)].get(notebook, {}))
+
+
+# A dry run executes a preset's code paths (its networks, grids, objectives, sections) on the embedded digits with
+# every size and epoch count capped, on any machine: a `gpu` or `paper` preset checked on a CPU before GPU time is
+# spent on it. A number key is capped (a size of None, "all", becomes the cap); datasets become "digits".
+DRY_CAPS = {"epochs": 2, "long_epochs": 3, "n_train": 200, "n_test": 100, "n_eval": 60, "n_autoattack": 4,
+            "n_valid": 100, "n_val": 50, "n_symbolic": 40, "n_ablation": 100, "n_certify": 20, "n_published": 20,
+            "n_attack": 10, "R": 1, "eps_warmup": 1}
+DRY_LISTS = {"repeat_seeds": 1}   # at most this many entries
+DRY_NONE_IS_ALL = ("n_train", "n_test", "n_eval", "n_symbolic", "n_ablation", "n_certify", "n_published")
+
+
+def _dry(key, value):
+    if key in ("dataset",):
+        return "digits"
+    if key == "datasets":
+        return ["digits"]
+    if key in DRY_CAPS and value is None:   # None: "all" for a size, "skip" or "the rule" for the others
+        return DRY_CAPS[key] if key in DRY_NONE_IS_ALL else None
+    if key in DRY_CAPS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return min(value, DRY_CAPS[key])
+    if key in DRY_LISTS and isinstance(value, list):
+        return value[:DRY_LISTS[key]]
+    if key == "settings" and isinstance(value, list):
+        return [{k: _dry(k, v) for k, v in s.items()} for s in value]
+    return value
+
+
+def dry_run(preset: str, notebook: str) -> dict:
+    """The parameters of a dry run of ``notebook`` at ``preset``: the preset's own with the data replaced by the
+    embedded digits and every size and epoch count capped (:data:`DRY_CAPS`, :data:`DRY_LISTS`; also inside
+    MixTrain's ``settings``). A key the preset leaves out keeps the notebook's smoke value, which is small already."""
+    return {k: _dry(k, v) for k, v in parameters(preset, notebook).items()}

@@ -28,7 +28,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import book, performance, presets
+from . import book, glance, performance, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,12 +198,19 @@ def toc_notebooks(root: Path = ROOT) -> list[str]:
 
 
 def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | None = None,
-        timeout: int | None = None, log=print) -> dict:
-    """Execute the notebooks at ``preset``; return ``{name: None | error text}``."""
+        timeout: int | None = None, log=print, dry_run: bool = False) -> dict:
+    """Execute the notebooks at ``preset``; return ``{name: None | error text}``. ``dry_run``: the preset's code
+    paths on the embedded digits with every size capped (:func:`robustlib.presets.dry_run`), labelled as the smoke
+    pipeline check they are (their records say ``dry_run_of``), into ``results`` — never ``results/<preset>``."""
     import papermill as pm
 
     preset = presets.resolve(preset)
-    if preset in ("gpu", "paper") and presets.PRESETS[preset]:
+    if dry_run and results is None:
+        raise ValueError("a dry run needs its own results folder (results=...): it must never overwrite "
+                         f"results/{preset}")
+    if dry_run and Path(results).resolve() in {(root / "results" / p).resolve() for p in presets.PRESETS}:
+        raise ValueError(f"a dry run's records are not results: give it a folder outside {root / 'results'}")
+    if preset in ("gpu", "paper") and presets.PRESETS[preset] and not dry_run:
         import torch
         if not torch.cuda.is_available():
             log(f"[reproduce] warning: preset {preset} is sized for a GPU and none is visible; on this CPU it "
@@ -226,8 +233,10 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
         for name in names:
             src = root / "notebooks" / f"{name}.ipynb"
             rel = os.path.relpath(out_dir.resolve(), src.parent.resolve())  # no machine paths in the book
-            params = {**presets.parameters(preset, name), "preset": preset, "results_dir": rel}
-            log(f"[reproduce] {name} (preset {preset}) …")
+            params = ({**presets.dry_run(preset, name), "preset": "smoke"} if dry_run
+                      else {**presets.parameters(preset, name), "preset": preset})
+            params["results_dir"] = rel
+            log(f"[reproduce] {name} (preset {preset}{', dry run on the digits' if dry_run else ''}) …")
             record = out_dir / f"{name}.json"
             record.unlink(missing_ok=True)   # every run writes its own record: a stale one never passes for it
             t0 = time.perf_counter()
@@ -237,7 +246,7 @@ def run(preset: str = "smoke", only=None, root: Path = ROOT, results: Path | Non
                                     execution_timeout=timeout)
                 if not record.exists() or load_record(record).get("status") == "running":
                     raise RuntimeError(f"{name} ran but wrote no results record {record} (rec.save() at its end)")
-                _mark(record, name, preset, "ok")
+                _mark(record, name, preset, "ok", dry_run_of=preset if dry_run else None)
                 outcome[name] = None
                 log(f"[reproduce] {name}: ok in {time.perf_counter() - t0:.0f} s")
             except KeyboardInterrupt:   # a budget's SIGINT (scripts/run_offline.sh) or Ctrl-C: keep what was measured
@@ -267,10 +276,13 @@ def failure_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else repr(exc)}"
 
 
-def _mark(path: Path, notebook: str, preset: str, status: str, error: str | None = None) -> None:
+def _mark(path: Path, notebook: str, preset: str, status: str, error: str | None = None,
+          dry_run_of: str | None = None) -> None:
     """Write the run's outcome into its record (a failed run without a record gets a minimal one)."""
     rec = load_record(path) if path.exists() else {"notebook": notebook, "preset": preset, "rows": []}
     rec["status"] = status
+    if dry_run_of is not None:
+        rec["dry_run_of"] = dry_run_of
     if error is not None:
         rec["error"] = error
     tmp = path.with_suffix(".json.tmp")
@@ -323,7 +335,7 @@ def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
         log(f"[build] {name}: executed at preset {ex.preset}" + ("" if ex.ok else " (FAILED run: its error shows)")
             + "".join(f"; also at {o.preset} (a section page)" for o in others))
     (src / "_toc.yml").write_text(book.toc_with_sections((root / "_toc.yml").read_text(), sections))
-    book.write_generated(src / "book", chosen, dirs, names)
+    glance.write_generated(src / "book", chosen, dirs, names)
     performance.write_page(src / "book", root / "benchmarks" / "results", book.GENERATED)
     return src
 
@@ -370,6 +382,11 @@ def main(argv=None) -> int:
         if name != "build":
             p.add_argument("--only", nargs="+", metavar="NAME", help="notebook names (file stems) to run")
             p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+        if name == "reproduce":
+            p.add_argument("--dry-run", metavar="DIR", type=Path, default=None,
+                           help="check the preset's code paths (its networks, grids, sections) on the embedded "
+                                "digits with every size capped, writing to DIR (never results/): a gpu or paper "
+                                "preset checked on a CPU before GPU time is spent on it")
         if name != "reproduce":
             p.add_argument("--strict", action="store_true", help="Sphinx warnings are errors (-W)")
     args = parser.parse_args(argv)
@@ -390,10 +407,13 @@ def main(argv=None) -> int:
         outcome = {}
         if names is None or names:
             t0 = time.perf_counter()
-            outcome = run(preset, only=names, root=args.root, timeout=args.timeout)
+            dry = getattr(args, "dry_run", None)
+            outcome = run(preset, only=names, root=args.root, timeout=args.timeout, results=dry,
+                          dry_run=dry is not None)
             failed = {k: v for k, v in outcome.items() if v is not None}
-            print(f"[reproduce] {len(outcome) - len(failed)}/{len(outcome)} notebooks ok at preset {preset} "
-                  f"in {time.perf_counter() - t0:.0f} s; records in {args.root / 'results' / preset}")
+            print(f"[reproduce] {len(outcome) - len(failed)}/{len(outcome)} notebooks ok at preset {preset}"
+                  f"{' (dry run)' if dry is not None else ''} in {time.perf_counter() - t0:.0f} s; records in "
+                  f"{dry if dry is not None else args.root / 'results' / preset}")
             for k, v in failed.items():
                 print(f"[reproduce] FAILED {k}: {v}")
             status = 1 if failed else 0

@@ -21,7 +21,7 @@ import yaml
 import pytest
 
 from conftest import ROOT
-from robustlib import book, claims, reproduce
+from robustlib import book, claims, glance, reproduce
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 CHAPTERS = reproduce.toc_notebooks(ROOT)
@@ -135,7 +135,7 @@ def test_glance_has_one_row_per_claim(built, smoke_book):
     text = _text(page)
     for cid, c in claims.CLAIMS.items():
         assert c["text"] in text, f"{cid} missing from the glance page"
-    rows = book.glance_rows({"smoke": smoke_book[0]}, CHAPTERS)
+    rows = glance.glance_rows({"smoke": smoke_book[0]}, CHAPTERS)
     assert len(rows) == len(claims.CLAIMS)
     assert {r["verdict"] for r in rows} <= {"pipeline check only", "not yet run"}   # smoke never reproduces
     assert any(src.endswith("glance.png") for tag, src in page.refs if tag == "img")
@@ -403,14 +403,14 @@ def test_glance_rows_prefer_the_best_record(tmp_path):
     _executed(res / "cpu", "at", "cpu", rows=[claims.claim_row("p1-at-cost", 7.5, dataset="fashion-mnist")])
     _executed(res / "smoke", "at", "smoke", rows=[claims.claim_row("p1-at-cost", 3.0)])
     _executed(res / "smoke", "mt", "smoke", rows=[claims.claim_row("p2-vra", 0.5, network="small_cnn")])
-    rows = {r["id"]: r for r in book.glance_rows(book.results_dirs(["gpu", "cpu", "smoke"], res), ["at", "mt"])}
+    rows = {r["id"]: r for r in glance.glance_rows(book.results_dirs(["gpu", "cpu", "smoke"], res), ["at", "mt"])}
     assert set(rows) == set(claims.CLAIMS)
     assert rows["p1-at-cost"]["preset"] == "cpu" and rows["p1-at-cost"]["verdict"] == "reproduced"
     assert rows["p1-at-cost"]["dataset"] == "fashion-mnist" and rows["p1-at-cost"]["measured"] == "7.50×"
     assert rows["p2-vra"]["verdict"] == "pipeline check only" and rows["p2-vra"]["measured"] == "50.0%"
     assert rows["p2-vs-at"]["verdict"] == "not yet run" and rows["p2-vs-at"]["preset"] is None
     chosen = book.choose(["at", "mt"], book.results_dirs(["cpu", "smoke"], res))
-    out = book.write_generated(tmp_path / "staged", chosen, book.results_dirs(["cpu", "smoke"], res), ["at", "mt"])
+    out = glance.write_generated(tmp_path / "staged", chosen, book.results_dirs(["cpu", "smoke"], res), ["at", "mt"])
     page = (tmp_path / "staged" / "glance.md").read_text()
     assert page.count("\n| ") >= len(claims.CLAIMS) and "{bdg-success}`reproduced`" in page
     assert (tmp_path / "staged" / "_generated" / "glance.png").stat().st_size > 10_000
@@ -420,8 +420,8 @@ def test_glance_rows_prefer_the_best_record(tmp_path):
 
 def test_the_interval_attack_claim_counts_images_not_points():
     claim = claims.CLAIMS["p2-interval-attack"]
-    assert book.claimed_text(claim) == "at least 1 image"
-    assert book._fmt(1.0, claim["unit"]) == "1 image" and book._fmt(3, claim["unit"]) == "3 images"
+    assert glance.claimed_text(claim) == "at least 1 image"
+    assert glance._fmt(1.0, claim["unit"]) == "1 image" and glance._fmt(3, claim["unit"]) == "3 images"
     assert claims.verdict("p2-interval-attack", 1) == "reproduced"
     assert claims.verdict("p2-interval-attack", 0) == "not reproduced"
 
@@ -434,6 +434,6 @@ def test_the_outlook_collects_the_combinations_rows_and_not_their_seed_repeats(t
             dict(section="seeds_pruning", method="gradmatch", seed=1, symbolic_vra=0.25)]
     _executed(res / "cpu", "mt", "cpu", rows=rows)
     dirs = book.results_dirs(["cpu"], res)
-    outlook = book.outlook_snippet(dirs, ["mt"], book.glance_rows(dirs, ["mt"]))
+    outlook = glance.outlook_snippet(dirs, ["mt"], glance.glance_rows(dirs, ["mt"]))
     assert "0.35" in outlook and "0.24" in outlook          # the sampling section and the outlook row
     assert "0.29" not in outlook and "0.25" not in outlook  # the seed repeats stay on the chapter's page

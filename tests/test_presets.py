@@ -56,3 +56,25 @@ def test_a_misspelt_preset_key_is_caught(monkeypatch):
     monkeypatch.setitem(presets.PRESETS, "gpu", {"mixtrain": {"n_trian": 5}})
     with pytest.raises(AssertionError, match="n_trian"):
         test_preset_keys_are_parameters_of_real_notebooks("gpu")
+
+
+def test_a_dry_run_keeps_the_code_paths_and_caps_the_sizes():
+    for preset in presets.PRESETS:
+        for notebook, params in presets.PRESETS[preset].items():
+            dry = presets.dry_run(preset, notebook)
+            assert set(dry) == set(params), (preset, notebook)       # no key added, none dropped
+            for key in ("model_name", "grid", "objectives", "fractions", "batch_size", "eps", "steps"):
+                if key in params:
+                    assert dry[key] == params[key], (preset, notebook, key)   # what the GPU will run
+            assert dry.get("dataset", "digits") == "digits" and dry.get("datasets", ["digits"]) == ["digits"]
+            for key, cap in presets.DRY_CAPS.items():
+                if isinstance(dry.get(key), (int, float)):
+                    assert dry[key] <= cap, (preset, notebook, key)
+    gpu = presets.dry_run("gpu", "data_pruning")
+    assert gpu["long_epochs"] is None and gpu["warmup"] is None       # None as "skip" / "the rule" stays None
+    assert gpu["n_eval"] == 60 and gpu["epochs"] == 2 and gpu["R"] == 1
+    assert presets.dry_run("gpu", "adversarial_training")["n_eval"] == 60   # None as "all" becomes the cap
+    paper = presets.dry_run("paper", "mixtrain")
+    assert paper["repeat_seeds"] == [1] and paper["n_train"] == 200
+    assert paper["settings"][-1]["dataset"] == "digits" and paper["settings"][-1]["model"] == "cifar_small"
+    assert presets.dry_run("gpu", "mixtrain")["settings"][1]["n_train"] == 200

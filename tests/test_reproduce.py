@@ -125,6 +125,23 @@ def test_a_record_never_saved_or_cut_short_is_not_passed_as_finished(tiny_book, 
     assert rec["status"] == "interrupted" and "interrupted after" in rec["error"] and rec["rows"] == [{"value": 2}]
 
 
+def test_a_dry_run_is_labelled_and_kept_out_of_the_results(tiny_book, monkeypatch):
+    monkeypatch.setitem(presets.PRESETS, "gpu", {"first": {"n_eval": None, "value": 7}})
+    with pytest.raises(ValueError, match="own results folder"):
+        reproduce.run("gpu", only=["first"], root=tiny_book, dry_run=True, log=lambda *a: None)
+    with pytest.raises(ValueError, match="not results"):
+        reproduce.run("gpu", only=["first"], root=tiny_book, results=tiny_book / "results" / "gpu", dry_run=True,
+                      log=lambda *a: None)
+    out = tiny_book / "dry"
+    assert reproduce.main(["reproduce", "--preset", "gpu", "--only", "first", "--root", str(tiny_book),
+                           "--dry-run", str(out)]) == 0
+    rec = json.loads((out / "first.json").read_text())
+    assert rec["preset"] == "smoke" and rec["dry_run_of"] == "gpu" and rec["rows"] == [{"value": 7}]
+    injected = nbformat.read(out / "first.ipynb", as_version=4).metadata["papermill"]["parameters"]
+    assert injected["n_eval"] == presets.DRY_CAPS["n_eval"] and injected["preset"] == "smoke"
+    assert not (tiny_book / "results" / "gpu").exists()
+
+
 from conftest import chapter_record as _record  # noqa: E402 - the shared smoke_book fixture lives in conftest
 
 
