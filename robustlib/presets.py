@@ -194,7 +194,7 @@ def parameters(preset: str, notebook: str) -> dict:
 # every size and epoch count capped, on any machine: a `gpu` or `paper` preset checked on a CPU before GPU time is
 # spent on it. A number key is capped (a size of None, "all", becomes the cap); datasets become "digits".
 DRY_CAPS = {"epochs": 2, "long_epochs": 3, "n_train": 200, "n_test": 100, "n_eval": 60, "n_autoattack": 4,
-            "n_valid": 100, "n_val": 50, "n_symbolic": 40, "n_ablation": 100, "n_certify": 20, "n_published": 20,
+            "n_valid": 100, "n_val": 50, "n_symbolic": 100, "n_ablation": 100, "n_certify": 20, "n_published": 20,
             "n_attack": 10, "R": 1, "eps_warmup": 1}
 DRY_LISTS = {"repeat_seeds": 1}   # at most this many entries
 DRY_NONE_IS_ALL = ("n_train", "n_test", "n_eval", "n_symbolic", "n_ablation", "n_certify", "n_published")

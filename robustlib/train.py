@@ -227,6 +227,10 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             loader.data = loader.data.to(device)
         rank, world, _ = distributed.world()
         loader.shard(rank, world)
+    if len(loader) == 0:
+        raise ValueError(f"no batch to train on: {loader.num_examples} examples, batch_size {loader.batch_size}"
+                         f"{f' × {loader.world} processes' if loader.world > 1 else ''}"
+                         f"{', drop_last=True' if loader.drop_last else ''}; use a smaller batch_size or more data")
     main = not parallel or distributed.is_main()
     model.to(device)
     on_cuda = device.type == "cuda"

@@ -142,6 +142,16 @@ def test_a_dry_run_is_labelled_and_kept_out_of_the_results(tiny_book, monkeypatc
     assert not (tiny_book / "results" / "gpu").exists()
 
 
+def test_a_real_chapter_dry_runs_its_gpu_preset(tmp_path):
+    """The first chapter with the gpu preset's PreAct-ResNet-18 and crop-flip augmentation, on 200 digits."""
+    outcome = reproduce.run("gpu", only=["setting_the_stage"], results=tmp_path, dry_run=True, log=lambda *a: None)
+    assert outcome == {"setting_the_stage": None}
+    rec = json.loads((tmp_path / "setting_the_stage.json").read_text())
+    assert rec["status"] == "ok" and rec["dry_run_of"] == "gpu" and rec["preset"] == "smoke"
+    params = nbformat.read(tmp_path / "setting_the_stage.ipynb", as_version=4).metadata["papermill"]["parameters"]
+    assert params["model_name"] == "preact_resnet18" and params["dataset"] == "digits" and params["n_train"] == 200
+
+
 from conftest import chapter_record as _record  # noqa: E402 - the shared smoke_book fixture lives in conftest
 
 

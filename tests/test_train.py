@@ -124,6 +124,9 @@ def test_fit_rejects_bad_arguments(digits):
         fit(model, train, Standard(), epochs=1, lr=math.nan)
     with pytest.raises(ValueError, match="reduce-overhead"):   # names the modes torch.compile knows
         fit(model, train, Standard(), epochs=1, compile="fast")
+    with pytest.raises(ValueError, match="no batch to train on: 40 examples, batch_size 50, drop_last=True"):
+        fit(model, train.head(40), Standard(), epochs=1, batch_size=50, drop_last=True)
+    assert len(fit(model, train.head(40), Standard(), epochs=1, batch_size=50, progress=False)) == 1  # one short batch
 
 
 def test_non_finite_loss_is_reported(digits):
