@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import claims
-from .book import GENERATED, VERDICT_BADGE, Executed, fmt_seconds, read_record, trained_in, when
+from .book import (GENERATED, VERDICT_BADGE, Executed, also_run, fmt_seconds, read_record, section_stem,
+                   trained_in, when)
 
 def _fmt(value, unit: str) -> str:
     if value is None:
@@ -158,15 +159,19 @@ def glance_figure(rows, path: Path) -> Path:
     return path
 
 
-def chapters_table(chosen: dict) -> str:
-    """Which preset each chapter of this build was rendered from."""
-    lines = ["| chapter | rendered from | device | executed | notebook wall-clock | status |",
-             "| --- | --- | --- | --- | --- | --- |"]
+def chapters_table(chosen: dict, dirs: dict | None = None) -> str:
+    """Which preset each chapter of this build was rendered from, and (with ``dirs``) its other real-data runs, each
+    on a section page of its own."""
+    lines = ["| chapter | rendered from | device | executed | notebook wall-clock | status | also run at |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, ex in chosen.items():
         rec = (ex.record or {}) if ex else {}
         preset = f"`{ex.preset}`" + (" (pipeline check, not a reproduction)" if ex.preset == "smoke" else "")
+        others = also_run(name, dirs, ex) if dirs else []
+        also = ", ".join(f"{{doc}}`{o.preset} </notebooks/{section_stem(name, o.preset)}>`" for o in others) or "–"
         lines.append(f"| {_doc(name)} | {preset} | {rec.get('device', '–')} | {when(rec.get('started'))} | "
-                     f"{fmt_seconds(rec.get('wall_s'))} | {'ok' if ex.ok else 'failed: ' + str(rec.get('error', ''))} |")
+                     f"{fmt_seconds(rec.get('wall_s'))} | {'ok' if ex.ok else 'failed: ' + str(rec.get('error', ''))} "
+                     f"| {also} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +241,7 @@ def write_generated(book_dir: Path, chosen: dict, dirs: dict, names) -> dict:
     counts = {v: sum(r["verdict"] == v for r in rows) for v in claims.VERDICTS}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     sources = ("; ".join(f"{_doc(c)} at `{p}`" for c, p in used)) or "none yet"
-    (gen / "chapters.md").write_text(chapters_table(chosen))
+    (gen / "chapters.md").write_text(chapters_table(chosen, dirs))
     (gen / "outlook.md").write_text(outlook_snippet(dirs, names, rows))
     (Path(book_dir) / "glance.md").write_text(f"""# Reproduction at a glance
 
@@ -260,7 +265,7 @@ table above.
 
 ## Which preset each chapter was rendered from
 
-{chapters_table(chosen)}
+{chapters_table(chosen, dirs)}
 ## How to read a verdict
 
 - **reproduced** — within the claim's tolerance at a real-data preset; for "up to X" claims, at least

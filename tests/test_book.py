@@ -374,6 +374,8 @@ def test_other_real_data_runs_become_section_pages(tmp_path):
     chosen = book.choose(["a", "b"], dirs)
     assert [e.preset for e in book.also_run("a", dirs, chosen["a"])] == ["cpu"]   # not smoke, not the failed one
     assert book.also_run("b", dirs, chosen["b"]) == [] and book.also_run("c", dirs, None) == []
+    table = glance.chapters_table(chosen, dirs).splitlines()
+    assert table[2].endswith("| {doc}`cpu </notebooks/a-cpu>` |") and table[3].endswith("| – |")
 
     src = reproduce.stage(reproduce.preference("best"), root=root, log=lambda *a: None,
                           out=tmp_path / "out")
