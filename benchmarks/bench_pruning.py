@@ -19,7 +19,10 @@ On Fashion-MNIST with MNIST_Small, ε = 0.1, K = 10 (α = 2.5·ε/K), batch 128:
     Adv-GRAD-MATCH also with groups of 32 examples instead of whole training mini-batches of B, which leaves OMP B/32
     times more rows and picks; the memory's writes are part of the baseline's epochs: 60 µs per batch of 128 on the CPU, 0.1% of its time), and
     how far each selection's summed gradient (GRAD-MATCH's target) points from that of a fresh PGD-K attack:
-    ``miss`` = 1 − cos (a second fresh PGD-K attack, with other random starts, gives the noise floor).
+    ``miss`` = 1 − cos (a second fresh PGD-K attack, with other random starts, gives the noise floor). With
+    ``--select-batch-sizes``, the fresh K_s-step Adv-GRAD-MATCH selection again with the selector's attack and
+    gradients in batches of those sizes (its default is 256): on an H200 a fresh selection cost 2.9× its pass-count
+    estimate (on the CPU 1.05×), which smells of kernel launches at small batches (``run_all.sh cuda`` asks for 1024).
 (b) **End-to-end speed-up.** PGD-AT for E epochs on full data vs Adv-GRAD-MATCH pruned PGD-AT at f = 0.3 with the
     same epochs (warm-up T_w = round(f·κ·E), re-selection every R epochs, selection included), against the ideal
     E / (T_w + (E − T_w)·f) (goal ≥ 0.9× ideal); selecting with the K_s-step attack, and from a perturbation memory
@@ -36,6 +39,7 @@ Writes ``benchmarks/results/pruning-<cpu|cuda>.json``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 import time
@@ -88,7 +92,8 @@ def interleaved(runs: dict, data, epochs: int, args, seed: int = 0) -> tuple[dic
     return models, histories
 
 
-def selection_cost(model, train, valid, method, fraction, select_steps, args, memory=None, repeat=1, group_size=None):
+def selection_cost(model, train, valid, method, fraction, select_steps, args, memory=None, repeat=1, group_size=None,
+                   batch_size=None):
     """Seconds of one re-selection and of its attack + last-layer gradients alone (each the fastest of ``repeat``
     timings, the way the epoch it is compared with is the fastest epoch), and those gradients. On a CPU the
     convolutions use the tuned kernels, as ``fit`` runs a selector (:mod:`robustlib.conv_kernels`; a shape met
@@ -97,21 +102,25 @@ def selection_cost(model, train, valid, method, fraction, select_steps, args, me
     try:
         with conv_kernels.active(tuned):
             return _selection_cost(model, train, valid, method, fraction, select_steps, args, memory, repeat,
-                                   group_size)
+                                   group_size, batch_size)
     finally:
         conv_kernels.untune(model)
 
 
-def _selection_cost(model, train, valid, method, fraction, select_steps, args, memory, repeat, group_size):
+def _selection_cost(model, train, valid, method, fraction, select_steps, args, memory, repeat, group_size,
+                    batch_size=None):
     attack = dict(eps=args.eps, steps=select_steps)
     kw = (dict(variant="per_batch", group_size=group_size or args.group_size) if method == "gradmatch"
           else dict(valid=valid))
+    if batch_size is not None:   # the selector's own batches (attack and gradients); its default otherwise
+        kw["batch_size"] = batch_size
+    bs = kw.get("batch_size", inspect.signature(DynamicSelector).parameters["batch_size"].default)
     sel = DynamicSelector(method, fraction, R=1, adversarial=attack, seed=0, memory=memory, **kw)
     total = min(timed(lambda: sel(0, model, train), train.device) for _ in range(repeat))
     out, grads = {}, math.inf
     for _ in range(repeat):
         g = timed(lambda: out.update(G=last_layer_grads(model, train, adversarial=attack, memory=memory,
-                                                        factored=True)), train.device)
+                                                        factored=True, batch_size=bs)), train.device)
         if method == "glister":   # the validation split as the selector takes it: afresh, or moved on from memory
             vm = sel.valid_memory
             g += timed(lambda: last_layer_grads(model, valid, adversarial=attack, memory=vm,
@@ -150,6 +159,9 @@ def main(argv=None):
     p.add_argument("--select-steps", type=int, default=3, help="K_s, the cheaper selection attack")
     p.add_argument("--n-valid", type=int, default=1000, help="Adv-GLISTER's held-out validation images")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--select-batch-sizes", type=int, nargs="*", default=[],
+                   help="also time the fresh K_s-step Adv-GRAD-MATCH selection with the selector's attack and "
+                        "gradients in batches of these sizes, against its default (256), in the same run")
     p.add_argument("--group-size", type=int, default=None,
                    help="examples per Adv-GRAD-MATCH per_batch group (default: the batch size)")
     p.add_argument("--lr", type=float, default=0.05)
@@ -209,6 +221,11 @@ def main(argv=None):
     total, grads, _ = selection_cost(model, train_set, valid, "gradmatch", f, a.select_steps, a, memory, repeat=3,
                                      group_size=32)
     figures["gradmatch_memory_groups32_s"], figures["gradmatch_memory_groups32_grads_s"] = total, grads
+    for bs in a.select_batch_sizes:   # the selector's batch size: a GPU may wait on kernel launches at 256
+        total, grads, _ = selection_cost(model, train_set, valid, "gradmatch", f, a.select_steps, a, batch_size=bs,
+                                         repeat=2)   # the fastest of two: new shapes tune their kernels once
+        figures[f"gradmatch_Ks{a.select_steps}_batch{bs}_s"] = total
+        figures[f"gradmatch_Ks{a.select_steps}_batch{bs}_grads_s"] = grads
     figures["miss"] = {**{f"Ks{ks}": miss(G, fresh[K]) for ks, G in fresh.items() if ks != K},
                        "memory": miss(G_mem, fresh[K]),
                        "clean": miss(last_layer_grads(model, train_set), fresh[K]),
@@ -246,6 +263,10 @@ def main(argv=None):
             ratios[f"{method}_Ks{ks}_selection_per_epoch_amortised_R20"] = figures[f"{method}_Ks{ks}_s"] / epoch_s / 20
         ratios[f"{method}_memory_selection_per_epoch"] = figures[f"{method}_memory_s"] / epoch_s
     ratios["gradmatch_memory_groups32_selection_per_epoch"] = figures["gradmatch_memory_groups32_s"] / epoch_s
+    for bs in a.select_batch_sizes:
+        ks = a.select_steps
+        ratios[f"gradmatch_Ks{ks}_batch{bs}_selection_per_epoch"] = figures[f"gradmatch_Ks{ks}_batch{bs}_s"] / epoch_s
+        ratios[f"gradmatch_Ks{ks}_batch{bs}_gain"] = figures[f"gradmatch_Ks{ks}_s"] / figures[f"gradmatch_Ks{ks}_batch{bs}_s"]
     speedup = full.wall_s / pruned.wall_s
     speedup_mem = full.wall_s / pruned_mem.wall_s
     ratios.update(pruned_speedup=speedup, pruned_speedup_over_ideal=speedup / ideal,
@@ -271,6 +292,11 @@ def main(argv=None):
     s, g = figures["gradmatch_memory_groups32_s"], figures["gradmatch_memory_groups32_grads_s"]
     print(f"{'(a) ... Adv-GRAD-MATCH, groups of 32, from the memory':58s} {s / epoch_s:9.3f}  ≤ 0.10   "
           f"({s:.2f} s: forward + gradients {g:.2f} s, solver {max(s - g, 0):.2f} s)")
+    for bs in a.select_batch_sizes:
+        ks = a.select_steps
+        print(f"{f'(a) ... Adv-GRAD-MATCH, K_s = {ks}, selector batches of {bs}':58s} "
+              f"{ratios[f'gradmatch_Ks{ks}_batch{bs}_selection_per_epoch']:9.3f}  ≤ 0.10   "
+              f"({ratios[f'gradmatch_Ks{ks}_batch{bs}_gain']:.2f}× faster than in the default batches)")
     print(f"{'(a) miss = 1 − cos(Σg, Σg of a fresh PGD-K attack)':58s} "
           + ", ".join(f"{k} {v:.1e}" for k, v in figures["miss"].items()))
     print(f"{f'(b) pruned PGD-AT speed-up, f = {f}, T_w = {t_w}, {sel.selections} selections':58s} {speedup:9.3f}  "
