@@ -58,10 +58,10 @@ PRESETS = {
                                      lr=0.05, augment=None, eps_list=[0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2],
                                      eps_show=0.1, n_eval=10000),
         # adversarial_training: 10 min (8.5 min of training) on the Intel Xeon in bf16 (2026-11-27); 18 min on the
-        # AMD EPYC in fp32 (2026-11-25).
+        # AMD EPYC in fp32 (2026-11-25). The seed repeats add 10 runs, 18.5 min of training there (2026-11-27).
         "adversarial_training": dict(datasets=["fashion-mnist"], model_name="mnist_small", epochs=10,
                                      batch_size=128, lr=0.05, schedule="onecycle", augment=None, eps=0.1,
-                                     alpha=0.025, steps=10, n_eval=10000, n_autoattack=200),
+                                     alpha=0.025, steps=10, n_eval=10000, n_autoattack=200, repeat_seeds=[1, 2]),
         # interval_analysis: symbolic certification of MNIST_Small costs ≈ 0.008–0.02 s per image here (the
         # published checkpoints, 2026-11-26, with the bounds' shortcuts; 0.02–0.05 s before them, 0.05–0.1 s before
         # the cache-sized chunks), so the published checkpoint is certified on 2,000 real MNIST test images (SE ≤ 0.5
@@ -122,7 +122,7 @@ PRESETS = {
         # on 200 images of each model: about 7 min.
         "adversarial_training": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=8,
                                      batch_size=512, lr=0.1, schedule="onecycle", augment="crop-flip",
-                                     eps=0.1, alpha=0.025, steps=10, n_eval=None, n_autoattack=200),
+                                     eps=0.1, alpha=0.025, steps=10, n_eval=None, n_autoattack=200, repeat_seeds=[]),
         "interval_analysis": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=1000, n_published=10000,
                                   n_attack=500, interval_steps=5),
@@ -158,7 +158,8 @@ PRESETS = {
                                      n_eval=None),
         "adversarial_training": dict(datasets=["cifar10", "cifar100"], model_name="preact_resnet18", epochs=100,
                                      batch_size=128, lr=0.1, schedule="multistep", augment="crop-flip",
-                                     eps=8 / 255, alpha=2 / 255, steps=10, n_eval=None, n_autoattack=1000),
+                                     eps=8 / 255, alpha=2 / 255, steps=10, n_eval=None, n_autoattack=1000,
+                                     repeat_seeds=[1, 2]),
         "interval_analysis": dict(dataset="mnist", model_name="mnist_small", epochs=50, batch_size=128,
                                   lr=0.05, eps=0.1, alpha=0.025, steps=10, n_certify=10000, n_published=10000,
                                   n_attack=1000, interval_steps=5),

@@ -180,8 +180,15 @@ def test_adversarial_examples(smoke_book):
 
 def test_adversarial_training(smoke_book):
     all_rows = _record(smoke_book, "adversarial_training")["rows"]
-    rows = {r["method"]: r for r in all_rows if r.get("section") != "claim"}
+    rows = {r["method"]: r for r in all_rows if r.get("section") is None}
     assert set(rows) == {"standard", "pgd-at", "trades", "mart", "fast-at"}
+    seeds = [r for r in all_rows if r.get("section") == "seeds"]
+    spread = {r["method"]: r for r in all_rows if r.get("section") == "seed_spread"}
+    assert sorted((r["method"], r["seed"]) for r in seeds) == sorted((m, 1) for m in rows)   # smoke: seed 1 again
+    assert set(spread) == set(rows) and all(r["n"] == 2 and r["seeds"] == [0, 1] for r in spread.values())
+    pgd = [rows["pgd-at"]["pgd20_acc"]] + [r["pgd20_acc"] for r in seeds if r["method"] == "pgd-at"]
+    assert abs(spread["pgd-at"]["pgd20_mean"] - sum(pgd) / 2) < 1e-9 and spread["pgd-at"]["gap"] is None
+    assert abs(spread["trades"]["gap"] - (spread["trades"]["pgd20_mean"] - spread["pgd-at"]["pgd20_mean"])) < 1e-9
     claim = [r for r in all_rows if r.get("section") == "claim"]
     assert [c["claim"] for c in claim] == ["p1-at-cost"] and claim[0]["measured"] == rows["pgd-at"]["cost_ratio"]
     assert rows["pgd-at"]["pgd20_acc"] > rows["standard"]["pgd20_acc"] + 0.1
