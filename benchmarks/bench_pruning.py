@@ -39,7 +39,6 @@ Writes ``benchmarks/results/pruning-<cpu|cuda>.json``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import sys
 import time
@@ -114,13 +113,12 @@ def _selection_cost(model, train, valid, method, fraction, select_steps, args, m
           else dict(valid=valid))
     if batch_size is not None:   # the selector's own batches (attack and gradients); its default otherwise
         kw["batch_size"] = batch_size
-    bs = kw.get("batch_size", inspect.signature(DynamicSelector).parameters["batch_size"].default)
     sel = DynamicSelector(method, fraction, R=1, adversarial=attack, seed=0, memory=memory, **kw)
     total = min(timed(lambda: sel(0, model, train), train.device) for _ in range(repeat))
     out, grads = {}, math.inf
     for _ in range(repeat):
         g = timed(lambda: out.update(G=last_layer_grads(model, train, adversarial=attack, memory=memory,
-                                                        factored=True, batch_size=bs)), train.device)
+                                                        factored=True, batch_size=sel.batch_size)), train.device)
         if method == "glister":   # the validation split as the selector takes it: afresh, or moved on from memory
             vm = sel.valid_memory
             g += timed(lambda: last_layer_grads(model, valid, adversarial=attack, memory=vm,

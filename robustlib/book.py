@@ -95,43 +95,34 @@ def section_stem(name: str, preset: str) -> str:
     return f"{name}-{preset}"
 
 
+def _toc_entries(node):
+    """Every mapping of a parsed ``_toc.yml`` (parts, chapters, sections), depth first."""
+    if isinstance(node, dict):
+        yield node
+        for v in list(node.values()):
+            yield from _toc_entries(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _toc_entries(v)
+
+
 def toc_with_sections(toc_text: str, sections: dict) -> str:
     """``_toc.yml``'s text with ``sections`` (``{"notebooks/<name>": ["notebooks/<name>-cpu", …]}``) added under
     the chapters that have them (comments are not kept: this is the staged copy)."""
     import yaml
     toc = yaml.safe_load(toc_text)
-
-    def walk(node):
-        if isinstance(node, dict):
-            extra = sections.get(node.get("file"))
-            if extra:
-                node.setdefault("sections", []).extend({"file": f} for f in extra)
-            for v in list(node.values()):
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-    walk(toc)
+    for entry in list(_toc_entries(toc)):
+        extra = sections.get(entry.get("file"))
+        if extra:
+            entry.setdefault("sections", []).extend({"file": f} for f in extra)
     return yaml.safe_dump(toc, sort_keys=False)
 
 
 def section_parents(toc_text: str) -> dict:
     """``{section file: chapter file}`` for every section of a staged ``_toc.yml``."""
     import yaml
-    out = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            for sec in node.get("sections") or []:
-                if isinstance(sec, dict) and "file" in sec and "file" in node:
-                    out[sec["file"]] = node["file"]
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-    walk(yaml.safe_load(toc_text))
-    return out
+    return {sec["file"]: entry["file"] for entry in _toc_entries(yaml.safe_load(toc_text)) if "file" in entry
+            for sec in entry.get("sections") or [] if isinstance(sec, dict) and "file" in sec}
 
 
 def retarget_launch_buttons(html_dir: Path, toc_text: str) -> list:

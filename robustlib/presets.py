@@ -202,7 +202,7 @@ DRY_NONE_IS_ALL = ("n_train", "n_test", "n_eval", "n_symbolic", "n_ablation", "n
 
 
 def _dry(key, value):
-    if key in ("dataset",):
+    if key == "dataset":
         return "digits"
     if key == "datasets":
         return ["digits"]
