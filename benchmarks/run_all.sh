@@ -74,7 +74,7 @@ cuda)
     wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
         --device cuda
     wanted pruning && step 240 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" \
-        --device cuda --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512 --select-batch-sizes 1024
+        --device cuda --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512 --select-batch-sizes 256
     ;;
 quick)   # results to a temporary folder: a check never overwrites the committed figures
     export ROBUSTLIB_BENCH_RESULTS=${ROBUSTLIB_BENCH_RESULTS:-$(mktemp -d)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 BENCHMARKS = {   # script → (section title, what it measures)
@@ -170,6 +171,35 @@ def _per_device(results: dict, name: str, shape: type):
             yield kind, result, result["figures"]
 
 
+def _select_batch_gain(result: dict, figures: dict) -> str:
+    """A fresh Adv-GRAD-MATCH selection with its attack and gradients in other batches than the default, as a
+    table ('' without such figures). Files before the default depended on the device timed the default once
+    (batches of 256) and the other sizes as the fastest of two; later ones time the default again as the
+    fastest of two."""
+    rows = []
+    for key in sorted(figures):
+        m = re.fullmatch(r"gradmatch_Ks(\d+)_batch(\d+)_s", key)
+        if not m:
+            continue
+        ks, size = m.groups()
+        before = figures.get(f"gradmatch_Ks{ks}_batchdefault_s")
+        label = f"batches of {size} → the default"
+        if before is None:   # old format: the default was 256, timed once
+            before, after = figures.get(f"gradmatch_Ks{ks}_s"), figures[key]
+            label = f"batches of 256 (one timing) → {size}"
+        else:
+            before, after = figures[key], before
+        if before:
+            rows.append((f"K_s = {ks}, {label}", f"{before:,.2f} → {after:,.2f}", f"{before / after:.2f}×"))
+    if not rows:
+        return ""
+    return (f"**Selector batches ({result['device']})**: seconds of one fresh Adv-GRAD-MATCH selection of "
+            f"{result['settings'].get('n', '?'):,} images, its attack and last-layer gradients in batches of one size "
+            f"→ another (the fastest of two timings unless marked), in the same run; "
+            f"`robustlib.scores.selection_batch_size` sets the default per device:\n\n"
+            + table(("selection", "seconds", "gain"), rows))
+
+
 def _memory_gain(result: dict, figures: dict) -> str:
     """Selections from a fresh K_s-step attack → from the perturbation memory, as a table ('' without them)."""
     ks, epoch = result["settings"].get("select_steps"), figures.get("full_epoch_s")
@@ -299,6 +329,8 @@ def gains_section(results: dict) -> str:
     for kind, result, figures in _per_device(results, "pruning", dict):
         if memory := _memory_gain(result, figures):
             out.append(memory)
+        if batches := _select_batch_gain(result, figures):
+            out.append(batches)
         if "bt_unpadded_train_s" not in figures:
             continue
         before, after = figures["bt_unpadded_train_s"], figures["bt_train_s"]

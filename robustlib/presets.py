@@ -93,7 +93,7 @@ PRESETS = {
     },
     "gpu": {
         # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 or H200 (a lent
-        # GPU machine gives a session 15 minutes). Only data_pruning has run (below); the other sizes are estimates
+        # GPU machine gives a session 15 minutes). data_pruning and mixtrain have run (below); the others are estimates
         # from the committed GPU benchmark figures: a full-data PGD-10 epoch of PreAct-ResNet-18 on 59,000
         # Fashion-MNIST images ≈ 9.5–11.4 s at batch 512 on the H200 (measured in data_pruning's run), a fresh PGD-3
         # selection ≈ 0.7 of it, one from the perturbation memory ≈ 0.06–0.09.
@@ -130,7 +130,8 @@ PRESETS = {
         # MixTrain k = 5 0.55 s, full symbolic 0.88 s, IBP 0.33 s; one symbolic bound of MNIST_Large with its
         # backward ≈ 5.4 ms.
         # Twice the `cpu` preset's data: MNIST_Small on 20,000 images (full symbolic on 5,000, the ablations on
-        # 5,000), MNIST_Large on 5,000 (full symbolic on 250), 6 epochs: about 6.5 min with the evaluation.
+        # 5,000), MNIST_Large on 5,000 (full symbolic on 250), 6 epochs. Measured 2026-11-27 on one NVIDIA H200:
+        # 7.2 min for the whole notebook, 6.3 min of training; 459 s in run_offline.sh.
         "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=20000,
                          n_symbolic=5000, n_ablation=5000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=500,
                          n_eval=5000, n_attack=500, pgd_restarts=10, interval_steps=5,

@@ -35,7 +35,7 @@ from .checks import check_int
 from .data import ImageData
 from .greedy import glister_greedy, omp
 from .memory import PerturbationMemory
-from .scores import SCORES, ForgettingCounter, last_layer_grads, pgd_settings, score
+from .scores import SCORES, ForgettingCounter, last_layer_grads, pgd_settings, score, selection_batch_size
 
 METHODS = ("random", "gradmatch", "glister")
 VARIANTS = ("per_class", "per_batch", "per_example")
@@ -146,7 +146,9 @@ class DynamicSelector:
     split, :func:`glister_greedy` with ``chunk`` picks per step, default ceil(k/64)). Slots OMP
     leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight), and
     weights are normalised to mean 1 over the selected examples. ``adversarial``: the PGD attack
-    (eps, steps, ...) whose examples give the gradients; None: clean data. ``memory``: a
+    (eps, steps, ...) whose examples give the gradients; None: clean data. ``batch_size``: the batches of that
+    attack and of the gradients (None: :func:`robustlib.scores.selection_batch_size`, 1024 on CUDA, 256 elsewhere).
+    ``memory``: a
     :class:`robustlib.memory.PerturbationMemory` that training writes into (``PerturbationMemory.attach``);
     the gradients are then taken at the perturbations training found last, and only examples it never
     attacked are attacked afresh (``last_fresh`` counts them); Adv-GLISTER's validation split, which training
@@ -160,7 +162,7 @@ class DynamicSelector:
     def __init__(self, method: str, fraction: float, R: int = 20, warmup: int = 0, *, adversarial=None,
                  variant: str = "per_class", lam: float = 0.0, group_size: int = 32, valid: ImageData | None = None,
                  eta: float = 0.1, stochastic: bool = False, delta: float = 0.01, chunk: int | None = None,
-                 batch_size: int = 256, seed: int = 0, memory: PerturbationMemory | None = None):
+                 batch_size: int | None = None, seed: int = 0, memory: PerturbationMemory | None = None):
         if method not in METHODS or variant not in VARIANTS:
             raise ValueError(f"unknown method {method!r} or variant {variant!r}; methods: {', '.join(METHODS)}; "
                              f"variants: {', '.join(VARIANTS)}")
@@ -183,6 +185,13 @@ class DynamicSelector:
         self.seed, self.indices, self.weights = seed, None, None
         self.last_epoch, self.selections, self.last_seconds = -1, 0, 0.0
 
+    def on_device(self, device) -> None:
+        """Fix the default batch size (None) to ``device``'s, as :func:`robustlib.runs.run_config` does so that a
+        keyed run records the batch size it selects in (a selection with None takes the device's without storing
+        it: selecting does not change :meth:`config`)."""
+        if self.batch_size is None:
+            self.batch_size = selection_batch_size(device)
+
     def __call__(self, epoch: int, model: nn.Module, data: ImageData):
         if epoch < self.warmup:
             return None
@@ -202,7 +211,8 @@ class DynamicSelector:
         if self.method == "random":
             return torch.randperm(n, generator=g, device=dev)[:k], torch.ones(k, device=dev)
         factored = self.method == "glister" or self.variant == "per_batch"   # sums and products of rows only
-        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=self.batch_size,
+        batch_size = self.batch_size or selection_batch_size(dev)
+        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=batch_size,
                              factored=factored)
         if self.method == "glister":
             valid = self.valid.to(dev)
@@ -210,7 +220,7 @@ class DynamicSelector:
                 self.valid_memory = PerturbationMemory.like(valid)
             gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
                                   refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
-                                  batch_size=self.batch_size).mean(0)
+                                  batch_size=batch_size).mean(0)
             idx = glister_greedy(G, gv, k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
                                  stochastic=self.stochastic, delta=self.delta, generator=g)
             return idx, torch.ones(k, device=dev)

@@ -71,6 +71,9 @@ def _plain(value):
 def run_config(name: str, model: nn.Module, data, objective, kwargs: dict) -> dict:
     """Everything that identifies a training run (see the module docstring)."""
     data_ = data.data if hasattr(data, "data") and hasattr(data, "batch_size") else data
+    selector = kwargs.get("selector")
+    if hasattr(selector, "on_device"):   # its device-dependent defaults, as it will select
+        selector.on_device(data_.device)
     return {
         "name": name,
         "model": {"class": type(model).__name__, "init": tensor_digest(*model.state_dict().values())},

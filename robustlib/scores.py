@@ -41,6 +41,16 @@ from .memory import PerturbationMemory
 
 SCORES = ("random", "loss", "el2n", "grand", "forgetting")
 PGD_KEYS = ("eps", "alpha", "steps", "norm", "restarts", "random_start", "loss")
+# The batches a selector attacks and takes last-layer gradients in, per device type (256 elsewhere). On CUDA, batches
+# of 256 left an NVIDIA H200 waiting on kernel launches: a fresh PGD-3 Adv-GRAD-MATCH selection of 19,000 images of
+# PreAct-ResNet-18 took 2.5 s in them and 0.94 s in batches of 1024 (benchmarks/bench_pruning.py, 2026-11-27);
+# on the CPU a selection already costs what its network passes predict.
+SELECT_BATCH = {"cuda": 1024}
+
+
+def selection_batch_size(device) -> int:
+    """The default batch of :func:`last_layer_grads` and of the dynamic selectors on ``device``."""
+    return SELECT_BATCH.get(torch.device(device).type, 256)
 
 __all__ = ["score", "last_layer_grads", "ForgettingCounter", "pgd_settings", "SCORES", "PGD_KEYS"]
 
@@ -63,7 +73,7 @@ def pgd_settings(adversarial) -> dict | None:
     return kw
 
 
-def _batches(model, data: ImageData, batch_size: int, adversarial, memory: PerturbationMemory | None = None,
+def _batches(model, data: ImageData, batch_size: int | None, adversarial, memory: PerturbationMemory | None = None,
              refresh: int = 0):
     """(x, y) per batch of ``data``; x attacked with PGD when ``adversarial`` is set. With a ``memory``: x + δ for
     the examples it knows, the attack (then remembered) or x itself for the others; with ``refresh`` = r > 0, the
@@ -75,6 +85,8 @@ def _batches(model, data: ImageData, batch_size: int, adversarial, memory: Pertu
                          f"data {len(data)} of shape {tuple(data.shape)}; use PerturbationMemory.like(train) for the "
                          f"training set that fit and the selector see")
     kw = pgd_settings(adversarial)
+    if batch_size is None:
+        batch_size = selection_batch_size(data.device)
     batch_size = check_int(batch_size, "batch_size", 1, "pass a positive batch size")
     refresh = check_int(refresh, "refresh", 0, "refresh is a number of attack steps from the remembered x + δ")
     if refresh and (memory is None or kw is None):
@@ -134,7 +146,7 @@ def _network_precision(data: ImageData, amp):
 
 
 def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, memory: PerturbationMemory | None = None,
-                     refresh: int = 0, batch_size: int = 256, amp: bool | str = "auto",
+                     refresh: int = 0, batch_size: int | None = None, amp: bool | str = "auto",
                      factored: bool = False) -> torch.Tensor | OuterRows:
     """Per-example CE gradients w.r.t. the last Linear layer, g_i = (p_i − e_{y_i}) ⊗ [h_i, 1]: (n, C·(H+1)),
     float32; the network passes in bf16 autocast with ``amp`` (default "auto": where ``fit`` trains in bf16).
@@ -142,7 +154,8 @@ def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, mem
     at x + δ, one forward pass each, and only the others are attacked (and remembered); ``refresh`` = r > 0 first
     moves the known ones r steps of the ``adversarial`` attack on from x + δ (remembered too). ``factored``: the
     same rows as an :class:`robustlib.greedy.OuterRows` of P = p − e_y (n × C) and [h, 1] (n × (H+1)),
-    C + H + 1 numbers per example instead of C·(H + 1)."""
+    C + H + 1 numbers per example instead of C·(H + 1). ``batch_size``: None takes
+    :func:`selection_batch_size` of the data's device."""
     P, H = [], []
     with eval_mode(model), _network_precision(data, amp):
         for x, y in _batches(model, data, batch_size, adversarial, memory, refresh):

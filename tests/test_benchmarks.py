@@ -45,7 +45,8 @@ def test_bounds_benchmark_agrees_with_the_naive_reference_and_reports_both_floor
 
 
 def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
-    out = _run("bench_pruning", ["--quick", "--dataset", "digits", "--n", "400", "--batch-size", "64"], results)
+    out = _run("bench_pruning", ["--quick", "--dataset", "digits", "--n", "400", "--batch-size", "64",
+                                 "--select-batch-sizes", "32"], results)
     f, r = out["figures"], out["ratios"]
     assert out["settings"]["n"] == 300 and out["settings"]["quick"]          # 400 less the 100 held out
     assert all(r[f"{m}_Ks{k}_selection_per_epoch"] > 0 for m in ("gradmatch", "glister") for k in (3, 1))
@@ -53,6 +54,9 @@ def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
     assert 0 <= f["bt_steps_saved_share"] <= 1 and sum(f["bt_groups"].values()) == pytest.approx(1.0)
     assert r["pruned_speedup_over_ideal"] == pytest.approx(r["pruned_speedup"] / f["ideal_speedup"])
     assert "bt_bucket_gain" not in r                                          # buckets pad nothing on a CPU
+    # the selector's batches of 32 against its default (256 on a CPU), both timed the same way (K_s = 1 at --quick)
+    assert r["gradmatch_Ks1_batch32_over_default"] == pytest.approx(f["gradmatch_Ks1_batch32_s"]
+                                                                     / f["gradmatch_Ks1_batchdefault_s"])
 
 
 def test_training_benchmark_compares_with_the_textbook_loop(results):

@@ -191,3 +191,24 @@ def test_another_networks_training_file_gets_its_own_section(tmp_path):
     i = page.index("### Adversarial-training throughput, mnist_small")
     assert page.index("## Adversarial-training throughput") < i < page.index("## Bounds")
     assert "training-mnist_small-cuda.json" in page and "6.20×" in page[i:page.index("## Bounds")]
+
+
+def test_selector_batches_table_reads_both_formats(tmp_path):
+    # today's files time the default batches again (the fastest of two); older ones compared with the single
+    # timing of the default K_s selection, which the table marks
+    res = tmp_path / "results"
+    _write(res, "pruning", "cuda", "NVIDIA H200", {"gradmatch_Ks3_batchdefault_s": 0.9, "gradmatch_Ks3_batch256_s": 2.25,
+                                                   "gradmatch_Ks3_s": 3.0}, {}, {"n": 19000})
+    _write(res, "pruning", "cpu", "Intel Xeon", {"gradmatch_Ks3_s": 3.6, "gradmatch_Ks3_batch1024_s": 1.2}, {},
+           {"n": 5000})
+    page = performance.write_page(tmp_path / "staged", res).read_text()
+    gpu = page[page.index("**Selector batches (NVIDIA H200)"):].split("\n\n**")[0]
+    assert "| K_s = 3, batches of 256 → the default | 2.25 → 0.90 | 2.50× |" in gpu and "19,000 images" in gpu
+    cpu = page[page.index("**Selector batches (Intel Xeon)"):].split("\n\n**")[0]
+    assert "| K_s = 3, batches of 256 (one timing) → 1024 | 3.60 → 1.20 | 3.00× |" in cpu
+
+
+def test_selection_batch_size_per_device():
+    from robustlib.scores import selection_batch_size
+    assert selection_batch_size("cuda") == 1024 and selection_batch_size(torch.device("cuda", 0)) == 1024
+    assert selection_batch_size("cpu") == 256

@@ -583,3 +583,31 @@ def test_nnls_on_a_singular_gram_matrix_stops_at_a_kkt_point():
     assert float(grad[w == 0].max()) <= 1e-6 * scale
     assert float(grad[w > 0].abs().max()) <= 1e-6 * scale
     assert float((t - w @ A).norm()) <= 1e-3 * float(t.norm())   # t lies in the cone of the rows: matched
+
+
+@pytest.mark.usefixtures("fp32_default")
+def test_selector_batches_default_per_device_and_do_not_change_the_gradients(small, monkeypatch):
+    # the default batch is the device's (scores.SELECT_BATCH); the rows do not depend on how they are batched
+    train, _, model = small
+    data = train.head(70)
+    assert DynamicSelector("gradmatch", 0.5).batch_size is None
+    ref = last_layer_grads(model, data, batch_size=7)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x: (seen.append(len(x)), forward(x))[1])
+    monkeypatch.setitem(rl.scores.SELECT_BATCH, "cpu", 32)
+    got = last_layer_grads(model, data)
+    assert seen and max(seen) == 32 and sum(s for s in seen if s <= 32) >= 70
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_keyed_run_records_the_selectors_batch_for_its_device(small):
+    # runs.run_config fixes the default (None) to the data's device, so the key says what the run selects in: on a
+    # CPU the same key as an explicit 256 (the default before it depended on the device)
+    train, _, model = small
+    default, explicit = DynamicSelector("random", 0.5), DynamicSelector("random", 0.5, batch_size=256)
+    keys = [rl.runs.run_key(rl.runs.run_config("r", model, train, rl.objectives.Standard(), dict(selector=s)))
+            for s in (default, explicit)]
+    assert default.batch_size == 256 and keys[0] == keys[1]
+    other = DynamicSelector("random", 0.5, batch_size=512)
+    assert rl.runs.run_key(rl.runs.run_config("r", model, train, rl.objectives.Standard(), dict(selector=other))) != keys[0]
