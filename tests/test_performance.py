@@ -197,8 +197,9 @@ def test_selector_batches_table_reads_both_formats(tmp_path):
     # today's files time the default batches again (the fastest of two); older ones compared with the single
     # timing of the default K_s selection, which the table marks
     res = tmp_path / "results"
-    _write(res, "pruning", "cuda", "NVIDIA H200", {"gradmatch_Ks3_batchdefault_s": 0.9, "gradmatch_Ks3_batch256_s": 2.25,
-                                                   "gradmatch_Ks3_s": 3.0}, {}, {"n": 19000})
+    _write(res, "pruning", "cuda", "NVIDIA H200",
+           {"gradmatch_Ks3_batchdefault_s": 0.9, "gradmatch_Ks3_batch256_s": 2.25, "gradmatch_Ks3_s": 3.0}, {},
+           {"n": 19000})
     _write(res, "pruning", "cpu", "Intel Xeon", {"gradmatch_Ks3_s": 3.6, "gradmatch_Ks3_batch1024_s": 1.2}, {},
            {"n": 5000})
     page = performance.write_page(tmp_path / "staged", res).read_text()

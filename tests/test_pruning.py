@@ -610,4 +610,5 @@ def test_a_keyed_run_records_the_selectors_batch_for_its_device(small):
             for s in (default, explicit)]
     assert default.batch_size == 256 and keys[0] == keys[1]
     other = DynamicSelector("random", 0.5, batch_size=512)
-    assert rl.runs.run_key(rl.runs.run_config("r", model, train, rl.objectives.Standard(), dict(selector=other))) != keys[0]
+    config = rl.runs.run_config("r", model, train, rl.objectives.Standard(), dict(selector=other))
+    assert rl.runs.run_key(config) != keys[0]

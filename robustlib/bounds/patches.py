@@ -56,7 +56,8 @@ class Patches:
 
 @functools.lru_cache(maxsize=256)
 def _placement(n1: int, n2: int, K1: int, K2: int, s1: int, s2: int) -> torch.Tensor:
-    """Row ``(a·s1 + i)·W + b·s2 + j`` of the output grid for every ``(a, b, i, j)``, in R's order (cached per shape)."""
+    """Row ``(a·s1 + i)·W + b·s2 + j`` of the output grid for every ``(a, b, i, j)``, in R's order (cached per
+    shape)."""
     W = (n2 - 1) * s2 + K2
     rows = torch.arange(n1).view(n1, 1, 1, 1) * s1 + torch.arange(K1).view(1, 1, K1, 1)
     cols = torch.arange(n2).view(1, n2, 1, 1) * s2 + torch.arange(K2).view(1, 1, 1, K2)
@@ -64,12 +65,13 @@ def _placement(n1: int, n2: int, K1: int, K2: int, s1: int, s2: int) -> torch.Te
 
 
 def _shift_sum_loop(R: torch.Tensor, step: tuple) -> torch.Tensor:
-    """The additions of :func:`_shift_sum`. On a CPU one ``index_add_`` of every window row into its output row (the
-    placement cached per shape: 1.3–2× faster than the strided additions below at MNIST_Small's sizes; a whole
-    symbolic bound at batch 1 1.02× faster on MNIST_Small and MNIST_Large and 1.11× on CIFAR_Small, level at batch
-    16, in one A/B process on the 2-core Intel Xeon, 2026-11-27). Elsewhere grouped by the offset within the step: window rows
-    ``q·s ≤ i < (q + 1)·s`` of every window land on output rows ``(a + q)·s + (i − q·s)``, so one strided addition
-    per ``(q1, q2)`` places them all (⌈K1/s1⌉·⌈K2/s2⌉ additions instead of one per window; no atomics on a GPU)."""
+    """The additions of :func:`_shift_sum`. On a CPU, one ``index_add_`` of every window row into its output row
+    (the placement cached per shape): 1.3–2× faster than the strided additions below at MNIST_Small's sizes, and a
+    whole symbolic bound at batch 1 1.02× faster on MNIST_Small and MNIST_Large and 1.11× on CIFAR_Small, level at
+    batch 16 (one A/B process on the 2-core Intel Xeon, 2026-11-27). Elsewhere grouped by the offset within the
+    step: window rows ``q·s ≤ i < (q + 1)·s`` of every window land on output rows ``(a + q)·s + (i − q·s)``, so one
+    strided addition per ``(q1, q2)`` places them all (⌈K1/s1⌉·⌈K2/s2⌉ additions instead of one per window; no
+    atomics on a GPU)."""
     n1, n2, K1, K2 = R.shape[:4]
     if R.device.type == "cpu":
         index = _placement(n1, n2, K1, K2, *step)
