@@ -182,13 +182,12 @@ def _select_batch_gain(result: dict, figures: dict) -> str:
         if not m:
             continue
         ks, size = m.groups()
-        before = figures.get(f"gradmatch_Ks{ks}_batchdefault_s")
-        label = f"batches of {size} → the default"
-        if before is None:   # old format: the default was 256, timed once
-            before, after = figures.get(f"gradmatch_Ks{ks}_s"), figures[key]
-            label = f"batches of 256 (one timing) → {size}"
-        else:
-            before, after = figures[key], before
+        default = figures.get(f"gradmatch_Ks{ks}_batchdefault_s")
+        if default is not None:
+            label, before, after = f"batches of {size} → the default", figures[key], default
+        else:   # old format: the default was 256, timed once
+            label, before, after = (f"batches of 256 (one timing) → {size}", figures.get(f"gradmatch_Ks{ks}_s"),
+                                    figures[key])
         if before:
             rows.append((f"K_s = {ks}, {label}", f"{before:,.2f} → {after:,.2f}", f"{before / after:.2f}×"))
     if not rows:

@@ -187,8 +187,8 @@ class DynamicSelector:
 
     def on_device(self, device) -> None:
         """Fix the default batch size (None) to ``device``'s, as :func:`robustlib.runs.run_config` does so that a
-        keyed run records the batch size it selects in (a selection with None takes the device's without storing
-        it: selecting does not change :meth:`config`)."""
+        keyed run records the batch size it selects in (with None, :func:`last_layer_grads` takes the device's
+        without storing it: selecting does not change :meth:`config`)."""
         if self.batch_size is None:
             self.batch_size = selection_batch_size(device)
 
@@ -211,8 +211,7 @@ class DynamicSelector:
         if self.method == "random":
             return torch.randperm(n, generator=g, device=dev)[:k], torch.ones(k, device=dev)
         factored = self.method == "glister" or self.variant == "per_batch"   # sums and products of rows only
-        batch_size = self.batch_size or selection_batch_size(dev)
-        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=batch_size,
+        G = last_layer_grads(model, data, adversarial=self.adversarial, memory=self.memory, batch_size=self.batch_size,
                              factored=factored)
         if self.method == "glister":
             valid = self.valid.to(dev)
@@ -220,7 +219,7 @@ class DynamicSelector:
                 self.valid_memory = PerturbationMemory.like(valid)
             gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
                                   refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
-                                  batch_size=batch_size).mean(0)
+                                  batch_size=self.batch_size).mean(0)
             idx = glister_greedy(G, gv, k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
                                  stochastic=self.stochastic, delta=self.delta, generator=g)
             return idx, torch.ones(k, device=dev)
