@@ -20,7 +20,9 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
   AMX, else fp32 with tuned convolutions). Every variant is a before/after pair
   with ``fp32`` measured in the same run: that is how each gain of the library is recorded. ``fp32 unfrozen
   attack`` is fp32 with the attack's parameter freezing switched off (monkeypatched in this script): the
-  before/after of that change.
+  before/after of that change; ``bf16+channels-last, mixed-layout flatten`` is ``bf16+channels-last`` with the
+  channels-last gradients through ``nn.Flatten`` switched off (:func:`robustlib.precision.channels_last_gradients`),
+  the before of that one.
 
 With ``--accuracy-epochs`` (default 8 on a CPU), fp32 and ``default`` then train PGD-AT for that many epochs, two
 seeds each, and are evaluated clean and under PGD-20 on 2,000 test images: whether the default's precision costs
@@ -62,6 +64,8 @@ VARIANTS = {   # fit's speed options per variant (the compiled ones last: they l
     "bf16": dict(amp=True, channels_last=False, compile=False, tune_convs=False),
     "bf16+tuned": dict(amp=True, channels_last=False, compile=False, tune_convs=True),
     "bf16+channels-last": dict(amp=True, channels_last=True, compile=False, tune_convs=False),
+    # the "before" of channels-last gradients through Flatten: bf16+channels-last with precision's hooks switched off
+    "bf16+channels-last, mixed-layout flatten": dict(amp=True, channels_last=True, compile=False, tune_convs=False),
     "compile": dict(amp=False, channels_last=False, compile=True, tune_convs=False),
     "compile+bf16": dict(amp=True, channels_last=False, compile=True, tune_convs=False),
     "compile+bf16+channels-last": dict(amp=True, channels_last=True, compile=True, tune_convs=False),
@@ -139,6 +143,19 @@ def robustlib_epoch(model, data, batch: int, device, limit: int | None = None, *
 
 
 @contextmanager
+def mixed_layout_flatten(active: bool):
+    """Inside the block (when ``active``) ``fit`` no longer hands gradients back channels-last through
+    ``nn.Flatten`` (:func:`robustlib.precision.channels_last_gradients`): the "before" of that change."""
+    original = rl.precision.channels_last_gradients
+    if active:
+        rl.precision.channels_last_gradients = lambda model: nullcontext(model)
+    try:
+        yield
+    finally:
+        rl.precision.channels_last_gradients = original
+
+
+@contextmanager
 def unfrozen_attacks(active: bool):
     """Inside the block (when ``active``) attacks no longer freeze the parameters: the "before" of that change."""
     original = rl.attacks.input_gradients_only
@@ -148,6 +165,13 @@ def unfrozen_attacks(active: bool):
         yield
     finally:
         rl.attacks.input_gradients_only = original
+
+
+@contextmanager
+def switched(variant: str):
+    """The library changes a *before* variant switches off, for the block (none for the other variants)."""
+    with unfrozen_attacks(variant == "fp32 unfrozen attack"), mixed_layout_flatten(variant.endswith("flatten")):
+        yield
 
 
 def flops_per_image(model, data, batch: int) -> float:
@@ -221,7 +245,7 @@ def main(argv=None):
         model.load_state_dict(init)
         if config == "textbook":
             return textbook_epoch(model, data, batch, device, limit)
-        with unfrozen_attacks(config == "fp32 unfrozen attack"):
+        with switched(config):
             return robustlib_epoch(model, data, batch, device, limit, **VARIANTS[config])
 
     warmup, samples = {}, {}

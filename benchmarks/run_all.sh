@@ -27,10 +27,14 @@ root=$(cd "$here/.." && pwd)
 . "$root/scripts/offline_env.sh"
 offline_env || exit 3
 
-# ONLY (default: the four below) names the steps to run, e.g. ONLY="training pruning". One more step runs only when
-# named: training-small, fit's CUDA variants on MNIST_Small (Fashion-MNIST from the offline kit), where kernel
-# launches bound a small network and CUDA graphs may pay (about 2 minutes; training-mnist_small-cuda.json).
-only=${ONLY:-training bounds certified pruning}
+# ONLY (default: the four below) names the steps to run, e.g. ONLY="training pruning". Two more steps run on a GPU
+# only when named: training-small, fit's CUDA variants on MNIST_Small (Fashion-MNIST from the offline kit), where
+# kernel launches bound a small network and CUDA graphs may pay (about 2 minutes; training-mnist_small-cuda.json);
+# profile, where a training step's time goes on PreAct-ResNet-18 and on MNIST_Small (bench_profile.py, about 2
+# minutes; profile-cuda.json, profile-mnist_small-cuda.json). `quick` checks the profile script too.
+default_steps="training bounds certified pruning"
+[ "$mode" = quick ] && default_steps="$default_steps profile"
+only=${ONLY:-$default_steps}
 wanted() { case " $only " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 # step LIMIT_S RESULT_NAME OUT_NAME -- command...: runs the command under min(LIMIT_S, what is left), then
@@ -69,6 +73,11 @@ cuda)
     wanted training-small && step ${TRAIN_SMALL_S:-150} training-mnist_small-cuda.json \
         training-mnist_small-cuda.json -- "$PY" "$here/bench_training.py" --device cuda --network mnist_small \
         --repeat 3 --variants default bf16+channels-last compile+bf16+channels-last cudagraphs+bf16+channels-last
+    wanted profile && step ${PROFILE_S:-90} profile-cuda.json profile-cuda.json -- "$PY" "$here/bench_profile.py" \
+        --device cuda --variants fp32 default compile+bf16+channels-last
+    wanted profile && step 60 profile-mnist_small-cuda.json profile-mnist_small-cuda.json -- "$PY" \
+        "$here/bench_profile.py" --device cuda --network mnist_small --variants fp32 default \
+        "bf16+channels-last, mixed-layout flatten"
     wanted bounds && step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
     wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
@@ -86,6 +95,8 @@ quick)   # results to a temporary folder: a check never overwrites the committed
     # PreAct-ResNet-18's convolution kernels are tuned inside the first selection timings: about 70 s of its 2 min
     wanted pruning && step 180 pruning-cpu.json pruning-cpu.json -- "$PY" "$here/bench_pruning.py" \
         --device cpu --quick --model preact_resnet18 --n 300 --batch-size 64
+    wanted profile && step 60 profile-cpu.json profile-cpu.json -- "$PY" "$here/bench_profile.py" --device cpu \
+        --quick
     ;;
 *)
     echo "unknown mode '$mode': use cuda (one GPU) or quick (CPU, tiny sizes)" >&2

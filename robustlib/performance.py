@@ -27,6 +27,11 @@ BENCHMARKS = {   # script → (section title, what it measures)
                   "on the same data, and one symbolic bound's forward + backward against a forward pass of d + 1 "
                   "images; where the file has them, the symbolic and MixTrain epochs and the forward + backward also "
                   "with the bounds' windows and crops off (`…, dense`: their before, in the same run)."),
+    "profile": ("Where a training step's time goes", "`train.fit` + PGD-AT (K = 10) under `torch.profiler`: "
+                "each operator's self time (on a GPU, its kernels' time) summed by kind of work, per variant of "
+                "`fit`'s speed options, with the most expensive operators by input shape; on a GPU also the share "
+                "of the step in which the device computes at all (`device_busy`, kernels' time over the "
+                "unprofiled wall-clock) and the kernels launched per batch. Shares of one run, not ratios."),
     "pruning": ("Pruned adversarial training", "the cost of one Adv-GRAD-MATCH / Adv-GLISTER selection against a "
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),
 }
@@ -45,6 +50,11 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
     "bf16": "bf16 autocast for the attack and the training step (`fit(amp=True)`): half the bytes per activation, "
             "and bf16 matrix units where the device has them; losses and the attack's sign step stay in fp32.",
     "bf16+channels-last": "both of the above.",
+    "bf16+channels-last, mixed-layout flatten": "the *before* of handing gradients back channels-last through "
+                                                "`nn.Flatten` (`precision.channels_last_gradients`): "
+                                                "bf16+channels-last with it off, so that the ReLU before a Flatten "
+                                                "differentiates over two layouts; compare with the bf16+channels-last "
+                                                "row.",
     "compile": "`torch.compile` of the network (`fit(compile=True)`): fused elementwise kernels around the "
                "convolutions; the parameters are frozen while the attack differentiates, so the compiled backward "
                "of an attack step computes input gradients only.",

@@ -5,12 +5,13 @@
 
 * on CUDA, whose tensor cores multiply bf16 matrices at several times the fp32 rate;
 * on a CPU that multiplies bf16 matrices in hardware (Intel AMX, found by :func:`native_bf16`). On the 2-core
-  Intel Xeon with AMX of our benchmarks (committed ``benchmarks/results/training-cpu.json``, 2026-11-27: PGD-10 AT
-  of MNIST_Small on 10,000 Fashion-MNIST images, five interleaved rounds), bf16 + channels-last trained at 4,240
-  images/s, 1.61× the textbook loop, where fp32 with tuned convolutions (the default before) reached 1.11×. In the
-  same run, trained 8 epochs from the same initial weights with two seeds, the bf16 models ended 0.48 points
-  below the fp32 ones in clean accuracy and 0.22 points in PGD-20 accuracy on average (2,000 test images); the two
-  fp32 seeds differ from each other by 0.35 and 0.65 points.
+  Intel Xeon with AMX of our benchmarks (committed ``benchmarks/results/training-cpu.json``, 2026-11-27, 14:46
+  UTC: PGD-10 AT of MNIST_Small on 10,000 Fashion-MNIST images, five interleaved rounds), bf16 + channels-last
+  trained at 4,170 images/s, 1.66× the textbook loop, where fp32 with tuned convolutions (the default before)
+  reached 1.07× (1.61× and 1.11× in the first such run, 02:26 UTC). In the same run, trained 8 epochs from the
+  same initial weights with two seeds, the bf16 models ended 0.48 points below the fp32 ones in clean accuracy and
+  0.22 points in PGD-20 accuracy on average (2,000 test images); the two fp32 seeds differ from each other by 0.35
+  and 0.65 points.
 
 Elsewhere (a CPU without AMX) training stays fp32 with contiguous tensors and convolution kernels tuned per
 direction (:mod:`robustlib.conv_kernels`): on the 2-core AMD EPYC of earlier benchmarks that was 1.17× the
@@ -18,12 +19,23 @@ textbook loop and bf16 + channels-last 1.30×, which we did not make the default
 on that machine. Certified-training objectives compute their bounds in fp32 either way (autocast off).
 ``ROBUSTLIB_CPU_BF16=off`` keeps a CPU with AMX in fp32 (to compare with records trained that way), ``on`` forces
 bf16 on any CPU.
+
+Channels-last has one trap, which :func:`channels_last_gradients` removes while ``fit`` trains in it: ``nn.Flatten``
+after a convolution's ReLU copies the channels-last activation into the row-major order of the Linear that follows,
+so the gradient that comes back through it is contiguous while the ReLU's saved output is channels-last, and
+PyTorch's ReLU backward (``threshold_backward``) over two layouts falls to a strided loop: on the Intel Xeon of our
+benchmarks 300–370 µs for MNIST_Small's 128 × 32 × 7 × 7 activation in bf16, where one layout takes about 50 µs
+(``benchmarks/bench_profile.py``, which found it). Handing the gradient back channels-last costs one copy and made
+the whole training step 1.03× faster (the median over five interleaved rounds of ``bench_training.py``, variant
+``bf16+channels-last, mixed-layout flatten`` its before).
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
+import torch.nn as nn
 
 
 def native_bf16() -> bool:
@@ -77,3 +89,41 @@ def label(amp: bool, channels_last: bool) -> str:
 def describe(device) -> str:
     """The precision ``fit`` trains in by default on ``device``."""
     return label(*resolve(device))
+
+
+def _strictly_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+class _GradientLike(torch.autograd.Function):
+    """The identity, whose backward hands the gradient on in the channels-last layout of its input."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
+def _channels_last_grad_hook(module, args):
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.requires_grad and _strictly_channels_last(x):
+        return (_GradientLike.apply(x), *args[1:])
+    return None
+
+
+@contextmanager
+def channels_last_gradients(model: nn.Module):
+    """Inside the block, every ``nn.Flatten`` of ``model`` that receives a channels-last activation hands its
+    gradient back channels-last (one copy), so that the ReLU before it differentiates over one layout. Values are
+    unchanged; the hooks are removed on leaving. ``fit`` uses it whenever it trains channels-last without
+    ``torch.compile`` (whose generated kernels take any strides)."""
+    handles = [m.register_forward_pre_hook(_channels_last_grad_hook) for m in model.modules()
+               if isinstance(m, nn.Flatten)]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()

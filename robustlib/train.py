@@ -25,7 +25,7 @@ import math
 import numbers
 import os
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
@@ -277,6 +277,9 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         torch.manual_seed(seed)  # the objective's randomness (attack starts) is part of the run's seed
     bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
                        disable=not (progress and main))
+    hooks = ExitStack()   # what the model carries only while it trains here
+    if use_cl and not compile:   # a Flatten hands its gradient back channels-last (robustlib.precision)
+        hooks.enter_context(precision.channels_last_gradients(model))
     try:
         for epoch in range(start_epoch, epochs):
             synchronize(device)
@@ -361,6 +364,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     except BaseException:   # interrupted or failed: the model leaves with its plain convolutions
         conv_kernels.untune(model)
         raise
+    finally:
+        hooks.close()
     bar.close()
     if use_cl:
         model.to(memory_format=torch.contiguous_format)

@@ -65,3 +65,35 @@ def test_training_benchmark_compares_with_the_textbook_loop(results):
     assert set(ips) == {"textbook", "fp32", "default"} and all(v > 0 for v in ips.values())
     assert out["ratios"]["robustlib[default] / textbook"] == pytest.approx(ips["default"] / ips["textbook"])
     assert out["figures"]["flops_per_image"] > 1e6
+
+
+def test_profile_benchmark_splits_a_step_by_kind_of_work(results):
+    variant = "bf16+channels-last, mixed-layout flatten"
+    out = _run("bench_profile", ["--quick", "--device", "cpu", "--variants", "bf16+channels-last", variant,
+                                 "--top", "60"], results)
+    rows = {r["variant"]: r for r in out["figures"]["by_kind"]}
+    assert list(rows) == ["fp32", "bf16+channels-last", variant]   # fp32 first: the ratios' baseline
+    for row in rows.values():
+        shares = {k: v for k, v in row.items() if k.startswith("share · ")}
+        assert sum(shares.values()) == pytest.approx(1.0) and all(v >= 0 for v in shares.values())
+        assert shares["share · convolution"] > 0 and row["images_per_s"] > 0 and row["wall_ms_per_batch"] > 0
+    tops = out["figures"]["top_operators"]
+    assert {t["variant"] for t in tops} == set(rows) and all(t["calls_per_batch"] > 0 for t in tops)
+    assert out["ratios"][f"robustlib[{variant}] / robustlib[fp32]"] == pytest.approx(
+        rows[variant]["images_per_s"] / rows["fp32"]["images_per_s"])
+    # the before variant really runs without the hooks: its Flatten copies once a pass, the after's twice
+    copies = {t["variant"]: t["calls_per_batch"] for t in tops
+              if t["op"] == "aten::copy_" and t["shapes"].startswith("[32, 32, 7, 7]")}
+    assert copies["bf16+channels-last"] == 2 * copies[variant] == 2 * 11   # K + 1 = 11 backward passes a batch
+
+
+def test_profile_kinds_name_the_usual_operators():
+    bench_profile = importlib.import_module("bench_profile")
+    assert bench_profile.kind_of("aten::convolution_backward") == "convolution"
+    assert bench_profile.kind_of("aten::threshold_backward") == "activation"
+    assert bench_profile.kind_of("aten::addmm") == "matrix product"
+    assert bench_profile.kind_of("aten::copy_") == "layout / cast"
+    assert bench_profile.kind_of("aten::sign") == "attack step"
+    assert bench_profile.kind_of("Optimizer.step#SGD.step") == "optimiser"
+    assert bench_profile.kind_of("aten::native_batch_norm") == "normalisation"
+    assert bench_profile.kind_of("something new") == "other"

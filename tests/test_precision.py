@@ -108,3 +108,62 @@ def test_keyed_runs_and_records_say_their_precision(digits, tmp_path, monkeypatc
         assert record.to_dict()["precision"] == record.runs[0]["precision"] == precision.describe("cpu")
         assert f"({precision.describe('cpu')})" in record.caption()
     assert keys["on"] != keys["off"]   # a run trained in fp32 is never reloaded as the bf16 one
+
+
+def _layout(t: torch.Tensor) -> str:
+    if t.is_contiguous():
+        return "contiguous"
+    return "channels-last" if t.is_contiguous(memory_format=torch.channels_last) else "strided"
+
+
+def _relu_grads(model, x, y) -> tuple[list, list]:
+    """(layout of the gradient each ReLU of ``model`` receives, the input gradient) of one CE backward."""
+    seen = []
+    handles = [m.register_full_backward_hook(lambda m, gi, go: seen.append(_layout(go[0]) if go[0].dim() == 4 else "2d"))
+               for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    x = x.clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    for h in handles:
+        h.remove()
+    return seen, x.grad
+
+
+def test_flatten_hands_gradients_back_channels_last_with_the_same_values():
+    torch.manual_seed(0)
+    model = rl.models.build("mnist_small").to(memory_format=torch.channels_last)
+    x = torch.rand(8, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    plain_layouts, plain_grad = _relu_grads(model, x, y)
+    # without the hooks, the ReLU before Flatten gets a contiguous gradient for its channels-last output
+    assert plain_layouts == ["2d", "contiguous", "channels-last"]
+    with precision.channels_last_gradients(model):
+        layouts, grad = _relu_grads(model, x, y)
+    assert layouts == ["2d", "channels-last", "channels-last"]
+    torch.testing.assert_close(grad, plain_grad, rtol=0, atol=0)   # the same numbers: only their layout moved
+    assert all(not m._forward_pre_hooks for m in model.modules())   # nothing left behind on leaving
+
+
+def test_flatten_leaves_contiguous_activations_alone():
+    torch.manual_seed(0)
+    model = rl.models.build("mnist_small")   # row-major: nothing to hand back in another layout
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    with precision.channels_last_gradients(model):
+        layouts, _ = _relu_grads(model, x, y)
+    assert layouts == ["2d", "contiguous", "contiguous"]
+
+
+def test_fit_in_channels_last_removes_its_hooks(digits, monkeypatch):
+    entered = []
+    original = precision.channels_last_gradients
+
+    def spy(model):
+        entered.append(model)
+        return original(model)
+
+    monkeypatch.setattr(precision, "channels_last_gradients", spy)
+    train, _ = digits
+    model = rl.models.build("small_cnn", like=train)
+    fit(model, train.head(64), Standard(), epochs=1, batch_size=32, channels_last=True, amp=False, progress=False)
+    assert entered == [model] and all(not m._forward_pre_hooks for m in model.modules())
+    fit(model, train.head(64), Standard(), epochs=1, batch_size=32, channels_last=False, amp=False, progress=False)
+    assert len(entered) == 1   # not in the default layout
