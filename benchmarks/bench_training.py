@@ -22,7 +22,8 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
   attack`` is fp32 with the attack's parameter freezing switched off (monkeypatched in this script): the
   before/after of that change; ``bf16+channels-last, mixed-layout flatten`` is ``bf16+channels-last`` with the
   channels-last gradients through ``nn.Flatten`` switched off (:func:`robustlib.precision.channels_last_gradients`),
-  the before of that one.
+  the before of that one; ``bf16+channels-last, projected steps`` the same with the attack's L∞ steps projected
+  by seven elementwise operations instead of one clamp into a precomputed box (``attacks.BOX_CLAMP`` off).
 
 With ``--accuracy-epochs`` (default 8 on a CPU), fp32 and ``default`` then train PGD-AT for that many epochs, two
 seeds each, and are evaluated clean and under PGD-20 on 2,000 test images: whether the default's precision costs
@@ -66,6 +67,8 @@ VARIANTS = {   # fit's speed options per variant (the compiled ones last: they l
     "bf16+channels-last": dict(amp=True, channels_last=True, compile=False, tune_convs=False),
     # the "before" of channels-last gradients through Flatten: bf16+channels-last with precision's hooks switched off
     "bf16+channels-last, mixed-layout flatten": dict(amp=True, channels_last=True, compile=False, tune_convs=False),
+    # the "before" of L∞ attack steps clamped into a precomputed box: bf16+channels-last with attacks.BOX_CLAMP off
+    "bf16+channels-last, projected steps": dict(amp=True, channels_last=True, compile=False, tune_convs=False),
     "compile": dict(amp=False, channels_last=False, compile=True, tune_convs=False),
     "compile+bf16": dict(amp=True, channels_last=False, compile=True, tune_convs=False),
     "compile+bf16+channels-last": dict(amp=True, channels_last=True, compile=True, tune_convs=False),
@@ -168,9 +171,21 @@ def unfrozen_attacks(active: bool):
 
 
 @contextmanager
+def projected_steps(active: bool):
+    """Inside the block (when ``active``) L∞ attack steps project as before the box clamp (``attacks.BOX_CLAMP``)."""
+    original = rl.attacks.BOX_CLAMP
+    rl.attacks.BOX_CLAMP = original and not active
+    try:
+        yield
+    finally:
+        rl.attacks.BOX_CLAMP = original
+
+
+@contextmanager
 def switched(variant: str):
     """The library changes a *before* variant switches off, for the block (none for the other variants)."""
-    with unfrozen_attacks(variant == "fp32 unfrozen attack"), mixed_layout_flatten(variant.endswith("flatten")):
+    with unfrozen_attacks(variant == "fp32 unfrozen attack"), mixed_layout_flatten(variant.endswith("flatten")), \
+            projected_steps(variant.endswith("projected steps")):
         yield
 
 

@@ -44,6 +44,10 @@ from .checks import (LOSSES, NORMS, check_choice, check_eps, check_int, check_mo
                      values_checked)
 
 _TINY = 1e-12
+# L∞ steps clamp x' + α·sign(g) into the box [max(x − ε, 0), min(x + ε, 1)], computed once per attack: three
+# elementwise operations a step (sign, add, clamp) where the projection Π of `_project` takes seven. The same set, so
+# the same x' up to the rounding of x + (x' − x); False restores the projection (the before, for the benchmarks).
+BOX_CLAMP = True
 
 __all__ = ["fgsm", "pgd", "interval_attack", "autoattack", "kl_attack", "attack_loss", "cw_margin", "NORMS", "LOSSES"]
 
@@ -134,11 +138,15 @@ def _steps(model, x, x_adv, objective, eps, alpha, steps, norm):
     """
     if steps == 0:  # a start outside the ball (small-noise start with tiny ε) still comes back inside
         return _project(x_adv.detach(), x, eps, norm)
+    box = ((x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)) if norm == "linf" and BOX_CLAMP else None
     with input_gradients_only(model):
         for _ in range(steps):
             x_adv = x_adv.detach().requires_grad_(True)
             grad, = torch.autograd.grad(objective(model(x_adv)).sum(), x_adv)
-            x_adv = _project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
+            if box is not None:
+                x_adv = torch.add(x_adv.detach(), grad.sign(), alpha=alpha).clamp_(*box)
+            else:
+                x_adv = _project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
     return x_adv.detach()
 
 

@@ -55,6 +55,11 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
                                                 "bf16+channels-last with it off, so that the ReLU before a Flatten "
                                                 "differentiates over two layouts; compare with the bf16+channels-last "
                                                 "row.",
+    "bf16+channels-last, projected steps": "the *before* of clamping each L∞ attack step into the box "
+                                           "[max(x − ε, 0), min(x + ε, 1)] computed once per attack "
+                                           "(`attacks.BOX_CLAMP`): bf16+channels-last with the step projected by "
+                                           "seven elementwise operations (x' − x, clamp to ±ε, x + δ, clip to "
+                                           "[0, 1], …) instead of three; compare with the bf16+channels-last row.",
     "compile": "`torch.compile` of the network (`fit(compile=True)`): fused elementwise kernels around the "
                "convolutions; the parameters are frozen while the attack differentiates, so the compiled backward "
                "of an attack step computes input gradients only.",

@@ -70,6 +70,23 @@ def test_pgd_agrees_with_torchattacks(trained, batch, eps):
     assert abs(ours_mean - theirs_mean) <= 0.015
 
 
+@pytest.mark.parametrize("eps", [0.02, 0.1, 0.3])
+def test_box_clamp_step_is_the_projection(trained, batch, eps, monkeypatch):
+    """A step clamped into [max(x − ε, 0), min(x + ε, 1)] is the projected step, up to the rounding of x + (x' − x):
+    from the same start and gradient (one step), and over ten steps the attacks hurt the model alike."""
+    x, y = batch[0][:200], batch[1][:200]
+    out = {}
+    for box in (True, False):
+        monkeypatch.setattr(attacks, "BOX_CLAMP", box)
+        torch.manual_seed(1)
+        one = pgd(trained, x, y, eps, alpha=eps / 4, steps=1)
+        torch.manual_seed(1)
+        out[box] = one, acc(trained, pgd(trained, x, y, eps, alpha=eps / 4, steps=10), y)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-6)
+    assert ((out[True][0] - x).abs() <= eps + TOL).all() and 0 <= out[True][0].min() <= out[True][0].max() <= 1
+    assert abs(out[True][1] - out[False][1]) <= 0.01
+
+
 def test_pgd_never_weaker_than_fgsm(trained, batch):
     x, y = batch
     for eps in (0.05, 0.1):
