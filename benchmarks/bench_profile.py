@@ -95,12 +95,12 @@ def summarise(events, by_shape, wall_s: float, n_batches: int, cuda: bool, top: 
         from torch.autograd import DeviceType
         kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
         row["kernels_per_batch"] = sum(e.count for e in kernels) / n_batches
-    row.update({f"share · {k}": spent.get(k, 0.0) / total if total else 0.0 for k in (*KINDS, "other")})
+    row.update({f"% {k}": round(100 * spent.get(k, 0.0) / total, 1) if total else 0.0 for k in (*KINDS, "other")})
     shaped = sorted(_host_side(by_shape), key=lambda e: -_self_us(e, cuda))[:top]
     tops = [{"op": e.key, "kind": kind_of(e.key),
              "shapes": " · ".join(str(s) for s in (e.input_shapes or [])[:2] if s) or "—",
              "calls_per_batch": e.count / n_batches, "us_per_call": _self_us(e, cuda) / max(e.count, 1),
-             "share": _self_us(e, cuda) / total if total else 0.0} for e in shaped]
+             "% of step": round(100 * _self_us(e, cuda) / total, 1) if total else 0.0} for e in shaped]
     return row, tops
 
 
@@ -151,15 +151,14 @@ def main(argv=None):
             row, top = profile_variant(variant, name, data, init, batch, n_batches, device, cuda, args.top, ips)
         rows.append({"variant": variant, "images_per_s": ips[variant], **row})
         tops += [{"variant": variant, **t} for t in top]
-        shares = sorted(((k[len("share · "):], v) for k, v in row.items() if k.startswith("share · ")),
-                        key=lambda kv: -kv[1])
+        shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
         print(f"{variant:28s} {ips[variant]:8.0f} images/s, {row['wall_ms_per_batch']:.1f} ms a batch; "
-              + ", ".join(f"{k} {v:.0%}" for k, v in shares[:5])
+              + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
               + (f"; device busy {row['device_busy']:.0%}, {row['kernels_per_batch']:.0f} kernels a batch"
                  if cuda else ""), flush=True)
         for t in top[:5]:
             print(f"    {t['op']:36s} {t['shapes'][:50]:50s} {t['us_per_call']:8.1f} µs × "
-                  f"{t['calls_per_batch']:.0f} a batch ({t['share']:.0%})", flush=True)
+                  f"{t['calls_per_batch']:.0f} a batch ({t['% of step']:.0f}%)", flush=True)
     ratios = {f"robustlib[{v}] / robustlib[fp32]": ips[v] / ips["fp32"] for v in ips if v != "fp32"}
     result = "profile" if name == default_name else f"profile-{name}"
     path = write_result(result, device, {"network": name, "data": data.name, "batch": batch, "batches": n_batches,

@@ -36,9 +36,9 @@ BENCHMARKS = {   # script → (section title, what it measures)
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),
 }
 GAINS = {   # training-benchmark variant → how the gain is obtained (the measured ratio comes from the JSON)
-    "fp32 unfrozen attack": "the *before* of freezing the parameters during attack steps "
-                            "(`checks.input_gradients_only`): the same fp32 step with the parameters left trainable "
-                            "while the attack differentiates; a ratio below 1 is the gain of freezing.",
+    "fp32 unfrozen attack": "freezing the parameters during attack steps (`checks.input_gradients_only`), so that "
+                            "an attack step's backward computes input gradients only; before: the same fp32 step "
+                            "with the parameters left trainable while the attack differentiates.",
     "tuned": "each convolution's forward pass, input gradient and weight gradient by the fastest of four equivalent "
              "kernels (default layout, channels-last, space-to-depth, both) measured on this device once per shape "
              "(`robustlib.conv_kernels`, `fit(tune_convs=True)`, on by default on a CPU): oneDNN's default kernel for "
@@ -50,16 +50,14 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
     "bf16": "bf16 autocast for the attack and the training step (`fit(amp=True)`): half the bytes per activation, "
             "and bf16 matrix units where the device has them; losses and the attack's sign step stay in fp32.",
     "bf16+channels-last": "both of the above.",
-    "bf16+channels-last, mixed-layout flatten": "the *before* of handing gradients back channels-last through "
-                                                "`nn.Flatten` (`precision.channels_last_gradients`): "
-                                                "bf16+channels-last with it off, so that the ReLU before a Flatten "
-                                                "differentiates over two layouts; compare with the bf16+channels-last "
-                                                "row.",
-    "bf16+channels-last, projected steps": "the *before* of clamping each L∞ attack step into the box "
-                                           "[max(x − ε, 0), min(x + ε, 1)] computed once per attack "
-                                           "(`attacks.BOX_CLAMP`): bf16+channels-last with the step projected by "
-                                           "seven elementwise operations (x' − x, clamp to ±ε, x + δ, clip to "
-                                           "[0, 1], …) instead of three; compare with the bf16+channels-last row.",
+    "bf16+channels-last, mixed-layout flatten": "handing gradients back channels-last through `nn.Flatten` "
+                                                "(`precision.channels_last_gradients`); before: bf16+channels-last "
+                                                "with it off, so that the ReLU before a Flatten differentiates over "
+                                                "two memory layouts.",
+    "bf16+channels-last, projected steps": "clamping each L∞ attack step into the box [max(x − ε, 0), "
+                                           "min(x + ε, 1)] computed once per attack (`attacks.BOX_CLAMP`), three "
+                                           "elementwise operations; before: bf16+channels-last with the step "
+                                           "projected by seven (x' − x, clamp to ±ε, x + δ, clip to [0, 1], …).",
     "compile": "`torch.compile` of the network (`fit(compile=True)`): fused elementwise kernels around the "
                "convolutions; the parameters are frozen while the attack differentiates, so the compiled backward "
                "of an attack step computes input gradients only.",
@@ -73,6 +71,12 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
                "`robustlib.precision`): bf16 and channels-last on a GPU and on a CPU with bf16 matrix units (Intel "
                "AMX), fp32 with tuned convolutions on other CPUs.",
 }
+# a variant that is the *before* of one library change → the variant it is compared with (its after); the others'
+# before is fp32 eager robustlib
+# before is fp32 eager robustlib), and the change's name in the gains table
+BEFORE_OF = {"fp32 unfrozen attack": ("fp32", "frozen parameters in attack steps"),
+             "bf16+channels-last, mixed-layout flatten": ("bf16+channels-last", "channels-last gradients through Flatten"),
+             "bf16+channels-last, projected steps": ("bf16+channels-last", "box-clamped attack steps")}
 PEAKS = {   # dense datasheet peak FLOP/s by a substring of the device name, per dtype (vendor datasheets, SXM parts)
     "H200": {"bf16": 989e12, "fp32": 67e12},
     "H100": {"bf16": 989e12, "fp32": 67e12},
@@ -275,13 +279,19 @@ def gains_section(results: dict) -> str:
         if "fp32" not in ips:
             continue
         rounds = figures.get("images_per_s_rounds", {})
-        rows = [(v, GAINS.get(v, ""), f"{ips['fp32']:,.0f} → {ips[v]:,.0f}", f"{ips[v] / ips['fp32']:.2f}×",
-                 _ratio(paired_median(rounds, v, "fp32")))
-                for v in ips if v not in ("textbook", "fp32")]
+        rows = []
+        for v in ips:
+            after, name = BEFORE_OF.get(v, (v, v))
+            before = v if v in BEFORE_OF else "fp32"
+            if v in ("textbook", "fp32") or after not in ips:
+                continue
+            rows.append((name, GAINS.get(v, ""), f"{ips[before]:,.0f} → {ips[after]:,.0f}",
+                         f"{ips[after] / ips[before]:.2f}×", _ratio(paired_median(rounds, after, before))))
         out.append(f"**{KIND_TITLE[kind]} ({result['device']})**, PGD-{result['settings'].get('steps', '?')} AT "
-                   f"training images/s, before (fp32 eager robustlib) → after (best epoch of each), and the median "
-                   f"over rounds of the ratio within one round (the same machine state):\n\n" +
-                   table(("variant", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
+                   f"training images/s, before (fp32 eager robustlib, or the before that a change's row describes) "
+                   f"→ after (best epoch of each), and the median over rounds of the ratio within one round (the "
+                   f"same machine state):\n\n" +
+                   table(("variant or change", "how", "images/s", "gain (best)", "gain (paired median)"), rows))
         out.append(_accuracy_check(figures))
     for kind, result, rows in _per_device(results, "bounds", list):
         chunks = ("chunks that fit the CPU's last-level cache (`bounds.chunks.CPU_CHUNK_BYTES`)" if kind == "cpu"

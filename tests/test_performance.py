@@ -122,6 +122,25 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     assert performance.peak("CPU (AMD EPYC)") is None
 
 
+def test_a_change_measured_against_its_before_variant(tmp_path):
+    res = tmp_path / "results"
+    ips = {"textbook": 1000.0, "fp32": 1100.0, "bf16+channels-last": 2200.0,
+           "bf16+channels-last, mixed-layout flatten": 2000.0, "fp32 unfrozen attack": 1078.0}
+    rounds = {"fp32": [1100.0, 1000.0], "bf16+channels-last": [2200.0, 2100.0],
+              "bf16+channels-last, mixed-layout flatten": [2000.0, 2100.0], "fp32 unfrozen attack": [1078.0, 1000.0]}
+    _write(res, "training", "cpu", "CPU (x)", {**_training(ips), "images_per_s_rounds": rounds}, {})
+    _write(res, "profile", "cpu", "CPU (x)", {"by_kind": [{"variant": "fp32", "images_per_s": 1100.0,
+                                                           "% convolution": 60.0, "% activation": 40.0}],
+                                              "top_operators": [{"variant": "fp32", "op": "aten::relu"}]}, {})
+    page = performance.write_page(tmp_path / "staged", res).read_text()
+    # each change against its own before, in both the best and the paired-median ratio
+    assert "| channels-last gradients through Flatten |" in page and "| 2,000 → 2,200 | 1.10× | 1.05× |" in page
+    assert "| frozen parameters in attack steps |" in page and "| 1,078 → 1,100 | 1.02× | 1.01× |" in page
+    assert "| bf16+channels-last | both of the above. | 1,100 → 2,200 | 2.00× | 2.05× |" in page
+    # the profile renders as tables of its own
+    assert "## Where a training step's time goes" in page and "| variant | images_per_s | % convolution |" in page
+
+
 def test_page_without_results_has_no_figure_and_says_so(tmp_path):
     page = performance.write_page(tmp_path / "staged", tmp_path / "none").read_text()
     assert "fig-roofline" not in page and "No training benchmark has been run yet" in page
