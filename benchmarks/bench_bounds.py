@@ -28,7 +28,8 @@ alike and their ratios hold):
   crops into Linear"); ``symbolic, no crops into Linear``: with ``CROP_LINEAR`` off — error terms whose next
   convolution leads to a Linear as dense images of that convolution's outputs, through a dense product with the
   Linear's weight, instead of crops whose weight columns the Linear gathers (``bounds.crops.linear``) — the before
-  of the fourth change (2026-11-27); ``symbolic, no windows``: with
+  of the fourth change (2026-11-27), on a CPU; on CUDA, which since the first GPU run does without them
+  (``CROP_LINEAR_DEVICES``), ``symbolic, crops into Linear`` forces them on instead; ``symbolic, no windows``: with
   ``PATCHES`` off as well — every convolution's input coefficients as ``d`` dense columns instead of one window of
   the input per neuron (``bounds.patches``) — the before of the change before (second; its ratio is taken against
   "no crops"); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
@@ -191,6 +192,25 @@ def _other_l1(fn, device):
     return run
 
 
+# the row of the crops into a Linear: switched off where the device uses them (its before), forced on where it
+# does not (bounds.symbolic.CROP_LINEAR_DEVICES: a CPU only, since the first GPU run showed them slower there)
+CROP_LINEAR_ROW = {True: "symbolic, no crops into Linear", False: "symbolic, crops into Linear"}
+
+
+def _crop_linear_forced(fn):
+    """``fn`` with crops into a Linear on the device that does not use them by default (see CROP_LINEAR_ROW)."""
+    module = importlib.import_module("robustlib.bounds.symbolic")
+
+    def run():
+        saved = module.CROP_LINEAR_DEVICES
+        module.CROP_LINEAR_DEVICES = ("cpu", "cuda")
+        try:
+            return fn()
+        finally:
+            module.CROP_LINEAR_DEVICES = saved
+    return run
+
+
 def _switched_off(fn, *flags):
     """``fn`` with the named switches of ``bounds.symbolic`` off, the before of those changes in the same run:
     ``CROP_LINEAR`` (2026-11-27, fourth change: crops also into a Linear, which reads each crop's weight columns),
@@ -230,9 +250,10 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     runs[OTHER_L1[device.type == "cuda"]] = (_other_l1(lambda: bounds.symbolic(model, lower, upper,
                                                                               memory_budget=budget), device),
                                              chunk * coef)
-    runs["symbolic, no crops into Linear"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper,
-                                                                              memory_budget=budget), "CROP_LINEAR"),
-                                              chunk * coef)
+    crop_linear = device.type in importlib.import_module("robustlib.bounds.symbolic").CROP_LINEAR_DEVICES
+    default = lambda: bounds.symbolic(model, lower, upper, memory_budget=budget)  # noqa: E731
+    runs[CROP_LINEAR_ROW[crop_linear]] = (_switched_off(default, "CROP_LINEAR") if crop_linear
+                                          else _crop_linear_forced(default), chunk * coef)
     runs["symbolic, no crops"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
                                                 "CROPS"), chunk * coef)
     runs["symbolic, no windows"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
@@ -270,8 +291,12 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             r["x_width_floor"] = seconds["symbolic"] / seconds["forward(d+1+E)"]
             r["d"], r["error_columns"], r["error_columns_per_relu"] = d, unstable, per_relu
             r["other_l1_over_default"] = seconds[OTHER_L1[device.type == "cuda"]] / seconds["symbolic"]
-            r["no_crop_linear_over_default"] = seconds["symbolic, no crops into Linear"] / seconds["symbolic"]
-            r["no_crops_over_no_crop_linear"] = seconds["symbolic, no crops"] / seconds["symbolic, no crops into Linear"]
+            if crop_linear:
+                r["no_crop_linear_over_default"] = seconds[CROP_LINEAR_ROW[True]] / seconds["symbolic"]
+                r["no_crops_over_no_crop_linear"] = seconds["symbolic, no crops"] / seconds[CROP_LINEAR_ROW[True]]
+            else:   # on this device the default has no crops into a Linear: forced on, they are the other choice
+                r["crop_linear_over_default"] = seconds[CROP_LINEAR_ROW[False]] / seconds["symbolic"]
+                r["no_crops_over_default"] = seconds["symbolic, no crops"] / seconds["symbolic"]
             r["no_windows_over_no_crops"] = seconds["symbolic, no windows"] / seconds["symbolic, no crops"]
             r["no_shortcuts_over_no_windows"] = seconds["symbolic, no shortcuts"] / seconds["symbolic, no windows"]
             if "symbolic, one chunk" in seconds:

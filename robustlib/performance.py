@@ -305,6 +305,9 @@ def gains_section(results: dict) -> str:
                    ("symbolic, no crops", "with `bounds.symbolic.CROPS` off (error terms through convolutions as "
                                           "dense images of their layer) → on (a small crop per term, "
                                           "`bounds.crops`)"),
+                   ("symbolic, crops into Linear", "with crops into a Linear forced on → off, the default on this "
+                                                   "device since the first GPU run "
+                                                   "(`bounds.symbolic.CROP_LINEAR_DEVICES`: a CPU only)"),
                    ("symbolic, no crops into Linear", "with `bounds.symbolic.CROP_LINEAR` off (error terms whose "
                                                       "next convolution leads to a Linear as dense images, through a "
                                                       "dense product with its weight) → on (crops, the Linear reading "

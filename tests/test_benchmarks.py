@@ -44,6 +44,22 @@ def test_bounds_benchmark_agrees_with_the_naive_reference_and_reports_both_floor
     assert "mnist_small B=1 symbolic / forward(d+1+E)" in out["ratios"]
 
 
+def test_bounds_benchmark_forces_crops_into_a_linear_where_the_device_does_without(results, monkeypatch):
+    """CUDA's rule (no crops into a Linear), tried on the CPU: the row becomes the forced-on other choice."""
+    symbolic = importlib.import_module("robustlib.bounds.symbolic")   # the module (bounds.symbolic: the function)
+    monkeypatch.setattr(symbolic, "CROP_LINEAR_DEVICES", ())
+    forced = []
+    original = symbolic._crop_linear
+    monkeypatch.setattr(symbolic, "_crop_linear", lambda device: forced.append(symbolic.CROP_LINEAR_DEVICES)
+                        or original(device))
+    out = _run("bench_bounds", ["--quick"], results)
+    methods = {r["method"] for r in out["figures"]}
+    assert "symbolic, crops into Linear" in methods and "symbolic, no crops into Linear" not in methods
+    sym = next(r for r in out["figures"] if r["method"] == "symbolic")
+    assert sym["crop_linear_over_default"] > 0 and "no_crop_linear_over_default" not in sym
+    assert ("cpu", "cuda") in forced and symbolic.CROP_LINEAR_DEVICES == ()   # on for that row only, then restored
+
+
 def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
     out = _run("bench_pruning", ["--quick", "--dataset", "digits", "--n", "400", "--batch-size", "64",
                                  "--select-batch-sizes", "32"], results)

@@ -297,6 +297,14 @@ def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):
         kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
         dense = run()
     assert kinds[1] == kinds[4] == ["Tensor"]
+    with monkeypatch.context() as m:   # a device type outside CROP_LINEAR_DEVICES (CUDA's rule, here on the CPU)
+        m.setattr(sym, "CROP_LINEAR_TERMS", 1)
+        m.setattr(sym, "CROP_LINEAR_DEVICES", ("cuda",))
+        kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
+        elsewhere = run()
+    assert kinds[1] == kinds[4] == ["Tensor"]
+    _assert_equal_runs(elsewhere, dense)
+    assert sym.CROP_LINEAR_DEVICES == ("cpu",)   # a GPU does without them (bounds-cuda.json: dense was faster)
     with monkeypatch.context() as m:   # the default: below CROP_LINEAR_TERMS terms in the chunk, dense images
         kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
         with torch.no_grad():

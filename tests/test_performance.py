@@ -132,7 +132,14 @@ def test_a_change_measured_against_its_before_variant(tmp_path):
     _write(res, "profile", "cpu", "CPU (x)", {"by_kind": [{"variant": "fp32", "images_per_s": 1100.0,
                                                            "% convolution": 60.0, "% activation": 40.0}],
                                               "top_operators": [{"variant": "fp32", "op": "aten::relu"}]}, {})
+    _write(res, "bounds", "cuda", "NVIDIA H100", [{"net": "mnist_large", "batch": 16, "method": "symbolic",
+                                                   "samples_per_s": 900.0},
+                                                  {"net": "mnist_large", "batch": 16,
+                                                   "method": "symbolic, crops into Linear", "samples_per_s": 450.0}], {})
     page = performance.write_page(tmp_path / "staged", res).read_text()
+    # a GPU file: crops into a Linear forced on (the other choice) → off, the default there
+    forced = page[page.index("with crops into a Linear forced on → off"):]
+    assert "| mnist_large, B = 16 | 450.0 → 900.0 | 2.00× |" in forced.split("\n\n**")[0]
     # each change against its own before, in both the best and the paired-median ratio
     assert "| channels-last gradients through Flatten |" in page and "| 2,000 → 2,200 | 1.10× | 1.05× |" in page
     assert "| frozen parameters in attack steps |" in page and "| 1,078 → 1,100 | 1.02× | 1.01× |" in page

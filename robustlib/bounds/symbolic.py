@@ -58,10 +58,20 @@ CROPS = True
 # 1.1-2.2x from 1,240 terms on.
 CROP_LINEAR = True
 CROP_LINEAR_TERMS = 512
+# ... and only on these device types. On the H200 (benchmarks/results/bounds-cuda.json, 2026-11-27, ε = 0.01, the
+# "no crops into Linear" row of the same run) the dense images were 1.2-2.8x faster in 7 of 12 cells (2.0-2.8x on
+# MNIST_Large and CIFAR_Large at batch 16 and 128, 1.3-1.4x at batch 1, 1.2x on CIFAR_Small at 16) and within 6% in
+# the other five: a GPU's dense product costs little, while the crops' gathers add small kernels.
+CROP_LINEAR_DEVICES = ("cpu",)
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
 # columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
 # on by default on CUDA too, where its before/after has not been measured yet.
 PATCHES = True
+
+
+def _crop_linear(device) -> bool:
+    """Whether error-term crops go on into a Linear on ``device`` (``CROP_LINEAR`` and ``CROP_LINEAR_DEVICES``)."""
+    return CROP_LINEAR and torch.device(device).type in CROP_LINEAR_DEVICES
 
 
 @dataclass
@@ -169,10 +179,11 @@ class SymbolicRunner:
             for i in n.inputs:
                 self.consumers.setdefault(i, []).append(n)
 
-    def crops_pay(self, name: str, terms: int) -> bool:
+    def crops_pay(self, name: str, terms: int, device) -> bool:
         """Whether ``terms`` error terms (the chunk's) at the output of node ``name`` should be crops: it reaches
-        another convolution, or (``CROP_LINEAR``, at least ``CROP_LINEAR_TERMS`` terms) a Linear, through ReLUs,
-        elementwise maps and reshapes only (crops that go dense at the next layer would only add work)."""
+        another convolution, or (:func:`_crop_linear` on ``device``, at least ``CROP_LINEAR_TERMS`` terms) a
+        Linear, through ReLUs, elementwise maps and reshapes only (crops that go dense at the next layer would only
+        add work)."""
         stack, seen, linear = list(self.consumers.get(name, ())), set(), False
         while stack:
             m = stack.pop()
@@ -185,7 +196,7 @@ class SymbolicRunner:
                 linear = True
             elif m.kind == "relu" or (m.kind == "affine" and (m.op.diag is not None or m.op.reshape)):
                 stack += self.consumers.get(m.name, ())
-        return linear and CROP_LINEAR and terms >= CROP_LINEAR_TERMS
+        return linear and _crop_linear(device) and terms >= CROP_LINEAR_TERMS
 
     def jacobian(self, name: str, op: Affine, in_shape: tuple, like: torch.Tensor) -> torch.Tensor:
         J = self.jac.get(name)
@@ -274,7 +285,7 @@ class SymbolicRunner:
                 E[k] = e
             elif d_flat is not None:
                 E[k] = _SparseE(e.idx, e.vals * (d_flat.expand(1, n_in)[0][e.idx] if d_flat.ndim else d_flat))
-            elif op.conv is not None and CROPS and self.crops_pay(name, e.idx.numel()) and \
+            elif op.conv is not None and CROPS and self.crops_pay(name, e.idx.numel(), e.idx.device) and \
                     crops.worth_a_conv((1, 1), op.conv[0], op.conv[1], self.shapes[name]):
                 E[k] = crops.from_sparse(e.idx, e.vals.to(s.c.dtype), in_shape, *op.conv, self.shapes[name])
             elif op.rows is not None and SHORTCUTS:   # the images of one-hot inputs, straight from the weights
@@ -300,7 +311,7 @@ class SymbolicRunner:
             return e
         if d_flat is not None:
             return crops.scale(e, d_flat)
-        if op.matrix is not None and CROP_LINEAR and op.matrix.shape[1] == math.prod(e.grid):
+        if op.matrix is not None and _crop_linear(e.T.device) and op.matrix.shape[1] == math.prod(e.grid):
             return crops.linear(e, op.matrix)
         if op.conv is not None and tuple(in_shape) == e.grid and \
                 crops.worth_a_conv(e.T.shape[-2:], op.conv[0], op.conv[1], self.shapes[name]):
