@@ -52,7 +52,8 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
 # a variant that is the *before* of one library change → the variant it is compared with (its after; the others'
 # before is fp32 eager robustlib), and the change's name in the gains table
 BEFORE_OF = {"fp32 unfrozen attack": ("fp32", "frozen parameters in attack steps"),
-             "bf16+channels-last, mixed-layout flatten": ("bf16+channels-last", "channels-last gradients through Flatten"),
+             "bf16+channels-last, mixed-layout flatten": ("bf16+channels-last",
+                                                          "channels-last gradients through Flatten"),
              "bf16+channels-last, projected steps": ("bf16+channels-last", "box-clamped attack steps")}
 
 

@@ -182,6 +182,25 @@ def seed_strip(frame, *, by: str = "method", value: str = "pgd_acc", reference=N
     return _finish(fig, title, caption)
 
 
+def class_shares(shares: dict, classes=(), *, title: str = "", caption: str = ""):
+    """The class make-up of subsets (``shares``: label → one share per class, summing to 1): one row of bars per
+    subset, a dashed line at the uniform share 1/C, so that a selector that leaves classes out shows at once."""
+    import matplotlib.pyplot as plt
+
+    labels = list(shares)
+    n_classes = len(next(iter(shares.values()))) if shares else 0
+    fig, axes = plt.subplots(len(labels), 1, figsize=(6.2, 0.5 + 0.9 * len(labels)), sharex=True, squeeze=False)
+    for ax, label in zip(axes[:, 0], labels):
+        ax.bar(range(n_classes), shares[label], color=plt.cm.tab10(labels.index(label) % 10))
+        ax.axhline(1 / max(n_classes, 1), color="k", ls="--", lw=0.8)
+        ax.set_ylabel(str(label), rotation=0, ha="right", va="center", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(0, max(0.25, max(max(v) for v in shares.values()) * 1.1))
+    names = [str(c) for c in classes] if len(classes) == n_classes else [str(c) for c in range(n_classes)]
+    axes[-1, 0].set_xticks(range(n_classes), names, rotation=30, ha="right", fontsize=7)
+    return _finish(fig, title, caption)
+
+
 def _finish(fig, title: str = "", caption: str = ""):
     """A figure's suptitle, tight layout and caption line (which preset, device and wall-clock made it)."""
     if title:

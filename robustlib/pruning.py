@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from .checks import check_int
 from .data import ImageData
-from .greedy import glister_greedy, omp
+from .greedy import OuterRows, glister_greedy, omp
 from .memory import PerturbationMemory
 from .scores import SCORES, ForgettingCounter, last_layer_grads, pgd_settings, score, selection_batch_size
 
@@ -79,7 +79,7 @@ def _selection_config(self) -> dict:
                 out[k] = True
                 if getattr(self, "method", None) == "glister":
                     out["valid_refresh"] = self.VALID_REFRESH
-        elif k == "valid_memory":
+        elif k == "valid_memory" or (k == "balanced" and not v):   # balanced: only when set (older keys stay)
             continue
         elif k not in self._STATE:
             v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
@@ -88,6 +88,16 @@ def _selection_config(self) -> dict:
 
 
 # ----------------------------------------------------------------------------- selectors
+
+def class_budgets(labels: torch.Tensor, k: int, num_classes: int) -> list:
+    """k split over the classes in proportion to their sizes (largest remainders), Σ_c k_c = k, k_c ≤ n_c."""
+    counts = torch.bincount(labels, minlength=num_classes).tolist()
+    share = [k * c / len(labels) for c in counts]
+    ks = [int(s) for s in share]
+    for c in sorted(range(len(ks)), key=lambda c: ks[c] - share[c])[:k - sum(ks)]:
+        ks[c] += 1
+    return ks
+
 
 def _fill(idx, w, pool, k, g):
     """Complete OMP's picks (it may stop early) to k rows of ``pool`` by a seeded random draw; added rows
@@ -143,7 +153,10 @@ class DynamicSelector:
     class, budget ∝ class size, target the class's summed gradient; ``"per_batch"``: OMP over the
     summed gradients of seeded random groups of ``group_size`` examples, every member of a chosen
     group taking its weight; ``"per_example"``); ``"glister"`` (Adv-GLISTER against the ``valid``
-    split, :func:`glister_greedy` with ``chunk`` picks per step, default ceil(k/64)). Slots OMP
+    split, :func:`glister_greedy` with ``chunk`` picks per step, default ceil(k/64); ``balanced=True``: within
+    each class, budget ∝ class size as for Adv-GRAD-MATCH per class, against the validation gradient of that
+    class's validation examples — ours, as public GLISTER code does per class; over the whole data the greedy gains
+    can leave whole classes out). Slots OMP
     leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight), and
     weights are normalised to mean 1 over the selected examples. ``adversarial``: the PGD attack
     (eps, steps, ...) whose examples give the gradients; None: clean data. ``batch_size``: the batches of that
@@ -162,7 +175,8 @@ class DynamicSelector:
     def __init__(self, method: str, fraction: float, R: int = 20, warmup: int = 0, *, adversarial=None,
                  variant: str = "per_class", lam: float = 0.0, group_size: int = 32, valid: ImageData | None = None,
                  eta: float = 0.1, stochastic: bool = False, delta: float = 0.01, chunk: int | None = None,
-                 batch_size: int | None = None, seed: int = 0, memory: PerturbationMemory | None = None):
+                 batch_size: int | None = None, seed: int = 0, memory: PerturbationMemory | None = None,
+                 balanced: bool = False):
         if method not in METHODS or variant not in VARIANTS:
             raise ValueError(f"unknown method {method!r} or variant {variant!r}; methods: {', '.join(METHODS)}; "
                              f"variants: {', '.join(VARIANTS)}")
@@ -179,7 +193,10 @@ class DynamicSelector:
         if memory is not None and not isinstance(memory, PerturbationMemory):
             raise TypeError(f"memory must be a robustlib.memory.PerturbationMemory (PerturbationMemory.attach("
                             f"objective, train)), got {type(memory).__name__}")
-        self.memory, self.last_fresh, self.valid_memory = memory, 0, None
+        if balanced and method != "glister":
+            raise ValueError(f"balanced=True is Adv-GLISTER's per-class selection; {method!r} does not take it "
+                             f"(Adv-GRAD-MATCH's per-class form is variant='per_class')")
+        self.memory, self.last_fresh, self.valid_memory, self.balanced = memory, 0, None, bool(balanced)
         self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
         self.eta, self.stochastic, self.delta, self.chunk, self.batch_size = eta, stochastic, delta, chunk, batch_size
         self.seed, self.indices, self.weights = seed, None, None
@@ -217,22 +234,29 @@ class DynamicSelector:
             valid = self.valid.to(dev)
             if self.memory is not None and self.valid_memory is None:
                 self.valid_memory = PerturbationMemory.like(valid)
-            gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
+            Gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
                                   refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
-                                  batch_size=self.batch_size).mean(0)
-            idx = glister_greedy(G, gv, k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
-                                 stochastic=self.stochastic, delta=self.delta, generator=g)
-            return idx, torch.ones(k, device=dev)
+                                  batch_size=self.batch_size)
+            if not self.balanced:
+                idx = glister_greedy(G, Gv.mean(0), k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
+                                     stochastic=self.stochastic, delta=self.delta, generator=g)
+                return idx, torch.ones(k, device=dev)
+            parts = []
+            for c, kc in enumerate(class_budgets(data.labels, k, data.num_classes)):   # a loop over classes
+                members, held = (data.labels == c).nonzero().squeeze(1), valid.labels == c
+                if kc > 0:   # a class without validation examples scores against the whole split's gradient
+                    gv = Gv[held].mean(0) if bool(held.any()) else Gv.mean(0)
+                    Gc = OuterRows(G.P[members], G.H[members])
+                    parts.append(members[glister_greedy(Gc, gv, kc, eta=self.eta,
+                                                        chunk=self.chunk or math.ceil(kc / 64),
+                                                        stochastic=self.stochastic, delta=self.delta, generator=g)])
+            idx = torch.cat(parts)
+            return idx, torch.ones(len(idx), device=dev)
         if self.variant == "per_example":
             return _fill(*omp(G, G.sum(0), k, lam=self.lam), torch.arange(n, device=dev), k, g)
         if self.variant == "per_class":
-            counts = torch.bincount(data.labels, minlength=data.num_classes).tolist()
-            share = [k * c / n for c in counts]  # largest-remainder apportionment: Σ_c k_c = k
-            ks = [int(s) for s in share]
-            for c in sorted(range(len(ks)), key=lambda c: ks[c] - share[c])[:k - sum(ks)]:
-                ks[c] += 1
             parts = []
-            for c, kc in enumerate(ks):  # a Python loop over classes, not examples
+            for c, kc in enumerate(class_budgets(data.labels, k, data.num_classes)):  # a loop over classes
                 members = (data.labels == c).nonzero().squeeze(1)
                 if kc > 0:
                     i, wc = omp(G[members], G[members].sum(0), min(kc, len(members)), lam=self.lam)

@@ -11,6 +11,8 @@ k = round(f·n) examples per epoch. The methods (:data:`METHODS`, built by :func
   ``el2n-adv``, ``grand-adv``  the same scores on PGD examples of the warm model (static, :class:`ScoreSelector`);
   ``gradmatch``       Adv-GRAD-MATCH every R epochs (:class:`robustlib.pruning.DynamicSelector`);
   ``glister``         Adv-GLISTER every R epochs, against a validation split held out of training (:func:`holdout`);
+  ``glister-balanced``  Adv-GLISTER within each class (budget ∝ class size, the class's validation gradient) — ours,
+                      as public GLISTER code selects per class: over the whole data its gains leave classes out;
   ``gradmatch-memory``, ``glister-memory``  the same selections with their gradients taken at the perturbations
                       training found last (:mod:`robustlib.memory`: one forward pass per example instead of a
                       K_s-step attack) — ours, not the paper's.
@@ -50,6 +52,8 @@ METHODS = {
     "grand-adv": "top-k GraNd (last layer) of the warm model, PGD examples (static)",
     "gradmatch": "Adv-GRAD-MATCH: OMP on adversarial last-layer gradients, every R epochs",
     "glister": "Adv-GLISTER: greedy validation-gradient gain on adversarial gradients, every R epochs",
+    "glister-balanced": "Adv-GLISTER within each class, budget ∝ class size, against that class's validation "
+                        "gradient (ours)",
     "gradmatch-memory": "Adv-GRAD-MATCH on gradients at the perturbations training remembered (ours)",
     "glister-memory": "Adv-GLISTER on gradients at the perturbations training remembered (ours)",
 }
@@ -128,8 +132,9 @@ def selector(method: str, fraction: float, epochs: int, *, R: int = 20, kappa: f
         return ScoreSelector(name, fraction, t_w, adversarial=attack if adversarial else None, seed=seed)
     if method == "random":
         return DynamicSelector("random", fraction, R, t_w, seed=seed)
-    if method == "glister":
-        return DynamicSelector("glister", fraction, R, t_w, adversarial=attack, valid=valid, seed=seed)
+    if method in ("glister", "glister-balanced"):
+        return DynamicSelector("glister", fraction, R, t_w, adversarial=attack, valid=valid, seed=seed,
+                               balanced=method == "glister-balanced")
     return DynamicSelector("gradmatch", fraction, R, t_w, adversarial=attack, variant=variant, group_size=group_size,
                            seed=seed)
 
@@ -161,6 +166,18 @@ def parse_grid(grid: dict, fractions) -> list:
                     seen.add(key)
                     runs.append(dict(objective=objective, method=method, bt=bt, fraction=f))
     return runs
+
+
+def class_shares(selector, data: ImageData) -> list | None:
+    """The share of each class among the examples ``selector`` trains on now (weights counted), or None for a
+    selector that keeps no subset (full data, or before its first selection)."""
+    idx = getattr(selector, "indices", None)
+    if idx is None:
+        return None
+    w = getattr(selector, "weights", None)
+    w = torch.ones(len(idx), device=idx.device) if w is None else w.to(idx.device).float()
+    per_class = torch.zeros(data.num_classes, device=idx.device).index_add_(0, data.labels[idx], w)
+    return (per_class / per_class.sum()).tolist()
 
 
 def holdout(data: ImageData, n: int, seed: int = 0) -> tuple:

@@ -356,6 +356,35 @@ def test_glister_selector_uses_the_validation_split(small):
     assert len(set(st.tolist())) == 50
 
 
+def test_balanced_glister_selects_within_each_class_against_its_validation_gradient(small):
+    from robustlib.greedy import glister_greedy
+    from robustlib.pruning import class_budgets
+    from robustlib.pruning_study import class_shares
+    train, test, model = small
+    k = 50
+    ks = class_budgets(train.labels, k, 10)
+    counts = torch.bincount(train.labels, minlength=10)
+    assert sum(ks) == k and all(0 <= kc <= n for kc, n in zip(ks, counts.tolist()))
+    assert all(abs(kc - k * n / 200) < 1 for kc, n in zip(ks, counts.tolist()))   # proportional, rounded
+    sel = DynamicSelector("glister", 0.25, R=2, valid=test, eta=0.01, balanced=True)
+    idx, w = sel(0, model, train)
+    assert torch.bincount(train.labels[idx], minlength=10).tolist() == ks and torch.equal(w, torch.ones(k))
+    # each class's picks are plain GLISTER on that class's rows against its own validation examples' gradient
+    G, Gv = last_layer_grads(model, train), last_layer_grads(model, test)
+    for c in range(10):
+        members = (train.labels == c).nonzero().squeeze(1)
+        if ks[c]:
+            ref = members[glister_greedy(G[members], Gv[test.labels == c].mean(0), ks[c], eta=0.01)]
+            assert set(idx[train.labels[idx] == c].tolist()) == set(ref.tolist())
+    shares = class_shares(sel, train)
+    assert shares == pytest.approx([kc / k for kc in ks]) and class_shares(DynamicSelector("random", 0.5), train) is None
+    # the unbalanced selector's key stays what it was; the balanced one has its own
+    assert "balanced" not in DynamicSelector("glister", 0.25, valid=test).config()
+    assert sel.config()["balanced"] is True
+    with pytest.raises(ValueError, match="variant='per_class'"):
+        DynamicSelector("gradmatch", 0.25, balanced=True)
+
+
 def test_fit_trains_on_the_selected_count(digits):
     train, _ = digits
     train = train.head(300)
