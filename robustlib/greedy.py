@@ -212,13 +212,18 @@ def omp(G: torch.Tensor, target: torch.Tensor, budget: int, *, positive: bool = 
 
 def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: float = 0.1, chunk: int = 1,
                    stochastic: bool = False, delta: float = 0.01,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, valid: OuterRows | None = None,
+                   valid_labels: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy first-order GLISTER: ``budget`` rows of G (n×d, a tensor or an :class:`OuterRows`) chosen for their
     gain g_valᵀ g_i.
 
     After each step the validation gradient is refreshed by a Hessian-free one-step Taylor update:
     ∇L_val(θ − η Σ g_i) ≈ ∇L_val(θ) − η H Σ g_i with H ≈ I, i.e. g_val ← g_val − η·Σ_{picked} g_i,
-    which discounts directions already covered. Each step takes the ``chunk`` best rows, so the Python
+    which discounts directions already covered. With ``valid`` (the validation split's last-layer gradients as
+    :class:`OuterRows`, P = p − e_y and H = [h, 1]) and ``valid_labels``, the refresh is exact for the last layer
+    instead, as CORDS computes it: the validation logits moved by the step ΔW = −η Σ_{picked} g_i of the last
+    layer, z'_v = log p_v + ΔW H_v, and g_val = mean_v (softmax(z'_v) − e_v) ⊗ H_v, which stays bounded where the
+    linear refresh grows with every pick. Each step takes the ``chunk`` best rows, so the Python
     loop runs ceil(budget/chunk) times. ``stochastic``: stochastic greedy (Mirzasoleiman et al. 2015),
     each step scores only a random sample of chunk·(n/budget)·log(1/δ) unused rows.
     """
@@ -229,6 +234,12 @@ def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: fl
     if not 0 < delta < 1:
         raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
     used, g_val, picked, left = torch.zeros(n, dtype=torch.bool, device=G.device), g_val.to(G.dtype), [], budget
+    if valid is not None:   # the exact last-layer refresh: the validation logits, moved as picks are made
+        if valid_labels is None or valid.shape[1] != G.shape[1] or len(valid_labels) != valid.P.shape[0]:
+            raise ValueError("the exact refresh needs valid (OuterRows of the validation split, as wide as G) and "
+                             "one label per validation row (valid_labels)")
+        onehot = torch.nn.functional.one_hot(valid_labels, valid.P.shape[1]).to(valid.P.dtype)
+        log_p, moved = (valid.P + onehot).clamp_min(1e-30).log(), torch.zeros_like(valid.P)
     while left > 0:
         m = min(chunk, left)
         gain = G.mv(g_val).masked_fill(used, -math.inf)
@@ -242,7 +253,12 @@ def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: fl
         used[top] = True
         picked.append(top)
         picked_sum = G.rows_sum(top) if isinstance(G, OuterRows) else G[top].sum(0)
-        g_val, left = g_val - eta * picked_sum, left - m
+        if valid is None:
+            g_val = g_val - eta * picked_sum
+        else:
+            moved = moved - eta * valid.H @ picked_sum.view(valid.P.shape[1], -1).T
+            g_val = ((torch.softmax(log_p + moved, 1) - onehot).T @ valid.H).flatten() / len(valid_labels)
+        left -= m
     return torch.cat(picked)
 
 

@@ -47,9 +47,10 @@ PRESETS = {
                              grid={"pgd-at": ["full+bt", "random@0.2", "random-static@0.2", "el2n@0.2", "el2n-adv@0.2",
                                               "grand@0.2", "grand-adv@0.2", "gradmatch", "glister",
                                               "gradmatch+bt@0.2", "glister+bt@0.2", "gradmatch-memory@0.2",
-                                              "glister-memory@0.2", "glister-balanced@0.2"],
+                                              "glister-memory@0.2", "glister-balanced@0.2", "glister-exact@0.2"],
                                    "trades": ["gradmatch+bt@0.2"], "mart": ["gradmatch+bt@0.2"]},
-                             repeat_seeds=[1, 2], repeat_methods=["gradmatch", "random", "glister", "glister-balanced"],
+                             repeat_seeds=[1, 2], repeat_methods=["gradmatch", "random", "glister", "glister-balanced",
+                                                             "glister-exact"],
                              long_epochs=24),
         # setting_the_stage and adversarial_examples: 42 s and 89 s from scratch on a 2-core Intel Xeon with AMX
         # (bf16, 2026-11-27; 55 s and 120 s on a 2-core AMD EPYC in fp32, 2026-11-25); all 10,000 test images.
@@ -112,7 +113,7 @@ PRESETS = {
                              n_autoattack=100, autoattack_runs="claims", schedule_methods=[],
                              objectives=["pgd-at", "trades"], repeat_seeds=[], long_epochs=None,
                              grid={"pgd-at": ["full+bt", "random", "gradmatch", "glister", "glister-balanced",
-                                              "gradmatch-memory"],
+                                              "glister-exact", "gradmatch-memory"],
                                    "trades": ["gradmatch+bt"]}),
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="preact_resnet18", epochs=15,
                                   batch_size=256, lr=0.1, schedule="onecycle", augment="crop-flip",
@@ -151,7 +152,7 @@ PRESETS = {
                              attack="pgd-20x5", n_eval=None, n_autoattack=1000, autoattack_runs="claims",
                              grid={o: ["full+bt"] + [m + bt for bt in ("", "+bt") for m in (
                                        "random", "random-static", "el2n", "el2n-adv", "grand", "grand-adv",
-                                       "gradmatch", "glister", "glister-balanced")]
+                                       "gradmatch", "glister", "glister-balanced", "glister-exact")]
                                    for o in ("pgd-at", "trades", "mart")},
                              repeat_seeds=[1, 2], repeat_methods=["gradmatch", "glister", "glister-balanced", "random"],
                              long_epochs=None),

@@ -79,8 +79,8 @@ def _selection_config(self) -> dict:
                 out[k] = True
                 if getattr(self, "method", None) == "glister":
                     out["valid_refresh"] = self.VALID_REFRESH
-        elif k == "valid_memory" or (k == "balanced" and not v):   # balanced: only when set (older keys stay)
-            continue
+        elif k == "valid_memory" or (k == "balanced" and not v) or (k == "val_update" and v == "linear"):
+            continue   # balanced and val_update only when set: the keys of older runs stay what they were
         elif k not in self._STATE:
             v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
             out[k] = pgd_settings(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
@@ -176,7 +176,7 @@ class DynamicSelector:
                  variant: str = "per_class", lam: float = 0.0, group_size: int = 32, valid: ImageData | None = None,
                  eta: float = 0.1, stochastic: bool = False, delta: float = 0.01, chunk: int | None = None,
                  batch_size: int | None = None, seed: int = 0, memory: PerturbationMemory | None = None,
-                 balanced: bool = False):
+                 balanced: bool = False, val_update: str = "linear"):
         if method not in METHODS or variant not in VARIANTS:
             raise ValueError(f"unknown method {method!r} or variant {variant!r}; methods: {', '.join(METHODS)}; "
                              f"variants: {', '.join(VARIANTS)}")
@@ -196,7 +196,11 @@ class DynamicSelector:
         if balanced and method != "glister":
             raise ValueError(f"balanced=True is Adv-GLISTER's per-class selection; {method!r} does not take it "
                              f"(Adv-GRAD-MATCH's per-class form is variant='per_class')")
+        if val_update not in ("linear", "exact"):
+            raise ValueError(f"val_update must be 'linear' (g_val − η·Σ g_i) or 'exact' (the last layer's validation "
+                             f"gradient after the step), got {val_update!r}")
         self.memory, self.last_fresh, self.valid_memory, self.balanced = memory, 0, None, bool(balanced)
+        self.val_update = val_update
         self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
         self.eta, self.stochastic, self.delta, self.chunk, self.batch_size = eta, stochastic, delta, chunk, batch_size
         self.seed, self.indices, self.weights = seed, None, None
@@ -236,20 +240,23 @@ class DynamicSelector:
                 self.valid_memory = PerturbationMemory.like(valid)
             Gv = last_layer_grads(model, valid, adversarial=self.adversarial, memory=self.valid_memory,
                                   refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
-                                  batch_size=self.batch_size)
+                                  batch_size=self.batch_size, factored=True)
+
+            def greedy(rows, held, budget):   # held: the validation rows it scores against
+                v = OuterRows(Gv.P[held], Gv.H[held])
+                exact = dict(valid=v, valid_labels=valid.labels[held]) if self.val_update == "exact" else {}
+                return glister_greedy(rows, v.rows_sum() / v.P.shape[0], budget, eta=self.eta,
+                                      chunk=self.chunk or math.ceil(budget / 64), stochastic=self.stochastic,
+                                      delta=self.delta, generator=g, **exact)
+            every = torch.ones(len(valid), dtype=torch.bool, device=dev)
             if not self.balanced:
-                idx = glister_greedy(G, Gv.mean(0), k, eta=self.eta, chunk=self.chunk or math.ceil(k / 64),
-                                     stochastic=self.stochastic, delta=self.delta, generator=g)
-                return idx, torch.ones(k, device=dev)
+                return greedy(G, every, k), torch.ones(k, device=dev)
             parts = []
             for c, kc in enumerate(class_budgets(data.labels, k, data.num_classes)):   # a loop over classes
                 members, held = (data.labels == c).nonzero().squeeze(1), valid.labels == c
                 if kc > 0:   # a class without validation examples scores against the whole split's gradient
-                    gv = Gv[held].mean(0) if bool(held.any()) else Gv.mean(0)
-                    Gc = OuterRows(G.P[members], G.H[members])
-                    parts.append(members[glister_greedy(Gc, gv, kc, eta=self.eta,
-                                                        chunk=self.chunk or math.ceil(kc / 64),
-                                                        stochastic=self.stochastic, delta=self.delta, generator=g)])
+                    rows = OuterRows(G.P[members], G.H[members])
+                    parts.append(members[greedy(rows, held if bool(held.any()) else every, kc)])
             idx = torch.cat(parts)
             return idx, torch.ones(len(idx), device=dev)
         if self.variant == "per_example":

@@ -13,6 +13,9 @@ k = round(f·n) examples per epoch. The methods (:data:`METHODS`, built by :func
   ``glister``         Adv-GLISTER every R epochs, against a validation split held out of training (:func:`holdout`);
   ``glister-balanced``  Adv-GLISTER within each class (budget ∝ class size, the class's validation gradient) — ours,
                       as public GLISTER code selects per class: over the whole data its gains leave classes out;
+  ``glister-exact``  Adv-GLISTER whose validation gradient is refreshed exactly for the last layer after each
+                      step (:func:`robustlib.greedy.glister_greedy` with ``valid``), as CORDS does, instead of by
+                      the linear g_val − η·Σ g_i of ``glister``;
   ``gradmatch-memory``, ``glister-memory``  the same selections with their gradients taken at the perturbations
                       training found last (:mod:`robustlib.memory`: one forward pass per example instead of a
                       K_s-step attack) — ours, not the paper's.
@@ -54,6 +57,8 @@ METHODS = {
     "glister": "Adv-GLISTER: greedy validation-gradient gain on adversarial gradients, every R epochs",
     "glister-balanced": "Adv-GLISTER within each class, budget ∝ class size, against that class's validation "
                         "gradient (ours)",
+    "glister-exact": "Adv-GLISTER with the validation gradient refreshed exactly for the last layer (as CORDS "
+                     "does) instead of linearly",
     "gradmatch-memory": "Adv-GRAD-MATCH on gradients at the perturbations training remembered (ours)",
     "glister-memory": "Adv-GLISTER on gradients at the perturbations training remembered (ours)",
 }
@@ -132,9 +137,10 @@ def selector(method: str, fraction: float, epochs: int, *, R: int = 20, kappa: f
         return ScoreSelector(name, fraction, t_w, adversarial=attack if adversarial else None, seed=seed)
     if method == "random":
         return DynamicSelector("random", fraction, R, t_w, seed=seed)
-    if method in ("glister", "glister-balanced"):
+    if method in ("glister", "glister-balanced", "glister-exact"):
         return DynamicSelector("glister", fraction, R, t_w, adversarial=attack, valid=valid, seed=seed,
-                               balanced=method == "glister-balanced")
+                               balanced=method == "glister-balanced",
+                               val_update="exact" if method == "glister-exact" else "linear")
     return DynamicSelector("gradmatch", fraction, R, t_w, adversarial=attack, variant=variant, group_size=group_size,
                            seed=seed)
 
@@ -178,6 +184,27 @@ def class_shares(selector, data: ImageData) -> list | None:
     w = torch.ones(len(idx), device=idx.device) if w is None else w.to(idx.device).float()
     per_class = torch.zeros(data.num_classes, device=idx.device).index_add_(0, data.labels[idx], w)
     return (per_class / per_class.sum()).tolist()
+
+
+def kept_gradient_norms(model: nn.Module, data: ImageData, selectors: dict, *, adversarial, epoch: int = 0) -> list:
+    """Whether selectors keep the examples with the largest gradients: each selector of ``selectors`` (name →
+    selector whose warm-up has passed at ``epoch``) chooses from the same ``model``, and its kept examples are placed
+    among all of ``data`` by the norm of their last-layer gradient on PGD examples (GraNd, last layer, on the
+    ``adversarial`` attack's examples). One dict per selector: the kept examples' mean percentile of that norm (0.5:
+    as a random subset; 1: the largest), the share of them among the 10% largest, and their mean norm against
+    the whole data's."""
+    norms = score("grand", model, data, adversarial=adversarial)
+    percentile = norms.argsort().argsort().float() / max(len(norms) - 1, 1)
+    rows = []
+    for name, chooser in selectors.items():
+        chosen = chooser(epoch, model, data)
+        if chosen is None:
+            raise ValueError(f"selector {name!r} chose nothing at epoch {epoch}: its warm-up has not passed")
+        idx = chosen[0]
+        rows.append({"method": name, "kept": len(idx), "mean_norm_percentile": float(percentile[idx].mean()),
+                     "share_in_largest_tenth": float((percentile[idx] >= 0.9).float().mean()),
+                     "kept_mean_norm": float(norms[idx].mean()), "all_mean_norm": float(norms.mean())})
+    return rows
 
 
 def holdout(data: ImageData, n: int, seed: int = 0) -> tuple:

@@ -641,3 +641,64 @@ def test_a_keyed_run_records_the_selectors_batch_for_its_device(small):
     other = DynamicSelector("random", 0.5, batch_size=512)
     config = rl.runs.run_config("r", model, train, rl.objectives.Standard(), dict(selector=other))
     assert rl.runs.run_key(config) != keys[0]
+
+
+def test_kept_gradient_norms_places_each_selection_among_all_examples(small):
+    from robustlib.pruning import StaticSelector
+    from robustlib.pruning_study import kept_gradient_norms
+    train, _, model = small
+    attack = {"eps": 0.05, "steps": 1}
+    torch.manual_seed(0)
+    norms = score("grand", model, train, adversarial=attack)
+    top = StaticSelector(norms, 0.1, keep="top")           # the 20 largest norms of this very scoring
+    rows = kept_gradient_norms(model, train, {"top": top, "random": DynamicSelector("random", 0.5, seed=1)},
+                               adversarial=attack)
+    by = {r["method"]: r for r in rows}
+    # with the same attack starts the top-10% selector sits at the top: percentiles 0.9-1, all in the largest tenth
+    torch.manual_seed(0)
+    again = kept_gradient_norms(model, train, {"top": top}, adversarial=attack)[0]
+    assert again["share_in_largest_tenth"] == 1.0 and again["mean_norm_percentile"] > 0.9
+    assert by["random"]["kept"] == 100 and 0.35 < by["random"]["mean_norm_percentile"] < 0.65
+    assert by["random"]["all_mean_norm"] == pytest.approx(float(norms.mean()), rel=0.2)
+    with pytest.raises(ValueError, match="warm-up"):
+        kept_gradient_norms(model, train, {"late": DynamicSelector("random", 0.5, warmup=3)}, adversarial=attack)
+
+
+def test_glister_exact_refresh_is_the_last_layers_validation_gradient_after_the_step():
+    """The exact refresh against an independent one: autograd's gradient of the validation CE of a linear last
+    layer whose weights took the step −η Σ_{picked} g_i; the linear refresh grows without bound, the exact one not."""
+    from robustlib.greedy import OuterRows, glister_greedy
+    g = torch.Generator().manual_seed(0)
+    C, F_, n, m, eta = 3, 4, 40, 25, 0.5
+    W0 = torch.randn(C, F_, generator=g, dtype=torch.float64)
+    Ht, Hv = torch.randn(n, F_, generator=g, dtype=torch.float64), torch.randn(m, F_, generator=g, dtype=torch.float64)
+    yt, yv = torch.randint(0, C, (n,), generator=g), torch.randint(0, C, (m,), generator=g)
+
+    def rows(H, y):   # last-layer CE gradients at W0: (softmax − onehot) ⊗ H
+        return OuterRows(torch.softmax(H @ W0.T, 1) - F.one_hot(y, C).double(), H)
+    G, V = rows(Ht, yt), rows(Hv, yv)
+    ours = glister_greedy(G, V.rows_sum() / m, 8, eta=eta, valid=V, valid_labels=yv)
+    W, used, ref, dense = W0.clone(), torch.zeros(n, dtype=torch.bool), [], G.dense()
+    g_val = V.rows_sum() / m
+    for _ in range(8):
+        i = int((dense @ g_val).masked_fill(used, -float("inf")).argmax())
+        used[i] = True
+        ref.append(i)
+        W = W - eta * dense[i].view(C, F_)
+        Wg = W.clone().requires_grad_(True)
+        g_val = torch.autograd.grad(F.cross_entropy(Hv @ Wg.T, yv), Wg)[0].flatten()
+    assert ours.tolist() == ref
+    linear = glister_greedy(G, V.rows_sum() / m, 8, eta=eta)
+    assert linear.tolist() != ref   # the two refreshes choose differently here
+    with pytest.raises(ValueError, match="one label per validation row"):
+        glister_greedy(G, V.rows_sum() / m, 4, valid=V)
+
+
+def test_selector_with_the_exact_refresh_has_its_own_key(small):
+    train, test, model = small
+    sel = DynamicSelector("glister", 0.25, valid=test, val_update="exact", balanced=True)
+    idx, _ = sel(0, model, train)
+    assert len(set(idx.tolist())) == 50 and sel.config()["val_update"] == "exact"
+    assert "val_update" not in DynamicSelector("glister", 0.25, valid=test).config()
+    with pytest.raises(ValueError, match="val_update"):
+        DynamicSelector("glister", 0.25, valid=test, val_update="hessian")
