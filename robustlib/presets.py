@@ -31,10 +31,11 @@ PRESETS = {
     "cpu": {
         # data_pruning: PGD-AT with every method at f = 0.2 (Adv-GRAD-MATCH / Adv-GLISTER also at f = 0.4),
         # Bullet-Train alone and with both selectors, both selectors from a perturbation memory (ours), Adv-GLISTER per
-        # class (ours); TRADES and MART full data and Adv-GRAD-MATCH + Bullet-Train.
+        # class (ours) and with the exact last-layer refresh; TRADES and MART full data and Adv-GRAD-MATCH +
+        # Bullet-Train.
         # The schedule controls (f = 0.2) add full data for 2 epochs and Adv-GRAD-MATCH / random for 36 (R = 15); the
-        # seed repeats add full data, random, Adv-GRAD-MATCH, Adv-GLISTER and Adv-GLISTER per class at f = 0.2 with
-        # seeds 1 and 2 (10 runs, 10 min of training on the Intel Xeon, 2026-11-27); the longer schedule (E = 24) full
+        # seed repeats add full data, random, Adv-GRAD-MATCH, Adv-GLISTER and its two variants at f = 0.2 with seeds 1
+        # and 2 (12 runs, 12 min of training on the Intel Xeon, 2026-11-27); the longer schedule (E = 24) full
         # data, Adv-GRAD-MATCH and random at f = 0.2 (3 runs, 9.5 min of training there).
         # Measured 2026-11-27 on a 2-core Intel Xeon with AMX (bf16): 28 min for the whole notebook from scratch,
         # 25 min of training, controls included (a full-data PGD-10 epoch 14–15 s). On a 2-core AMD EPYC in fp32
@@ -100,10 +101,10 @@ PRESETS = {
         # Fashion-MNIST images ≈ 9.5–11.4 s at batch 512 on the H200 (measured in data_pruning's run), a fresh PGD-3
         # selection ≈ 0.7 of it, one from the perturbation memory ≈ 0.06–0.09.
         # data_pruning: E = 5, f = 0.3, T_w = 1, R = 2 (two selections): PGD-AT with full data, Bullet-Train,
-        # random, Adv-GRAD-MATCH (fresh and from the memory), Adv-GLISTER and Adv-GLISTER per class; TRADES full and
-        # with Adv-GRAD-MATCH + Bullet-Train; the equal-budget control (no stretched schedules). Measured 2026-11-27 on
-        # one NVIDIA H200 (bf16 + channels-last), before Adv-GLISTER per class joined the grid (about 25 s more): 6.5 min
-        # for the whole notebook, 5.3 min of training; 402 s in run_offline.sh.
+        # random, Adv-GRAD-MATCH (fresh and from the memory), Adv-GLISTER and its two variants; TRADES full and with
+        # Adv-GRAD-MATCH + Bullet-Train; the equal-budget control (no stretched schedules). Measured 2026-11-27 on one
+        # NVIDIA H200 (bf16 + channels-last), before the two Adv-GLISTER variants joined the grid (about 50 s more):
+        # 6.5 min for the whole notebook, 5.3 min of training; 402 s in run_offline.sh.
         # MART, the static scores, more fractions and the stretched controls are for `paper` or a GPU of one's own
         # (add them to the grid).
         "data_pruning": dict(datasets=["fashion-mnist"], model_name="preact_resnet18", epochs=5, batch_size=512,
