@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training import EPS, STEPS, VARIANTS, data_for, switched  # noqa: E402
+from bench_training import EPS, STEPS, VARIANTS, data_for, network_of, switched  # noqa: E402
 from common import sync, timed, write_result  # noqa: E402
 
 import robustlib as rl  # noqa: E402
@@ -133,10 +133,7 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=12, help="operators listed per variant, by input shape")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    default_name = "preact_resnet18" if cuda else "mnist_small"
-    name = args.network or default_name
+    device, cuda, name, default_name = network_of(args)
     batch = args.batch or (32 if args.quick else (512 if cuda else 128))
     n_batches = args.batches or (3 if args.quick else 20)
     variants = args.variants or ["fp32", "default"]

@@ -146,47 +146,39 @@ def robustlib_epoch(model, data, batch: int, device, limit: int | None = None, *
 
 
 @contextmanager
-def mixed_layout_flatten(active: bool):
-    """Inside the block (when ``active``) ``fit`` no longer hands gradients back channels-last through
-    ``nn.Flatten`` (:func:`robustlib.precision.channels_last_gradients`): the "before" of that change."""
-    original = rl.precision.channels_last_gradients
+def _replaced(owner, attr: str, value, active: bool):
+    """``owner.attr`` set to ``value`` inside the block when ``active``, restored on leaving."""
+    original = getattr(owner, attr)
     if active:
-        rl.precision.channels_last_gradients = lambda model: nullcontext(model)
+        setattr(owner, attr, value)
     try:
         yield
     finally:
-        rl.precision.channels_last_gradients = original
-
-
-@contextmanager
-def unfrozen_attacks(active: bool):
-    """Inside the block (when ``active``) attacks no longer freeze the parameters: the "before" of that change."""
-    original = rl.attacks.input_gradients_only
-    if active:
-        rl.attacks.input_gradients_only = lambda model: nullcontext(model)
-    try:
-        yield
-    finally:
-        rl.attacks.input_gradients_only = original
-
-
-@contextmanager
-def projected_steps(active: bool):
-    """Inside the block (when ``active``) L∞ attack steps project as before the box clamp (``attacks.BOX_CLAMP``)."""
-    original = rl.attacks.BOX_CLAMP
-    rl.attacks.BOX_CLAMP = original and not active
-    try:
-        yield
-    finally:
-        rl.attacks.BOX_CLAMP = original
+        setattr(owner, attr, original)
 
 
 @contextmanager
 def switched(variant: str):
-    """The library changes a *before* variant switches off, for the block (none for the other variants)."""
-    with unfrozen_attacks(variant == "fp32 unfrozen attack"), mixed_layout_flatten(variant.endswith("flatten")), \
-            projected_steps(variant.endswith("projected steps")):
+    """The library change a *before* variant switches off, for the block (none for the other variants):
+    ``fp32 unfrozen attack`` attacks without freezing the parameters (``attacks.input_gradients_only``), ``…,
+    mixed-layout flatten`` trains without channels-last gradients through Flatten
+    (``precision.channels_last_gradients``), ``…, projected steps`` projects L∞ steps as before the box clamp
+    (``attacks.BOX_CLAMP``)."""
+    with _replaced(rl.attacks, "input_gradients_only", lambda model: nullcontext(model),
+                   variant == "fp32 unfrozen attack"), \
+            _replaced(rl.precision, "channels_last_gradients", lambda model: nullcontext(model),
+                      variant.endswith("mixed-layout flatten")), \
+            _replaced(rl.attacks, "BOX_CLAMP", False, variant.endswith("projected steps")):
         yield
+
+
+def network_of(args) -> tuple:
+    """(device, on CUDA?, the network, the device's default network) from a script's --device and --network:
+    PreAct-ResNet-18 on 32×32×3 generated images on CUDA, MNIST_Small on Fashion-MNIST on a CPU."""
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    default_name = "preact_resnet18" if cuda else "mnist_small"
+    return device, cuda, args.network or default_name, default_name
 
 
 def flops_per_image(model, data, batch: int) -> float:
@@ -235,10 +227,7 @@ def main(argv=None):
                         "kernel launches bound a small network and CUDA graphs (the cudagraphs variants) may pay")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    default_name = "preact_resnet18" if cuda else "mnist_small"
-    name = args.network or default_name
+    device, cuda, name, default_name = network_of(args)
     n = args.n or (512 if args.quick else (50_000 if cuda else 10_000))
     batch = args.batch or (512 if cuda else 128)
     repeat = 1 if args.quick else args.repeat

@@ -242,21 +242,21 @@ class DynamicSelector:
                                   refresh=self.VALID_REFRESH if self.valid_memory is not None else 0,
                                   batch_size=self.batch_size, factored=True)
 
-            def greedy(rows, held, budget):   # held: the validation rows it scores against
-                v = OuterRows(Gv.P[held], Gv.H[held])
-                exact = dict(valid=v, valid_labels=valid.labels[held]) if self.val_update == "exact" else {}
+            def greedy(rows, held, budget):   # held: the validation rows it scores against (None: all)
+                v, labels = (Gv, valid.labels) if held is None else \
+                    (OuterRows(Gv.P[held], Gv.H[held]), valid.labels[held])
+                exact = dict(valid=v, valid_labels=labels) if self.val_update == "exact" else {}
                 return glister_greedy(rows, v.rows_sum() / v.P.shape[0], budget, eta=self.eta,
                                       chunk=self.chunk or math.ceil(budget / 64), stochastic=self.stochastic,
                                       delta=self.delta, generator=g, **exact)
-            every = torch.ones(len(valid), dtype=torch.bool, device=dev)
             if not self.balanced:
-                return greedy(G, every, k), torch.ones(k, device=dev)
+                return greedy(G, None, k), torch.ones(k, device=dev)
             parts = []
             for c, kc in enumerate(class_budgets(data.labels, k, data.num_classes)):   # a loop over classes
                 members, held = (data.labels == c).nonzero().squeeze(1), valid.labels == c
                 if kc > 0:   # a class without validation examples scores against the whole split's gradient
                     rows = OuterRows(G.P[members], G.H[members])
-                    parts.append(members[greedy(rows, held if bool(held.any()) else every, kc)])
+                    parts.append(members[greedy(rows, held if bool(held.any()) else None, kc)])
             idx = torch.cat(parts)
             return idx, torch.ones(len(idx), device=dev)
         if self.variant == "per_example":
