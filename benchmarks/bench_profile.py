@@ -3,6 +3,7 @@
     python benchmarks/bench_profile.py                        # CPU: MNIST_Small on Fashion-MNIST (digits if absent)
     python benchmarks/bench_profile.py --device cuda          # GPU: PreAct-ResNet-18 on 32×32×3 generated data
     python benchmarks/bench_profile.py --device cuda --network mnist_small --variants fp32 default
+    python benchmarks/bench_profile.py --objective mixtrain-k5 symbolic   # certified training, batch 50
 
 The training benchmark (`bench_training.py`) says how fast a step is; this one says what it spends its time on, so
 that the next gain is looked for where the time is. For each *variant* of `fit`'s speed options (the names of
@@ -17,8 +18,16 @@ kernel launches, and fewer, larger kernels (compilation, CUDA graphs) are what p
 The most expensive operators, by input shape, are listed too: a cheap operator that costs much is where a layout or
 a dtype goes wrong (that is how the mixed layouts behind `robustlib.precision.channels_last_gradients` were found).
 
+``--objective`` profiles other trainers on MNIST_Small at the MixTrain paper's batch of 50 instead: MixTrain
+(k = 5 symbolic bounds a batch) and full symbolic training (a bound for every example), in `fit`'s default
+variant. Where the time of their symbolic bounds goes, and how many operators they call (``ops_per_batch``, aten
+operator calls, nested ones included; on a GPU also ``kernels_per_batch``), says whether bounding k points instead of
+50 can save time on a device: a GPU that waits on the host between small kernels (``device_busy`` far below 1) saves
+little, because the k points' bounds call as many operators as the whole batch's. Their elementwise operators are
+the bounds' (ReLU relaxation, concretisation), not an attack's, and are reported as such.
+
 Writes ``benchmarks/results/profile-<cpu|cuda>.json`` (``profile-<network>-<device>.json`` for another network than
-the device's default). A profile has no baseline of its own: its figures are shares of one run, and its ratios are
+the device's default, ``profile-certified-<device>.json`` for ``--objective``). A profile has no baseline of its own: its figures are shares of one run, and its ratios are
 each variant's images/s against fp32 eager robustlib in the same process, without the profiler.
 """
 from __future__ import annotations
@@ -48,7 +57,9 @@ KINDS = {
                      r"as_strided|expand",
     "loss": r"softmax|nll_loss|cross_entropy|log_softmax|kl_div|logsumexp",
     "optimiser": r"Optimizer|_foreach|sgd|zero_",
-    "allocation": r"empty|zeros|ones|full|resize_",
+    "allocation": r"empty|zeros|ones|full|resize_|^aten::fill_$",
+    "gather / scatter": r"gather|scatter|index|embedding_bag|unfold|^aten::take",
+    "reduction": r"^aten::(sum|mean|amax|amin|max|min|linalg_vector_norm|norm)$",
 }
 
 
@@ -81,43 +92,57 @@ def _host_side(events):
     return [e for e in events if getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU]
 
 
-def summarise(events, by_shape, wall_s: float, n_batches: int, cuda: bool, top: int) -> tuple[dict, list]:
-    """One variant's row (seconds per batch by kind, shares, device busy) and its most expensive operators."""
+def summarise(events, by_shape, wall_s: float, n_batches: int, cuda: bool, top: int,
+              attack: bool = True) -> tuple[dict, list]:
+    """One variant's row (seconds per batch by kind, shares, device busy, operator calls) and its most expensive
+    operators. ``attack``: the step's elementwise operators are an attack's (PGD-AT), else reported as
+    "elementwise" (the bounds' in certified training)."""
+    label = (lambda k: k) if attack else (lambda k: "elementwise" if k == "attack step" else k)  # noqa: E731
     ops = _host_side(events)
     spent: dict = {}
     for e in ops:
-        spent[kind_of(e.key)] = spent.get(kind_of(e.key), 0.0) + _self_us(e, cuda)
+        kind = label(kind_of(e.key))
+        spent[kind] = spent.get(kind, 0.0) + _self_us(e, cuda)
     total = sum(spent.values())
     row = {"wall_ms_per_batch": 1e3 * wall_s / n_batches,
            "profiled_ms_per_batch": total / 1e3 / n_batches,
-           "device_busy" if cuda else "op_time_over_wall": total / 1e6 / wall_s}
+           "device_busy" if cuda else "op_time_over_wall": total / 1e6 / wall_s,
+           "ops_per_batch": sum(e.count for e in ops if e.key.startswith("aten::")) / n_batches}
     if cuda:
         from torch.autograd import DeviceType
         kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
         row["kernels_per_batch"] = sum(e.count for e in kernels) / n_batches
-    row.update({f"% {k}": round(100 * spent.get(k, 0.0) / total, 1) if total else 0.0 for k in (*KINDS, "other")})
+    row.update({f"% {label(k)}": round(100 * spent.get(label(k), 0.0) / total, 1) if total else 0.0
+                for k in (*KINDS, "other")})
     shaped = sorted(_host_side(by_shape), key=lambda e: -_self_us(e, cuda))[:top]
-    tops = [{"op": e.key, "kind": kind_of(e.key),
+    tops = [{"op": e.key, "kind": label(kind_of(e.key)),
              "shapes": " · ".join(str(s) for s in (e.input_shapes or [])[:2] if s) or "—",
              "calls_per_batch": e.count / n_batches, "us_per_call": _self_us(e, cuda) / max(e.count, 1),
              "% of step": round(100 * _self_us(e, cuda) / total, 1) if total else 0.0} for e in shaped]
     return row, tops
 
 
-def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, top, ips):
+def objective_of(name: str):
+    """A fresh objective by its ``--objective`` name (PGD-AT is this script's default; the others certified)."""
+    return {"pgd-at": lambda: rl.objectives.PGDAT(EPS, alpha=EPS / 4, steps=STEPS),
+            "mixtrain-k5": lambda: rl.objectives.MixTrain(EPS, k=5, rule="fixed"),
+            "symbolic": lambda: rl.objectives.SymbolicTraining(EPS)}[name]()
+
+
+def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, top, ips, objective="pgd-at"):
     """One variant: a warm-up, one unprofiled epoch (its images/s into ``ips``), one profiled epoch, summarised."""
     model = rl.models.build(name, like=data).to(device)
 
-    def epoch(part):   # one PGD-AT epoch over ``part`` from the initial weights
+    def epoch(part):   # one epoch of ``objective`` over ``part`` from the initial weights
         model.load_state_dict(init)
-        rl.train.fit(model, part, rl.objectives.PGDAT(EPS, alpha=EPS / 4, steps=STEPS), epochs=1, batch_size=batch,
+        rl.train.fit(model, part, objective_of(objective), epochs=1, batch_size=batch,
                      lr=0.01, schedule="constant", progress=False, **VARIANTS[variant])
 
     epoch(data.head(2 * batch))   # warm-up: compilation, kernel tuning
     wall = timed(lambda: epoch(data), device)
     ips[variant] = batch * n_batches / wall
     events, by_shape = profiled(lambda: epoch(data), device)
-    return summarise(events, by_shape, wall, n_batches, cuda, top)
+    return summarise(events, by_shape, wall, n_batches, cuda, top, attack=objective == "pgd-at")
 
 
 def main(argv=None):
@@ -125,41 +150,62 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--network", choices=("preact_resnet18", "mnist_small"), default=None,
                    help="default: preact_resnet18 on 32×32×3 generated images on CUDA, mnist_small on Fashion-MNIST "
-                        "on a CPU")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 128 on CPU, 512 on CUDA)")
+                        "on a CPU (always mnist_small with --objective)")
+    p.add_argument("--objective", nargs="+", default=None, choices=("mixtrain-k5", "symbolic"),
+                   help="profile these certified trainers instead of PGD-AT (MNIST_Small, batch 50, fit's default)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size (default 128 on CPU, 512 on CUDA; 50 with --objective)")
     p.add_argument("--batches", type=int, default=None, help="batches per profiled epoch (default 20; 3 with --quick)")
     p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
-                   help="fit configurations to profile (default: fp32 and default)")
+                   help="fit configurations to profile (default: fp32 and default; default alone with --objective)")
     p.add_argument("--top", type=int, default=12, help="operators listed per variant, by input shape")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs")
     args = p.parse_args(argv)
+    certified = bool(args.objective)
+    if certified:
+        args.network = "mnist_small"
     device, cuda, name, default_name = network_of(args)
-    batch = args.batch or (32 if args.quick else (512 if cuda else 128))
+    batch = args.batch or (50 if certified else 32 if args.quick else (512 if cuda else 128))
     n_batches = args.batches or (3 if args.quick else 20)
-    variants = args.variants or ["fp32", "default"]
-    variants = ["fp32"] + [v for v in variants if v != "fp32"]   # the ratios' baseline, timed in this process
+    if certified:
+        variants, objectives = args.variants or ["default"], args.objective
+    else:   # fp32 first: the ratios' baseline, timed in this process
+        variants, objectives = args.variants or ["fp32", "default"], ["pgd-at"]
+        variants = ["fp32"] + [v for v in variants if v != "fp32"]
     data, _ = data_for(device, batch * n_batches, gpu_like=name == "preact_resnet18")
     torch.manual_seed(0)
     init = rl.models.build(name, like=data).state_dict()
 
     rows, tops, ips = [], [], {}
-    for variant in variants:
-        with switched(variant):
-            row, top = profile_variant(variant, name, data, init, batch, n_batches, device, cuda, args.top, ips)
-        rows.append({"variant": variant, "images_per_s": ips[variant], **row})
-        tops += [{"variant": variant, **t} for t in top]
-        shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
-        print(f"{variant:28s} {ips[variant]:8.0f} images/s, {row['wall_ms_per_batch']:.1f} ms a batch; "
-              + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
-              + (f"; device busy {row['device_busy']:.0%}, {row['kernels_per_batch']:.0f} kernels a batch"
-                 if cuda else ""), flush=True)
-        for t in top[:5]:
-            print(f"    {t['op']:36s} {t['shapes'][:50]:50s} {t['us_per_call']:8.1f} µs × "
-                  f"{t['calls_per_batch']:.0f} a batch ({t['% of step']:.0f}%)", flush=True)
-    ratios = {f"robustlib[{v}] / robustlib[fp32]": ips[v] / ips["fp32"] for v in ips if v != "fp32"}
-    result = "profile" if name == default_name else f"profile-{name}"
+    for objective in objectives:
+        for variant in variants:
+            key = f"{objective}, {variant}" if certified else variant
+            with switched(variant):
+                row, top = profile_variant(variant, name, data, init, batch, n_batches, device, cuda, args.top,
+                                           ips, objective)
+            ips[key] = ips.pop(variant)
+            rows.append({**({"objective": objective} if certified else {}), "variant": variant,
+                         "images_per_s": ips[key], **row})
+            tops += [{**({"objective": objective} if certified else {}), "variant": variant, **t} for t in top]
+            shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
+            print(f"{key:28s} {ips[key]:8.0f} images/s, {row['wall_ms_per_batch']:.1f} ms a batch, "
+                  f"{row['ops_per_batch']:.0f} operator calls; " + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
+                  + (f"; device busy {row['device_busy']:.0%}, {row['kernels_per_batch']:.0f} kernels a batch"
+                     if cuda else ""), flush=True)
+            for t in top[:5]:
+                print(f"    {t['op']:36s} {t['shapes'][:50]:50s} {t['us_per_call']:8.1f} µs × "
+                      f"{t['calls_per_batch']:.0f} a batch ({t['% of step']:.0f}%)", flush=True)
+    if certified:   # each trainer's step against MixTrain's, per variant: time and operator calls
+        by = {(r["objective"], r["variant"]): r for r in rows}
+        ratios = {f"[{v}] {o} / mixtrain-k5, {what}": by[o, v][field] / by["mixtrain-k5", v][field]
+                  for o in objectives if o != "mixtrain-k5" and "mixtrain-k5" in objectives for v in variants
+                  for what, field in (("ms a batch", "wall_ms_per_batch"), ("operator calls", "ops_per_batch"))}
+    else:
+        ratios = {f"robustlib[{v}] / robustlib[fp32]": ips[v] / ips["fp32"] for v in ips if v != "fp32"}
+    result = "profile-certified" if certified else "profile" if name == default_name else f"profile-{name}"
     path = write_result(result, device, {"network": name, "data": data.name, "batch": batch, "batches": n_batches,
-                                         "eps": EPS, "steps": STEPS, "quick": args.quick,
+                                         "eps": EPS, "quick": args.quick,
+                                         **({"objectives": objectives} if certified else {"steps": STEPS}),
                                          "variants": {v: VARIANTS[v] for v in variants}},
                         {"by_kind": rows, "top_operators": tops}, ratios)
     print(f"wrote {path}")

@@ -30,8 +30,9 @@ offline_env || exit 3
 # ONLY (default: the four below) names the steps to run, e.g. ONLY="training pruning". Two more steps run on a GPU
 # only when named: training-small, fit's CUDA variants on MNIST_Small (Fashion-MNIST from the offline kit), where
 # kernel launches bound a small network and CUDA graphs may pay (about 2 minutes; training-mnist_small-cuda.json);
-# profile, where a training step's time goes on PreAct-ResNet-18 and on MNIST_Small (bench_profile.py, about 2
-# minutes; profile-cuda.json, profile-mnist_small-cuda.json). `quick` checks the profile script too.
+# profile, where a training step's time goes on PreAct-ResNet-18 and on MNIST_Small, and a MixTrain and a full
+# symbolic-training step's on MNIST_Small (bench_profile.py, about 3 minutes; profile-cuda.json,
+# profile-mnist_small-cuda.json, profile-certified-cuda.json). `quick` checks the profile script too.
 default_steps="training bounds certified pruning"
 [ "$mode" = quick ] && default_steps="$default_steps profile"
 only=${ONLY:-$default_steps}
@@ -78,10 +79,13 @@ cuda)
     wanted profile && step 60 profile-mnist_small-cuda.json profile-mnist_small-cuda.json -- "$PY" \
         "$here/bench_profile.py" --device cuda --network mnist_small --variants fp32 default \
         "bf16+channels-last, mixed-layout flatten"
+    wanted profile && step 60 profile-certified-cuda.json profile-certified-cuda.json -- "$PY" \
+        "$here/bench_profile.py" --device cuda --objective mixtrain-k5 symbolic
     wanted bounds && step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
-    wanted certified && step 90 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
-        --device cuda
+    # certified training on MNIST_Small and MNIST_Large; symbolic bounds against their floor at batch 8 and 64
+    wanted certified && step 150 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
+        --device cuda --floor-batches 8 64
     wanted pruning && step 240 pruning-cuda.json pruning-cuda.json -- "$PY" "$here/bench_pruning.py" \
         --device cuda --model preact_resnet18 --n 20000 --epochs 4 --batch-size 512 --select-batch-sizes 256
     ;;

@@ -25,12 +25,16 @@ BENCHMARKS = {   # script → (section title, what it measures)
     "certified": ("Certified training", "one epoch of MixTrain (k = 1, 5), full symbolic, IBP and PGD-AT training "
                   "on the same data, and one symbolic bound's forward + backward against a forward pass of d + 1 "
                   "images; where the file has them, the symbolic and MixTrain epochs and the forward + backward also "
-                  "with the bounds' windows and crops off (`…, dense`: their before, in the same run)."),
+                  "with the bounds' windows and crops off (`…, dense`: their before, in the same run). `per_example`: "
+                  "seconds per example of each trainer per network (after the first, full symbolic training runs on "
+                  "fewer examples: ratios marked `(per example)`); floors at each batch size the file has."),
     "profile": ("Where a training step's time goes", "`train.fit` + PGD-AT (K = 10) under `torch.profiler`: "
                 "each operator's self time (on a GPU, its kernels' time) summed by kind of work, per variant of "
                 "`fit`'s speed options, with the most expensive operators by input shape; on a GPU also the share "
                 "of the step in which the device computes at all (`device_busy`, kernels' time over the "
-                "unprofiled wall-clock) and the kernels launched per batch. Shares of one run, not ratios."),
+                "unprofiled wall-clock) and the kernels launched per batch; `ops_per_batch`: aten operator calls, "
+                "nested ones included. Shares of one run, not ratios. `profile-certified`: a MixTrain (k = 5) and a "
+                "full symbolic-training step of MNIST_Small at batch 50 the same way (`--objective`)."),
     "pruning": ("Pruned adversarial training", "the cost of one Adv-GRAD-MATCH / Adv-GLISTER selection against a "
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),
 }

@@ -24,9 +24,9 @@ def results(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _run(script: str, argv: list, folder) -> dict:
+def _run(script: str, argv: list, folder, result: str | None = None) -> dict:
     importlib.import_module(script).main(argv)
-    name = script.removeprefix("bench_")
+    name = result or script.removeprefix("bench_")
     payload = json.loads((folder / f"{name}-cpu.json").read_text())
     assert payload["benchmark"] == name and payload["device"].startswith("CPU") and payload["versions"]["torch"]
     return payload
@@ -58,6 +58,28 @@ def test_bounds_benchmark_forces_crops_into_a_linear_where_the_device_does_witho
     sym = next(r for r in out["figures"] if r["method"] == "symbolic")
     assert sym["crop_linear_over_default"] > 0 and "no_crop_linear_over_default" not in sym
     assert ("cpu", "cuda") in forced and symbolic.CROP_LINEAR_DEVICES == ()   # on for that row only, then restored
+
+
+def test_certified_benchmark_compares_trainers_per_network_and_floors_per_batch(results, monkeypatch):
+    """The first network keeps the file's original keys; every further network is a row of seconds per example
+    (full symbolic training on fewer examples) with prefixed ratios; each floor batch size gets its own rows."""
+    monkeypatch.setattr(importlib.import_module("bench_certified"), "FLOOR_NETWORKS", ("mnist_small", "cifar_small"))
+    out = _run("bench_certified", ["--quick", "--networks", "mnist_small", "mnist_small", "--n-symbolic", "50",
+                                       "--floor-batches", "1", "2"],
+               results)
+    first, other = out["figures"]["per_example"]
+    assert out["settings"]["networks"] == ["mnist_small", "mnist_small"]
+    assert first["n"] == first["n_symbolic"] == out["settings"]["n"]
+    assert other["n"] == out["settings"]["n_large"] and other["n_symbolic"] == out["settings"]["n_symbolic"] < other["n"]
+    seconds = out["figures"]["epoch_s"]
+    assert first["symbolic s/example"] == pytest.approx(seconds["symbolic"] / first["n"])
+    ratio = out["ratios"]["mnist_small symbolic / mixtrain-k5 (per example)"]
+    assert ratio == pytest.approx(other["symbolic s/example"] / other["mixtrain-k5 s/example"])
+    assert out["ratios"]["symbolic / mixtrain-k5"] == pytest.approx(seconds["symbolic"] / seconds["mixtrain-k5"])
+    assert [(f["network"], f["batch"]) for f in out["figures"]["symbolic_floor"]] == [
+        ("mnist_small", 1), ("cifar_small", 1), ("mnist_small", 2), ("cifar_small", 2)]
+    assert "cifar_small symbolic bounds / forward(d+1)" in out["ratios"]          # the first batch: no suffix
+    assert "cifar_small symbolic bounds / forward(d+1), batch 2" in out["ratios"]
 
 
 def test_pruning_benchmark_reports_selection_speed_up_and_bullet_train(results):
@@ -112,4 +134,25 @@ def test_profile_kinds_name_the_usual_operators():
     assert bench_profile.kind_of("aten::sign") == "attack step"
     assert bench_profile.kind_of("Optimizer.step#SGD.step") == "optimiser"
     assert bench_profile.kind_of("aten::native_batch_norm") == "normalisation"
+    assert bench_profile.kind_of("aten::fill_") == "allocation"
+    assert bench_profile.kind_of("aten::scatter_add_") == bench_profile.kind_of("aten::unfold_backward") == \
+        "gather / scatter"
+    assert bench_profile.kind_of("aten::sum") == "reduction"
     assert bench_profile.kind_of("something new") == "other"
+
+
+def test_profile_benchmark_compares_certified_steps_by_operator_calls(results):
+    """--objective: a MixTrain and a full symbolic-training step of MNIST_Small at batch 50, their elementwise work
+    reported as such (not as an attack's), and the ratios of time and operator calls against MixTrain's."""
+    out = _run("bench_profile", ["--quick", "--objective", "mixtrain-k5", "symbolic"], results,
+               result="profile-certified")
+    assert out["settings"]["network"] == "mnist_small" and out["settings"]["batch"] == 50
+    rows = {r["objective"]: r for r in out["figures"]["by_kind"]}
+    assert list(rows) == ["mixtrain-k5", "symbolic"] and {r["variant"] for r in rows.values()} == {"default"}
+    for row in rows.values():
+        assert "% elementwise" in row and "% attack step" not in row and row["ops_per_batch"] > 100
+        assert sum(v for k, v in row.items() if k.startswith("% ")) == pytest.approx(100, abs=0.6)
+    # a bound for every one of 50 examples calls more operators than for 5 of them (chunks, larger packing)
+    assert rows["symbolic"]["ops_per_batch"] > rows["mixtrain-k5"]["ops_per_batch"]
+    assert out["ratios"]["[default] symbolic / mixtrain-k5, operator calls"] == pytest.approx(
+        rows["symbolic"]["ops_per_batch"] / rows["mixtrain-k5"]["ops_per_batch"])
