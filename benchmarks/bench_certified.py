@@ -9,9 +9,9 @@ symbolic training (ideal 10×). The first network trains on ``--n`` examples (it
 keys: ``epoch_s`` and ratios without a prefix); the others on ``--n-large`` examples (one batch of MNIST_Large's
 symbolic bounds takes minutes on a CPU), and their rows give **seconds per example**. Every trainer takes the same
 steps from the same initial weights: the cost of a symbolic bound follows the number of unstable ReLUs, which
-training changes within a few steps (MNIST_Large at ε = 0.1 on a CPU: about 3 s per sample at its initial weights,
-about 1.2 s on average over MixTrain's first four batches), so timing full symbolic training on fewer steps than
-MixTrain (``--n-symbolic`` below ``--n-large``) mixes the two effects. Their certified objectives recompute the bounds
+training changes within a few steps (MNIST_Large at ε = 0.1 on the 2-core CPU: about 3 s per sample at its initial
+weights, about 2 s on average over the first two steps, 1.3 s over MixTrain's first four), so timing full symbolic
+training on fewer steps than MixTrain (``--n-symbolic`` below ``--n-large``) mixes the two effects. Their certified objectives recompute the bounds
 in the backward pass (``checkpoint=True``), as the MixTrain chapter does: without it one batch of MNIST_Large's
 symbolic bounds outgrows 24 GiB.
 
