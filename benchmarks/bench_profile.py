@@ -129,8 +129,9 @@ def objective_of(name: str):
             "symbolic": lambda: rl.objectives.SymbolicTraining(EPS)}[name]()
 
 
-def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, top, ips, objective="pgd-at"):
-    """One variant: a warm-up, one unprofiled epoch (its images/s into ``ips``), one profiled epoch, summarised."""
+def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, top, objective="pgd-at"):
+    """One variant: a warm-up, one unprofiled epoch (its images/s, first in the row), one profiled epoch,
+    summarised."""
     model = rl.models.build(name, like=data).to(device)
 
     def epoch(part):   # one epoch of ``objective`` over ``part`` from the initial weights
@@ -140,9 +141,9 @@ def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, t
 
     epoch(data.head(2 * batch))   # warm-up: compilation, kernel tuning
     wall = timed(lambda: epoch(data), device)
-    ips[variant] = batch * n_batches / wall
     events, by_shape = profiled(lambda: epoch(data), device)
-    return summarise(events, by_shape, wall, n_batches, cuda, top, attack=objective == "pgd-at")
+    row, tops = summarise(events, by_shape, wall, n_batches, cuda, top, attack=objective == "pgd-at")
+    return {"images_per_s": batch * n_batches / wall, **row}, tops
 
 
 def main(argv=None):
@@ -182,10 +183,9 @@ def main(argv=None):
             key = f"{objective}, {variant}" if certified else variant
             with switched(variant):
                 row, top = profile_variant(variant, name, data, init, batch, n_batches, device, cuda, args.top,
-                                           ips, objective)
-            ips[key] = ips.pop(variant)
-            rows.append({**({"objective": objective} if certified else {}), "variant": variant,
-                         "images_per_s": ips[key], **row})
+                                           objective)
+            ips[key] = row["images_per_s"]
+            rows.append({**({"objective": objective} if certified else {}), "variant": variant, **row})
             tops += [{**({"objective": objective} if certified else {}), "variant": variant, **t} for t in top]
             shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
             print(f"{key:28s} {ips[key]:8.0f} images/s, {row['wall_ms_per_batch']:.1f} ms a batch, "

@@ -26,8 +26,9 @@ BENCHMARKS = {   # script → (section title, what it measures)
                   "on the same data, and one symbolic bound's forward + backward against a forward pass of d + 1 "
                   "images; where the file has them, the symbolic and MixTrain epochs and the forward + backward also "
                   "with the bounds' windows and crops off (`…, dense`: their before, in the same run). `per_example`: "
-                  "seconds per example of each trainer per network (after the first, full symbolic training runs on "
-                  "fewer examples: ratios marked `(per example)`); floors at each batch size the file has."),
+                  "seconds per example of each trainer per network (after the first, on fewer examples, every "
+                  "trainer over the same steps from the same weights: ratios marked `(per example)`); floors at each "
+                  "batch size the file has."),
     "profile": ("Where a training step's time goes", "`train.fit` + PGD-AT (K = 10) under `torch.profiler`: "
                 "each operator's self time (on a GPU, its kernels' time) summed by kind of work, per variant of "
                 "`fit`'s speed options, with the most expensive operators by input shape; on a GPU also the share "
