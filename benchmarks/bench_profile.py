@@ -21,7 +21,8 @@ a dtype goes wrong (that is how the mixed layouts behind `robustlib.precision.ch
 ``--objective`` profiles other trainers on MNIST_Small at the MixTrain paper's batch of 50 instead: MixTrain
 (k = 5 symbolic bounds a batch) and full symbolic training (a bound for every example), in `fit`'s default
 variant. Where the time of their symbolic bounds goes, and how many operators they call (``ops_per_batch``, aten
-operator calls, nested ones included; on a GPU also ``kernels_per_batch``), says whether bounding k points instead of
+operator calls, nested ones included; on a GPU also ``kernels_per_batch``) and how often they wait for the device
+(``host_reads_per_batch``: int(), bool(), .item() and the like on a tensor), says whether bounding k points instead of
 50 can save time on a device: a GPU that waits on the host between small kernels (``device_busy`` far below 1) saves
 little, because the k points' bounds call as many operators as the whole batch's. Their elementwise operators are
 the bounds' (ReLU relaxation, concretisation), not an attack's, and are reported as such.
@@ -61,6 +62,11 @@ KINDS = {
     "gather / scatter": r"gather|scatter|index|embedding_bag|unfold|^aten::take",
     "reduction": r"^aten::(sum|mean|amax|amin|max|min|linalg_vector_norm|norm)$",
 }
+
+# operators that read a tensor's value on the host (int(), bool(), .item(); nonzero and friends size their output
+# from the values): on a GPU each one waits for every queued kernel, so the host can no longer run ahead of the device
+HOST_READS = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::unique", "aten::_unique2"}
+STREAM_SYNCS = {"cudaStreamSynchronize", "cudaDeviceSynchronize"}   # on CUDA (the epoch's final sync counts once)
 
 
 def kind_of(name: str) -> str:
@@ -107,11 +113,13 @@ def summarise(events, by_shape, wall_s: float, n_batches: int, cuda: bool, top: 
     row = {"wall_ms_per_batch": 1e3 * wall_s / n_batches,
            "profiled_ms_per_batch": total / 1e3 / n_batches,
            "device_busy" if cuda else "op_time_over_wall": total / 1e6 / wall_s,
-           "ops_per_batch": sum(e.count for e in ops if e.key.startswith("aten::")) / n_batches}
+           "ops_per_batch": sum(e.count for e in ops if e.key.startswith("aten::")) / n_batches,
+           "host_reads_per_batch": sum(e.count for e in ops if e.key in HOST_READS) / n_batches}
     if cuda:
         from torch.autograd import DeviceType
         kernels = [e for e in events if getattr(e, "device_type", None) == DeviceType.CUDA]
         row["kernels_per_batch"] = sum(e.count for e in kernels) / n_batches
+        row["stream_syncs_per_batch"] = sum(e.count for e in ops if e.key in STREAM_SYNCS) / n_batches
     row.update({f"% {label(k)}": round(100 * spent.get(label(k), 0.0) / total, 1) if total else 0.0
                 for k in (*KINDS, "other")})
     shaped = sorted(_host_side(by_shape), key=lambda e: -_self_us(e, cuda))[:top]
@@ -189,7 +197,7 @@ def main(argv=None):
             tops += [{**({"objective": objective} if certified else {}), "variant": variant, **t} for t in top]
             shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
             print(f"{key:28s} {ips[key]:8.0f} images/s, {row['wall_ms_per_batch']:.1f} ms a batch, "
-                  f"{row['ops_per_batch']:.0f} operator calls; " + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
+                  f"{row['ops_per_batch']:.0f} operator calls, {row['host_reads_per_batch']:.0f} host reads; " + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
                   + (f"; device busy {row['device_busy']:.0%}, {row['kernels_per_batch']:.0f} kernels a batch"
                      if cuda else ""), flush=True)
             for t in top[:5]:

@@ -152,6 +152,10 @@ def test_profile_benchmark_compares_certified_steps_by_operator_calls(results):
     for row in rows.values():
         assert "% elementwise" in row and "% attack step" not in row and row["ops_per_batch"] > 100
         assert sum(v for k, v in row.items() if k.startswith("% ")) == pytest.approx(100, abs=0.6)
+    # after fit's first batch (whose value checks read the inputs) the only host reads are the sizes of the fresh
+    # error terms, one per ReLU layer (MNIST_Small has three) and bound chunk, plus one at the end of the epoch
+    first_batch = 9 / out["settings"]["batches"]
+    assert 3 <= rows["mixtrain-k5"]["host_reads_per_batch"] <= 3 + first_batch
     # a bound for every one of 50 examples calls more operators than for 5 of them (chunks, larger packing)
     assert rows["symbolic"]["ops_per_batch"] > rows["mixtrain-k5"]["ops_per_batch"]
     assert out["ratios"]["[default] symbolic / mixtrain-k5, operator calls"] == pytest.approx(

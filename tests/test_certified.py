@@ -215,3 +215,33 @@ def test_bad_input():
     bn = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     with pytest.raises(bounds.UnsupportedOperation, match="eval mode"):
         SymbolicTraining(0.1)(bn.train(), x, y)
+
+
+class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operators that read a tensor's value on the host (a synchronisation on a GPU)."""
+
+    SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ in self.SYNCS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("make", [lambda: SymbolicTraining(0.05), lambda: MixTrain(0.05, k=5, rule="fixed")])
+def test_a_certified_step_reads_one_value_per_relu_inside_trusted_inputs(make):
+    """In fit's steps (trusted_inputs) the value checks are off: the only host reads left are the sizes of the
+    fresh error terms, one per ReLU layer (``tiny`` has two); outside, the checks read the inputs too."""
+    model, (x, y) = tiny(), batch(20)
+    obj = make()
+    with rl.checks.trusted_inputs(), _HostSyncs() as trusted:
+        obj(model, x, y).mean().backward()
+    with _HostSyncs() as checked:
+        obj(model, x, y).mean().backward()
+    assert trusted.n == 2, trusted.n
+    assert checked.n > trusted.n
+    with pytest.raises(ValueError, match="NaN"):       # the checks are back after the block
+        obj(model, x * float("nan"), y)
