@@ -69,7 +69,7 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example margin ``max_{j≠y} z_j − z_y`` (positive iff the prediction is not y)."""
     z = logits.float()
     z_y = z.gather(1, y[:, None]).squeeze(1)
-    others = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf"))
+    others = z.masked_fill(torch.arange(z.shape[1], device=z.device) == y[:, None], float("-inf"))   # no host read
     return others.amax(1) - z_y
 
 

@@ -80,3 +80,18 @@ def fp32_default(monkeypatch):
     with a direct fp32 computation, or that test what the fp32 default does (tuned convolutions). The bf16 default of
     a CPU with AMX has its own tests (test_precision.py)."""
     monkeypatch.setenv("ROBUSTLIB_CPU_BF16", "off")
+
+
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operators that read a tensor's value on the host (int(), bool(), .item(), and the operators
+    whose output size depends on values): on a GPU each one waits for the kernels queued before it."""
+
+    READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ in self.READS
+        return func(*args, **(kwargs or {}))

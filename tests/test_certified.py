@@ -13,6 +13,8 @@ from robustlib.objectives import (IBPTraining, MixTrain, Standard, SymbolicTrain
 from robustlib.objectives.certified import importance_draw
 from robustlib.train import fit
 
+from conftest import HostReads
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -217,29 +219,15 @@ def test_bad_input():
         SymbolicTraining(0.1)(bn.train(), x, y)
 
 
-class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the operators that read a tensor's value on the host (a synchronisation on a GPU)."""
-
-    SYNCS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2"}
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.n += func.overloadpacket.__name__ in self.SYNCS
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("make", [lambda: SymbolicTraining(0.05), lambda: MixTrain(0.05, k=5, rule="fixed")])
 def test_a_certified_step_reads_one_value_per_relu_inside_trusted_inputs(make):
     """In fit's steps (trusted_inputs) the value checks are off: the only host reads left are the sizes of the
     fresh error terms, one per ReLU layer (``tiny`` has two); outside, the checks read the inputs too."""
     model, (x, y) = tiny(), batch(20)
     obj = make()
-    with rl.checks.trusted_inputs(), _HostSyncs() as trusted:
+    with rl.checks.trusted_inputs(), HostReads() as trusted:
         obj(model, x, y).mean().backward()
-    with _HostSyncs() as checked:
+    with HostReads() as checked:
         obj(model, x, y).mean().backward()
     assert trusted.n == 2, trusted.n
     assert checked.n > trusted.n

@@ -7,6 +7,8 @@ import robustlib as rl
 from robustlib.objectives import Objective, Standard
 from robustlib.train import fit, lr_factor
 
+from conftest import HostReads
+
 
 class NoisyStandard(Objective):
     """Cross-entropy on inputs with Gaussian noise: uses torch's global RNG, as attack start points do."""
@@ -179,3 +181,28 @@ def test_gpu_code_paths_run_on_cpu(digits):
             schedule="onecycle")
     assert h[-1]["loss"] < 0.5 * h[0]["loss"] and rl.evaluate.accuracy(model, test) > 0.8
     assert model[0].weight.is_contiguous()  # memory format restored after training
+
+
+@pytest.mark.parametrize("name", ["pgd-at", "trades", "mart", "fast-at", "bullet-train", "ibp", "mixtrain"])
+def test_training_steps_read_no_tensor_value_on_the_host(digits, name):
+    """No host synchronisation inside a step (a GPU would wait for its queued kernels at each): after fit's first
+    batch, which checks its inputs, an epoch reads one value on the host, its mean loss at the end. Symbolic bounds
+    also read the number of fresh error terms of each ReLU layer, which sizes their tensors (MixTrain: one per ReLU
+    layer and step). BulletTrain's one documented read a step, the group sizes' ``.tolist()``, is a copy on a GPU
+    that a CPU makes without dispatching a read, so it is not counted here."""
+    make = {"pgd-at": lambda: rl.objectives.PGDAT(0.1, steps=2), "trades": lambda: rl.objectives.TRADES(0.1, steps=2),
+            "mart": lambda: rl.objectives.MART(0.1, steps=2), "fast-at": lambda: rl.objectives.FastAT(0.1),
+            "bullet-train": lambda: rl.objectives.BulletTrain(rl.objectives.PGDAT(0.1, steps=2)),
+            "ibp": lambda: rl.objectives.IBPTraining(0.05),
+            "mixtrain": lambda: rl.objectives.MixTrain(0.05, k=2, rule="fixed")}[name]
+    train = digits[0].subset(torch.arange(512))
+    torch.manual_seed(0)
+    model = rl.models.build("small_cnn")
+    relus = sum(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    after_epoch = []
+    with HostReads() as reads:
+        fit(model, train, make(), epochs=2, batch_size=128, progress=False,
+            callback=lambda record: after_epoch.append(reads.n))
+    batches = -(-len(train) // 128)
+    assert after_epoch[1] - after_epoch[0] == 1 + (relus * batches if name == "mixtrain" else 0), after_epoch
+

@@ -41,9 +41,9 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     """
     zc, za = logits_clean.float(), logits_adv.float()
     log_p, log_q = F.log_softmax(zc, dim=1), F.log_softmax(za, dim=1)
-    true = F.one_hot(y, za.shape[1]).bool()
-    k_star = za.masked_fill(true, float("-inf")).argmax(1)
-    not_k = za.masked_fill(F.one_hot(k_star, za.shape[1]).bool(), float("-inf"))
+    classes = torch.arange(za.shape[1], device=za.device)   # masks by comparison: F.one_hot reads y on a CPU
+    k_star = za.masked_fill(classes == y[:, None], float("-inf")).argmax(1)
+    not_k = za.masked_fill(classes == k_star[:, None], float("-inf"))
     log_one_minus_pk = torch.logsumexp(not_k, dim=1) - torch.logsumexp(za, dim=1)
     bce = -log_q.gather(1, y[:, None]).squeeze(1) - log_one_minus_pk
     p_y = log_p.gather(1, y[:, None]).squeeze(1).exp()
