@@ -32,7 +32,9 @@ alike and their ratios hold):
   (``CROP_LINEAR_DEVICES``), ``symbolic, crops into Linear`` forces them on instead; ``symbolic, no windows``: with
   ``PATCHES`` off as well — every convolution's input coefficients as ``d`` dense columns instead of one window of
   the input per neuron (``bounds.patches``) — the before of the change before (second; its ratio is taken against
-  "no crops"); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
+  "no crops"; on CUDA a chunk with fewer dense coefficients than ``bounds.symbolic.PATCHES_MIN_DENSE`` takes the
+  dense path in the default too, and ``symbolic, windows at every size`` times it with windows, the before of that
+  choice, 2026-11-27); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
   materialised at once instead of kept as ``s ⊗ J``, fresh error terms through dense passes instead of gathers
   from the weights — the before of the first change (its ratio is taken against "no windows");
 * ``naive symbolic``: the same relaxation written layer by layer the straightforward way
@@ -211,6 +213,20 @@ def _crop_linear_forced(fn):
     return run
 
 
+def _windows_everywhere(fn):
+    """``fn`` with windows for chunks of every size (``PATCHES_MIN_DENSE`` emptied): on a device type that takes the
+    dense path below a size (CUDA, since 2026-11-27), the before of that choice, timed in the same run."""
+    module = importlib.import_module("robustlib.bounds.symbolic")
+
+    def run():
+        saved, module.PATCHES_MIN_DENSE = module.PATCHES_MIN_DENSE, {}
+        try:
+            return fn()
+        finally:
+            module.PATCHES_MIN_DENSE = saved
+    return run
+
+
 def _switched_off(fn, *flags):
     """``fn`` with the named switches of ``bounds.symbolic`` off, the before of those changes in the same run:
     ``CROP_LINEAR`` (2026-11-27, fourth change: crops also into a Linear, which reads each crop's weight columns),
@@ -254,6 +270,9 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     default = lambda: bounds.symbolic(model, lower, upper, memory_budget=budget)  # noqa: E731
     runs[CROP_LINEAR_ROW[crop_linear]] = (_switched_off(default, "CROP_LINEAR") if crop_linear
                                           else _crop_linear_forced(default), chunk * coef)
+    size_policy = device.type in importlib.import_module("robustlib.bounds.symbolic").PATCHES_MIN_DENSE
+    if size_policy:
+        runs["symbolic, windows at every size"] = (_windows_everywhere(default), chunk * coef)
     runs["symbolic, no crops"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
                                                 "CROPS"), chunk * coef)
     runs["symbolic, no windows"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
@@ -297,6 +316,8 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
             else:   # on this device the default has no crops into a Linear: forced on, they are the other choice
                 r["crop_linear_over_default"] = seconds[CROP_LINEAR_ROW[False]] / seconds["symbolic"]
                 r["no_crops_over_default"] = seconds["symbolic, no crops"] / seconds["symbolic"]
+            if size_policy:
+                r["windows_everywhere_over_default"] = seconds["symbolic, windows at every size"] / seconds["symbolic"]
             r["no_windows_over_no_crops"] = seconds["symbolic, no windows"] / seconds["symbolic, no crops"]
             r["no_shortcuts_over_no_windows"] = seconds["symbolic, no shortcuts"] / seconds["symbolic, no windows"]
             if "symbolic, one chunk" in seconds:
@@ -391,6 +412,13 @@ def main(argv=None):
                         r["no_crop_linear_over_default"]
                     ratios[f"{net} B={bs} symbolic without / with crops (none into Linear)"] = \
                         r["no_crops_over_no_crop_linear"]
+                if "crop_linear_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic with / without crops into Linear"] = r["crop_linear_over_default"]
+                    ratios[f"{net} B={bs} symbolic without / with crops"] = r["no_crops_over_default"]
+                if "windows_everywhere_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic windows at every size / dense below PATCHES_MIN_DENSE"] = \
+                        r["windows_everywhere_over_default"]
+                if "no_windows_over_no_crops" in r:
                     ratios[f"{net} B={bs} symbolic without / with windows (no crops)"] = r["no_windows_over_no_crops"]
                     ratios[f"{net} B={bs} symbolic without / with the shortcuts (no windows)"] = \
                         r["no_shortcuts_over_no_windows"]

@@ -239,6 +239,11 @@ def gains_section(results: dict) -> str:
                                                       "`bounds.symbolic.CROP_LINEAR_TERMS` terms in a chunk, so in "
                                                       "cells with fewer both runs execute the same code and their "
                                                       "ratio is the machine's noise)"),
+                   ("symbolic, windows at every size", "with windows for chunks of every size → the dense path "
+                                                       "for a chunk with fewer dense coefficients than "
+                                                       "`bounds.symbolic.PATCHES_MIN_DENSE` on this device type "
+                                                       "(CUDA, since 2026-11-27; in cells above it both runs execute "
+                                                       "the same code and their ratio is the machine's noise)"),
                    ("symbolic, no windows", "with `bounds.symbolic.PATCHES` off (every convolution's input "
                                             "coefficients as d dense columns) → on (one window of the input per "
                                             "neuron, `bounds.patches`)"),

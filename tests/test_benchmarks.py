@@ -60,6 +60,20 @@ def test_bounds_benchmark_forces_crops_into_a_linear_where_the_device_does_witho
     assert ("cpu", "cuda") in forced and symbolic.CROP_LINEAR_DEVICES == ()   # on for that row only, then restored
 
 
+def test_bounds_benchmark_times_windows_at_every_size_where_small_chunks_go_dense(results, monkeypatch):
+    """CUDA's rule (dense below PATCHES_MIN_DENSE), tried on the CPU with a threshold above every chunk: the default
+    rows take the dense path, and a row with windows at every size gives the before of that rule."""
+    symbolic = importlib.import_module("robustlib.bounds.symbolic")
+    monkeypatch.setattr(symbolic, "PATCHES_MIN_DENSE", {"cpu": 10**12})
+    out = _run("bench_bounds", ["--quick"], results)
+    assert "symbolic, windows at every size" in {r["method"] for r in out["figures"]}
+    sym = next(r for r in out["figures"] if r["method"] == "symbolic")
+    assert sym["windows_everywhere_over_default"] > 0
+    assert f"{sym['net']} B={sym['batch']} symbolic windows at every size / dense below PATCHES_MIN_DENSE" in \
+        out["ratios"]
+    assert symbolic.PATCHES_MIN_DENSE == {"cpu": 10**12}    # emptied for that row only, then restored
+
+
 def test_certified_benchmark_compares_trainers_per_network_and_floors_per_batch(results, monkeypatch):
     """The first network keeps the file's original keys; every further network is a row of seconds per example
     (full symbolic training on fewer examples) with prefixed ratios; each floor batch size gets its own rows."""

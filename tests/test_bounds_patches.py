@@ -152,6 +152,28 @@ def test_bounds_and_gradients_with_windows_equal_the_dense_propagation(name, mod
     assert (fast[1] - fast[0]).max() > 0
 
 
+def test_windows_only_for_chunks_large_enough_on_a_device_listed(monkeypatch):
+    """``PATCHES_MIN_DENSE``: on a device type it lists, a chunk with fewer dense coefficients (chunk × d × the widest
+    layer's neurons) than its threshold takes the dense path, a larger one the windows; the bounds are the same."""
+    net, shape = _nets()["windows"]
+    net = net.double().eval()
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, *shape, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (4,), generator=g)
+    per_sample = 16 * 16 * max(4 * 8 * 8, 6 * 4 * 4, 20, 5)     # d × the widest layer (the first convolution)
+    runs = {}
+    for batch in (1, 2, 4):
+        with monkeypatch.context() as m:
+            m.setattr(sym, "PATCHES_MIN_DENSE", {"cpu": 2 * per_sample})
+            seen = _spy(m)
+            runs[batch] = _margins_and_grads(net, x[:batch], y[:batch], 0.05)
+        assert (seen[0] == "Patches") == (batch >= 2), (batch, seen)
+        with monkeypatch.context() as m:
+            m.setattr(sym, "PATCHES_MIN_DENSE", {})
+            _assert_equal_runs(runs[batch], _margins_and_grads(net, x[:batch], y[:batch], 0.05))
+    assert sym.PATCHES_MIN_DENSE.get("cpu", 0) == 0     # on a CPU the windows are always taken
+
+
 def test_a_grouped_convolution_keeps_the_dense_path():
     """Only convolutions with groups = dilation = 1 carry windows; others take the dense passes, same bounds."""
     torch.manual_seed(2)

@@ -64,9 +64,19 @@ CROP_LINEAR_TERMS = 512
 # the other five: a GPU's dense product costs little, while the crops' gathers add small kernels.
 CROP_LINEAR_DEVICES = ("cpu",)
 # Convolutions' input coefficients as one window of the input per neuron (robustlib.bounds.patches); off: d dense
-# columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows");
-# on by default on CUDA too, where its before/after has not been measured yet.
+# columns through every convolution. Measured on the 2-core CPU (benchmarks/bench_bounds.py, "symbolic, no windows"):
+# 1.8-5.9x faster at every network and batch size there.
 PATCHES = True
+# ... and on these device types only for a chunk whose dense coefficients (chunk × d × the most neurons of a layer)
+# number at least this many: below it the windows' extra small operations cost more than the dense products they
+# save. On the H200 (2026-11-27; benchmarks/results/bounds-cuda.json, "no windows" against "no crops" in one run, and
+# certified-cuda.json, dense against windows and crops in one run) the dense coefficients were faster at every size up
+# to 40 million: bounds of MNIST_Small at batch 1 and 16 (2.5 and 39 million) 1.2x, of MNIST_Large and CIFAR_Small at
+# batch 1 (20 and 13 million) 1.7x and 1.2x, a forward + backward of MNIST_Small at batch 8 (20 million) 1.4x, a
+# MixTrain epoch of MNIST_Small (k = 5, 12 million) 1.09x. From 101 million on the windows were faster (1.2-3.7x; a full
+# symbolic-training epoch of MNIST_Small, 123 million, 1.6x) or level (MNIST_Large's forward + backward at batch 8,
+# 157 million), except CIFAR_Large's bounds at batch 1 (101 million), where dense was 1.25x faster.
+PATCHES_MIN_DENSE = {"cuda": 50_000_000}
 
 
 def _crop_linear(device) -> bool:
@@ -173,11 +183,18 @@ class SymbolicRunner:
         self.jac: dict = {}   # node name → Jacobian of its linear part (n_in, *out), shared by all chunks; also
         #                       (name, "s ⊗ J") → an _Outer's J after that node, (name, "|J|" / "J^2") → its radius map
         self.shapes = {plan.input_name: plan.in_shape, **{n.name: n.shape for n in plan.nodes}}
+        # one sample's dense input coefficients at its widest layer (what PATCHES_MIN_DENSE counts)
+        self.dense_per_sample = math.prod(plan.in_shape) * max((math.prod(n.shape) for n in plan.nodes), default=1)
         self.index = {n.name: i for i, n in enumerate(plan.nodes)}
         self.consumers: dict = {}
         for n in plan.nodes:
             for i in n.inputs:
                 self.consumers.setdefault(i, []).append(n)
+
+    def windows_pay(self, c: torch.Tensor) -> bool:
+        """Whether the chunk of centres ``c`` takes convolutions' input coefficients as windows (``PATCHES``; on a
+        device type of ``PATCHES_MIN_DENSE`` only for a chunk with at least that many dense coefficients)."""
+        return PATCHES and c.shape[0] * self.dense_per_sample >= PATCHES_MIN_DENSE.get(c.device.type, 0)
 
     def crops_pay(self, name: str, terms: int, device) -> bool:
         """Whether ``terms`` error terms (the chunk's) at the output of node ``name`` should be crops: it reaches
@@ -261,7 +278,7 @@ class SymbolicRunner:
                 A = s.A
             elif d_flat is not None:
                 A = _Diag(s.A.s * d_flat)
-            elif op.conv is not None and PATCHES:     # one window of the input per neuron
+            elif op.conv is not None and self.windows_pay(s.c):     # one window of the input per neuron
                 A = patches.from_diag(s.A.s, in_shape, *op.conv, self.shapes[name])
             else:
                 A = _Outer(s.A.s, self.jacobian(name, op, in_shape, s.c))   # J: (D, *out), batch independent
