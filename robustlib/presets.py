@@ -92,7 +92,8 @@ PRESETS = {
                          n_eval=1000, n_attack=200, pgd_restarts=10, interval_steps=5,
                          settings=[{}, {"model": "mnist_large", "n_train": 1000, "n_symbolic": 50, "n_eval": 100,
                                         "epochs": 3, "checkpoint": True}],
-                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"]),
+                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"],
+                         long_budget={"n_train": None, "epochs": 10}),
     },
     "gpu": {
         # Each chapter is sized for one run of scripts/run_offline.sh: under 9 minutes on one H100 or H200 (a lent
@@ -141,7 +142,8 @@ PRESETS = {
                          n_symbolic=5000, n_ablation=5000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=500,
                          n_eval=5000, n_attack=500, pgd_restarts=10, interval_steps=5,
                          settings=[{}, {"model": "mnist_large", "n_train": 5000, "n_symbolic": 250, "n_eval": 1000,
-                                        "checkpoint": True}], repeat_seeds=[]),
+                                        "checkpoint": True}], repeat_seeds=[],
+                         long_budget=None),   # all 60,000 images for 10 epochs would not fit the 9-minute run
     },
     "paper": {
         # data_pruning: the paper's setting as far as it is known (CIFAR-10/100, PreAct-ResNet-18, ε = 8/255,
@@ -179,7 +181,8 @@ PRESETS = {
                          settings=[{}, {"eps": 0.3}, {"model": "mnist_large", "checkpoint": True},
                                    {"model": "mnist_large", "eps": 0.3, "checkpoint": True},
                                    {"dataset": "cifar10", "model": "cifar_small", "eps": 2 / 255, "checkpoint": True}],
-                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"]),
+                         repeat_seeds=[1, 2], repeat_sections=["k", "rule", "sampling", "pruning"],
+                         long_budget=None),   # the main runs use every image for 60 epochs already
     },
 }
 
@@ -222,11 +225,13 @@ def _dry(key, value):
         return value[:DRY_LISTS[key]]
     if key == "settings" and isinstance(value, list):
         return [{k: _dry(k, v) for k, v in s.items()} for s in value]
+    if isinstance(value, dict):   # e.g. MixTrain's long_budget
+        return {k: _dry(k, v) for k, v in value.items()}
     return value
 
 
 def dry_run(preset: str, notebook: str) -> dict:
     """The parameters of a dry run of ``notebook`` at ``preset``: the preset's own with the data replaced by the
     embedded digits and every size and epoch count capped (:data:`DRY_CAPS`, :data:`DRY_LISTS`; also inside
-    MixTrain's ``settings``). A key the preset leaves out keeps the notebook's smoke value, which is small already."""
+    MixTrain's ``settings`` and ``long_budget``). A key the preset leaves out keeps the notebook's smoke value, which is small already."""
     return {k: _dry(k, v) for k, v in parameters(preset, notebook).items()}

@@ -123,3 +123,19 @@ def test_mixtrain_ablations_repeat_with_other_seeds(smoke_book):
     for method in ("random", "gradmatch"):
         assert recorded[method]["speedup"] == groups["full data"]["train_s_mean"] / groups[method]["train_s_mean"]
         assert recorded[method]["gap"] == seeds.gap(groups[method], groups["full data"], "vra")["gap"]
+
+
+def test_mixtrain_chapter_trains_pgd_at_and_mixtrain_again_on_a_longer_budget(smoke_book):
+    """PGD-AT and MixTrain once more with long_budget (all the smoke data, more epochs): rows of their own, from the
+    same initial weights and recipe, evaluated on the same test points as the short runs."""
+    rec = chapter_record(smoke_book, "mixtrain")
+    cfg = rec["config"]
+    long = {r["method"]: r for r in rec["rows"] if r["section"] == "long"}
+    short = {r["method"]: r for r in rec["rows"] if r["section"] == "methods" and r["network"] == cfg["model"]}
+    assert set(long) == {"pgd-at", "mixtrain"}
+    for name, r in long.items():
+        assert r["epochs"] == cfg["long_budget"]["epochs"] > short[name]["epochs"]
+        assert r["n_train"] > short[name]["n_train"]            # n_train None: every training image, no validation
+        assert r["n_eval"] == short[name]["n_eval"] and 0 <= r["symbolic_vra"] <= r["clean_acc"] <= 1
+        assert r["train_s"] > 0
+    assert {f"long-{m}" for m in long} <= {r["name"] for r in rec["runs"]}

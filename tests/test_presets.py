@@ -78,3 +78,5 @@ def test_a_dry_run_keeps_the_code_paths_and_caps_the_sizes():
     assert paper["repeat_seeds"] == [1] and paper["n_train"] == 200
     assert paper["settings"][-1]["dataset"] == "digits" and paper["settings"][-1]["model"] == "cifar_small"
     assert presets.dry_run("gpu", "mixtrain")["settings"][1]["n_train"] == 200
+    assert presets.dry_run("cpu", "mixtrain")["long_budget"] == {"n_train": 200, "epochs": 2}   # a dict: capped too
+    assert presets.dry_run("gpu", "mixtrain")["long_budget"] is None
