@@ -53,7 +53,7 @@ PRESETS = {
                              repeat_seeds=[1, 2], repeat_methods=["gradmatch", "random", "glister", "glister-balanced",
                                                              "glister-exact"],
                              long_epochs=24),
-        # setting_the_stage and adversarial_examples: 42 s and 89 s from scratch on a 2-core Intel Xeon with AMX
+        # setting_the_stage and adversarial_examples: 38 s and 86 s from scratch on a 2-core Intel Xeon with AMX
         # (bf16, 2026-11-27; 55 s and 120 s on a 2-core AMD EPYC in fp32, 2026-11-25); all 10,000 test images.
         "setting_the_stage": dict(dataset="fashion-mnist", model_name="mnist_small", epochs=20, batch_size=128,
                                   lr=0.05, schedule="onecycle", augment=None, n_train=None, n_test=None),
