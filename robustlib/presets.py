@@ -86,7 +86,8 @@ PRESETS = {
         # 800 images for 3 epochs (ε = 0, 0.05, 0.1), full symbolic training on 50, accuracies on 100 test images:
         # its times per example are the measurement, its accuracies are not evidence. The ablations (k, rule,
         # sampling) and the pruning runs repeat with seeds 1 and 2: 22 runs, 9 min of training on the Intel Xeon
-        # (2026-11-27).
+        # (2026-11-27). The longer budget (PGD-AT and MixTrain on all 60,000 images for 10 epochs) trained in 6.2 and
+        # 11.8 min there (2026-11-27).
         "mixtrain": dict(dataset="fashion-mnist", image_size=None, model_name="mnist_small", n_train=10000,
                          n_symbolic=500, n_ablation=2000, epochs=6, eps_warmup=2, eps=0.1, lr=1e-3, k=5, n_val=200,
                          n_eval=1000, n_attack=200, pgd_restarts=10, interval_steps=5,
