@@ -197,7 +197,8 @@ def main(argv=None):
             tops += [{**({"objective": objective} if certified else {}), "variant": variant, **t} for t in top]
             shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
             print(f"{key:28s} {ips[key]:8.0f} images/s, {row['wall_ms_per_batch']:.1f} ms a batch, "
-                  f"{row['ops_per_batch']:.0f} operator calls, {row['host_reads_per_batch']:.0f} host reads; " + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
+                  f"{row['ops_per_batch']:.0f} operator calls, {row['host_reads_per_batch']:.0f} host reads; "
+                  + ", ".join(f"{k} {v:.0f}%" for k, v in shares[:5])
                   + (f"; device busy {row['device_busy']:.0%}, {row['kernels_per_batch']:.0f} kernels a batch"
                      if cuda else ""), flush=True)
             for t in top[:5]:

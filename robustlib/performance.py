@@ -34,8 +34,8 @@ BENCHMARKS = {   # script → (section title, what it measures)
                 "`fit`'s speed options, with the most expensive operators by input shape; on a GPU also the share "
                 "of the step in which the device computes at all (`device_busy`, kernels' time over the "
                 "unprofiled wall-clock) and the kernels launched per batch; `ops_per_batch`: aten operator calls, "
-                "nested ones included; `host_reads_per_batch`: reads of a tensor's value on the host (each one a wait for "
-                "the device on a GPU). Shares of one run, not ratios. `profile-certified`: a MixTrain (k = 5) and a "
+                "nested ones included; `host_reads_per_batch`: reads of a tensor's value on the host (each one a "
+                "wait for the device on a GPU). Shares of one run, not ratios. `profile-certified`: a MixTrain (k = 5) and a "
                 "full symbolic-training step of MNIST_Small at batch 50 the same way (`--objective`)."),
     "pruning": ("Pruned adversarial training", "the cost of one Adv-GRAD-MATCH / Adv-GLISTER selection against a "
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),

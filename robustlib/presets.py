@@ -234,5 +234,6 @@ def _dry(key, value):
 def dry_run(preset: str, notebook: str) -> dict:
     """The parameters of a dry run of ``notebook`` at ``preset``: the preset's own with the data replaced by the
     embedded digits and every size and epoch count capped (:data:`DRY_CAPS`, :data:`DRY_LISTS`; also inside
-    MixTrain's ``settings`` and ``long_budget``). A key the preset leaves out keeps the notebook's smoke value, which is small already."""
+    MixTrain's ``settings`` and ``long_budget``). A key the preset leaves out keeps the notebook's smoke value, which
+    is small already."""
     return {k: _dry(k, v) for k, v in parameters(preset, notebook).items()}
