@@ -177,21 +177,28 @@ def width_floor(model: nn.Sequential, x1: torch.Tensor, per_relu: list):
 OTHER_L1 = {False: "symbolic, vector_norm L1", True: "symbolic, abs-sum L1"}   # by device is CUDA
 
 
+def _with_symbolic(fn, name: str, value):
+    """``fn`` with ``robustlib.bounds.symbolic.<name>`` set to ``value`` for the call, restored after: the before (or
+    the other choice) of one of its settings, timed in the same run as the default."""
+    module = importlib.import_module("robustlib.bounds.symbolic")
+
+    def run():
+        saved = getattr(module, name)
+        setattr(module, name, value)
+        try:
+            return fn()
+        finally:
+            setattr(module, name, saved)
+    return run
+
+
 def _other_l1(fn, device):
     """``fn`` with the symbolic radius Σ|A| taken in the form robustlib does not pick on ``device``: by
     ``torch.linalg.vector_norm(A, 1, dim=1)`` on a CPU (robustlib's form there before 2026-11-26, now
     ``A.abs().sum(1)``), by ``A.abs().sum(1)`` on CUDA (robustlib's form there until the first GPU run showed the
     norm faster). The before of that choice, timed in the same run."""
-    module = importlib.import_module("robustlib.bounds.symbolic")
-    other = module.L1_FORMS["abs-sum" if device.type == "cuda" else "vector_norm"]
-
-    def run():
-        saved, module._l1 = module._l1, other
-        try:
-            return fn()
-        finally:
-            module._l1 = saved
-    return run
+    forms = importlib.import_module("robustlib.bounds.symbolic").L1_FORMS
+    return _with_symbolic(fn, "_l1", forms["abs-sum" if device.type == "cuda" else "vector_norm"])
 
 
 # the row of the crops into a Linear: switched off where the device uses them (its before), forced on where it
@@ -201,30 +208,13 @@ CROP_LINEAR_ROW = {True: "symbolic, no crops into Linear", False: "symbolic, cro
 
 def _crop_linear_forced(fn):
     """``fn`` with crops into a Linear on the device that does not use them by default (see CROP_LINEAR_ROW)."""
-    module = importlib.import_module("robustlib.bounds.symbolic")
-
-    def run():
-        saved = module.CROP_LINEAR_DEVICES
-        module.CROP_LINEAR_DEVICES = ("cpu", "cuda")
-        try:
-            return fn()
-        finally:
-            module.CROP_LINEAR_DEVICES = saved
-    return run
+    return _with_symbolic(fn, "CROP_LINEAR_DEVICES", ("cpu", "cuda"))
 
 
 def _windows_everywhere(fn):
     """``fn`` with windows for chunks of every size (``PATCHES_MIN_DENSE`` emptied): on a device type that takes the
     dense path below a size (CUDA, since 2026-11-27), the before of that choice, timed in the same run."""
-    module = importlib.import_module("robustlib.bounds.symbolic")
-
-    def run():
-        saved, module.PATCHES_MIN_DENSE = module.PATCHES_MIN_DENSE, {}
-        try:
-            return fn()
-        finally:
-            module.PATCHES_MIN_DENSE = saved
-    return run
+    return _with_symbolic(fn, "PATCHES_MIN_DENSE", {})
 
 
 def _switched_off(fn, *flags):
