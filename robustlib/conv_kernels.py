@@ -64,11 +64,28 @@ def _s2d_ok(conv: nn.Conv2d) -> bool:
     return s[0] == s[1] > 1 and kh % s[0] == 0 and kw % s[0] == 0
 
 
-def _variants(conv: nn.Conv2d, dtype=torch.float32) -> tuple:
-    """The variants that apply; below fp32 also the two direct ones computed in fp32 (``nchw/fp32``,
-    ``nhwc/fp32``: oneDNN's bf16 kernel is not always the faster one)."""
+def nhwc_weight_grad_broken(conv: nn.Module) -> bool:
+    """Whether oneDNN's channels-last weight gradient of this convolution is unsafe on an x86 CPU: a 1×1 kernel with
+    a stride above 1 and fewer input channels than oneDNN's channel block (8 with AVX2, 16 with AVX-512) writes past
+    a workspace (uxlfoundation/oneDNN issue 6035, open in the oneDNN 3.12 of torch 2.14): wrong weight gradients,
+    then a segmentation fault or a hang. On the 2-core AMD EPYC (AVX2) of 2026-11-28 the gradients of 2 to 6 input
+    channels were off by 23-220 % of their largest entry and some calls never returned; 1 and 8 or more channels,
+    stride 1 and the contiguous (NCHW) layout were exact. Such a convolution never computes its weight gradient
+    channels-last here: :func:`_variants` leaves those variants out and :func:`nchw_where_nhwc_breaks` keeps it in
+    NCHW while ``fit`` trains channels-last."""
+    return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1) and max(conv.stride) > 1
+            and conv.in_channels < 16)
+
+
+def _variants(conv: nn.Conv2d, dtype=torch.float32, direction: str = "forward") -> tuple:
+    """The variants that apply to a direction; below fp32 also the two direct ones computed in fp32 (``nchw/fp32``,
+    ``nhwc/fp32``: oneDNN's bf16 kernel is not always the faster one). No channels-last weight gradient where
+    :func:`nhwc_weight_grad_broken`."""
     names = VARIANTS if _s2d_ok(conv) else VARIANTS[:2]
-    return names + (("nchw/fp32", "nhwc/fp32") if dtype != torch.float32 else ())
+    names += ("nchw/fp32", "nhwc/fp32") if dtype != torch.float32 else ()
+    if direction == "weight_grad" and nhwc_weight_grad_broken(conv):
+        names = tuple(v for v in names if not _parse(v)[0])
+    return names
 
 
 def _parse(variant: str) -> tuple:
@@ -252,16 +269,16 @@ def timings(conv: nn.Conv2d, x_shape, dtype=torch.float32, rounds: int = 5, call
     runs = {"forward": lambda v: forward_variant(conv, v, x, w, b),
             "input_grad": lambda v: input_grad_variant(conv, v, g, x.shape, w),
             "weight_grad": lambda v: weight_grad_variant(conv, v, g, x, w, b is not None)}
-    variants = _variants(conv, dtype)
-    best = {d: dict.fromkeys(variants, float("inf")) for d in runs}
+    variants = {d: _variants(conv, dtype, d) for d in runs}
+    best = {d: dict.fromkeys(variants[d], float("inf")) for d in runs}
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
         for _ in range(2):   # oneDNN builds its primitives on the first call; the allocator settles on the next
-            for fn in runs.values():
-                for v in variants:
+            for d, fn in runs.items():
+                for v in variants[d]:
                     fn(v)
         for _ in range(rounds):
             for d, fn in runs.items():
-                for v in variants:
+                for v in variants[d]:
                     t0 = time.perf_counter()
                     for _ in range(calls):
                         fn(v)
@@ -310,8 +327,34 @@ def install(model: nn.Module, saved: dict) -> None:
     modules = dict(model.named_modules())
     for name, entries in (saved or {}).items():
         m = modules.get(name)
-        if type(m) is TunedConv2d:
-            m._plans.update({k: tuple(p) for k, p in entries.items()})
+        if type(m) is TunedConv2d:   # a plan saved before nhwc_weight_grad_broken was known: its weight grad in NCHW
+            safe = (lambda p: p) if not nhwc_weight_grad_broken(m) else \
+                (lambda p: (*p[:2], "nchw" if _parse(p[2])[0] else p[2]))
+            m._plans.update({k: tuple(safe(p)) for k, p in entries.items()})
+
+
+def _nchw_input(module, args):
+    return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else None
+
+
+@contextmanager
+def nchw_where_nhwc_breaks(model: nn.Module):
+    """Inside the block, every convolution of ``model`` whose channels-last weight gradient is broken
+    (:func:`nhwc_weight_grad_broken`) computes in NCHW although the model is channels-last: its 1×1 weight gets
+    row-major strides (the same memory: a view) and its input is made contiguous, so that oneDNN takes the NCHW
+    kernels for all three directions. Its output is NCHW; the next layers accept either layout. The hooks are
+    removed on leaving."""
+    handles = []
+    for m in model.modules():
+        if nhwc_weight_grad_broken(m):
+            w = m.weight
+            w.data = w.data.reshape(w.shape[0], -1).view(w.shape)
+            handles.append(m.register_forward_pre_hook(_nchw_input))
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextmanager

@@ -280,6 +280,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     hooks = ExitStack()   # what the model carries only while it trains here
     if use_cl and not compile:   # a Flatten hands its gradient back channels-last (robustlib.precision)
         hooks.enter_context(precision.channels_last_gradients(model))
+    if use_cl and not on_cuda:   # a oneDNN bug: some 1×1 convolutions stay NCHW (conv_kernels.nhwc_weight_grad_broken)
+        hooks.enter_context(conv_kernels.nchw_where_nhwc_breaks(model))
     try:
         for epoch in range(start_epoch, epochs):
             synchronize(device)

@@ -51,11 +51,25 @@ def smoke_book(tmp_path_factory):
     kernel stopped answering, once more)."""
     from robustlib import reproduce
     out = tmp_path_factory.mktemp("smoke")
-    outcome = reproduce.run("smoke", results=out, timeout=SMOKE_CELL_TIMEOUT, log=lambda *a: None)
+    outcome = reproduce.run("smoke", results=out, timeout=SMOKE_CELL_TIMEOUT, log=_SMOKE_LOG.append)
     lost = [name for name, error in outcome.items() if error and ("Timeout" in error or "DeadKernel" in error)]
     if lost:
-        outcome.update(reproduce.run("smoke", only=lost, results=out, timeout=SMOKE_CELL_TIMEOUT, log=print))
+        _SMOKE_LOG.append(f"[reproduce] executing again: {', '.join(lost)}")
+        outcome.update(reproduce.run("smoke", only=lost, results=out, timeout=SMOKE_CELL_TIMEOUT,
+                                     log=_SMOKE_LOG.append))
     return out, outcome
+
+
+_SMOKE_LOG: list[str] = []  # the smoke book's progress lines, shown at the end of the run (which chapter took how long)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The smoke book's per-chapter times and any chapter executed twice, in the output CI prints."""
+    done = [line for line in _SMOKE_LOG if ": ok in " in line or "FAILED" in line or "again" in line]
+    if done:
+        terminalreporter.write_sep("-", "smoke book")
+        for line in done:
+            terminalreporter.write_line(line[:300])
 
 
 def chapter_record(smoke_book, name: str) -> dict:

@@ -133,10 +133,13 @@ def test_profile_benchmark_splits_a_step_by_kind_of_work(results):
     assert {t["variant"] for t in tops} == set(rows) and all(t["calls_per_batch"] > 0 for t in tops)
     assert out["ratios"][f"robustlib[{variant}] / robustlib[fp32]"] == pytest.approx(
         rows[variant]["images_per_s"] / rows["fp32"]["images_per_s"])
-    # the before variant really runs without the hooks: its Flatten copies once a pass, the after's twice
+    # the before variant really runs without the hooks: its Flatten copies once a pass, the after's twice. That needs
+    # oneDNN's bf16 convolution, which keeps the activation channels-last; a CPU without bf16 instructions (AVX2)
+    # takes PyTorch's slow bf16 kernel, whose NCHW output gives the hooks nothing to do: the same copies in both.
     copies = {t["variant"]: t["calls_per_batch"] for t in tops
               if t["op"] == "aten::copy_" and t["shapes"].startswith("[32, 32, 7, 7]")}
-    assert copies["bf16+channels-last"] == 2 * copies[variant] == 2 * 11   # K + 1 = 11 backward passes a batch
+    onednn = any(t["op"] == "aten::mkldnn_convolution" for t in tops if t["variant"] == "bf16+channels-last")
+    assert copies["bf16+channels-last"] == (2 if onednn else 1) * copies[variant] == (2 if onednn else 1) * 11
 
 
 def test_profile_kinds_name_the_usual_operators():

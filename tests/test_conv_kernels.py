@@ -247,3 +247,52 @@ def test_torch_func_transforms_inside_active_see_a_plain_convolution():
     with ck.active():   # vmap(grad(...)) over a tuned network: the custom kernels step aside
         got = rl.scores.score("grand", net, data, mode="full")
     torch.testing.assert_close(got, expected)
+
+
+def test_the_onednn_bug_geometry_never_computes_its_weight_gradient_channels_last(monkeypatch):
+    """uxlfoundation/oneDNN#6035: a 1×1, stride-2 convolution of fewer than 16 input channels computes wrong weight
+    gradients channels-last on x86 CPUs, then crashes or hangs. The tuner must never time that kernel, a saved plan
+    that names it is corrected, and the other directions and geometries keep all their variants."""
+    broken = nn.Conv2d(4, 8, 1, stride=2, bias=False)
+    assert ck.nhwc_weight_grad_broken(broken)
+    for fine in (nn.Conv2d(16, 8, 1, stride=2), nn.Conv2d(4, 8, 1, stride=1), nn.Conv2d(4, 8, 3, stride=2),
+                 nn.Linear(4, 8)):
+        assert not ck.nhwc_weight_grad_broken(fine)
+    assert ck._variants(broken, torch.float32, "weight_grad") == ("nchw",)
+    assert ck._variants(broken, torch.bfloat16, "weight_grad") == ("nchw", "nchw/fp32")
+    assert "nhwc" in ck._variants(broken, torch.float32, "input_grad")
+    assert "nhwc" in ck._variants(nn.Conv2d(16, 8, 1, stride=2), torch.float32, "weight_grad")
+    called = []
+    real = ck.weight_grad_variant
+
+    def record(conv, variant, g, x, w, bias):   # never runs the broken kernel, even if asked to
+        called.append(variant)
+        return real(conv, "nchw", g, x, w, bias)
+    monkeypatch.setattr(ck, "weight_grad_variant", record)
+    assert ck.choose(broken, torch.rand(16, 4, 28, 28))[2] == "nchw"
+    assert called and set(called) == {"nchw"}
+    model = nn.Sequential(broken)
+    ck.tune(model)
+    ck.install(model, {"0": {"key": ["nhwc", "nhwc", "nhwc"]}})
+    assert broken._plans == {"key": ("nhwc", "nhwc", "nchw")}
+
+
+def test_channels_last_training_keeps_the_onednn_bug_geometry_in_nchw():
+    """Inside ``nchw_where_nhwc_breaks`` a channels-last network's broken 1×1 convolution gets the weight gradient of
+    the fp64 NCHW reference (channels-last it was off by up to 220 % on an AVX2 CPU, when it returned at all), the
+    other convolutions stay channels-last, and leaving the block removes the hooks."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 1, stride=2, bias=False),
+                        nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    x = torch.randn(16, 3, 28, 28)
+    ref = copy.deepcopy(net).double()
+    ref_grads = torch.autograd.grad(ref(x.double()).square().sum(), list(ref.parameters()))
+    net.to(memory_format=torch.channels_last)
+    with ck.nchw_where_nhwc_breaks(net):
+        assert net[2].weight.stride() == (4, 1, 1, 1) and len(net[2]._forward_pre_hooks) == 1
+        out = net(x.contiguous(memory_format=torch.channels_last))
+        grads = torch.autograd.grad(out.square().sum(), list(net.parameters()))
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last) and not net[0].weight.is_contiguous()
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+    assert not net[2]._forward_pre_hooks
