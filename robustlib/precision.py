@@ -18,9 +18,9 @@ Elsewhere (a CPU without AMX) training stays fp32 with contiguous tensors and co
 direction (:mod:`robustlib.conv_kernels`): on the 2-core AMD EPYC of earlier benchmarks that was 1.17× the
 textbook loop and bf16 + channels-last 1.30×, which we did not make the default without the accuracy check above
 on that machine. On an AMD EPYC with AVX2 only (2026-11-28) bf16 is no option at all: oneDNN has no bf16
-convolution there and PyTorch's slow fallback ran a PGD-10 step of MNIST_Small at 109 images/s against fp32's 662
-(``bench_profile.py --quick``, batch 32). Certified-training objectives compute their bounds in fp32 either way
-(autocast off).
+convolution there, and with PyTorch's slow fallback bf16 + channels-last trained MNIST_Small (PGD-10) at 109
+images/s against fp32's 662 (``bench_profile.py --quick``, batch 32). Certified-training objectives compute their
+bounds in fp32 either way (autocast off).
 ``ROBUSTLIB_CPU_BF16=off`` keeps a CPU with AMX in fp32 (to compare with records trained that way), ``on`` forces
 bf16 on any CPU.
 
