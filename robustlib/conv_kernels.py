@@ -327,10 +327,11 @@ def install(model: nn.Module, saved: dict) -> None:
     modules = dict(model.named_modules())
     for name, entries in (saved or {}).items():
         m = modules.get(name)
-        if type(m) is TunedConv2d:   # a plan saved before nhwc_weight_grad_broken was known: its weight grad in NCHW
-            safe = (lambda p: p) if not nhwc_weight_grad_broken(m) else \
-                (lambda p: (*p[:2], "nchw" if _parse(p[2])[0] else p[2]))
-            m._plans.update({k: tuple(safe(p)) for k, p in entries.items()})
+        if type(m) is TunedConv2d:
+            plans = {k: tuple(p) for k, p in entries.items()}
+            if nhwc_weight_grad_broken(m):   # a plan saved before the oneDNN bug was known: weight grad in NCHW
+                plans = {k: (f, i, "nchw" if _parse(w)[0] else w) for k, (f, i, w) in plans.items()}
+            m._plans.update(plans)
 
 
 def _nchw_input(module, args):
