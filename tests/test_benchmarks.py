@@ -74,6 +74,30 @@ def test_bounds_benchmark_times_windows_at_every_size_where_small_chunks_go_dens
     assert symbolic.PATCHES_MIN_DENSE == {"cpu": 10**12}    # emptied for that row only, then restored
 
 
+def test_certified_benchmark_reports_a_diverging_trainer_and_keeps_the_rest(results, monkeypatch):
+    """A trainer whose epoch goes NaN past the first network (fit raises FloatingPointError) is recorded as not
+    timed (None) and left out of the ratios; the other trainers' timings and the JSON survive. The timings are a
+    stand-in here: what is tested is the bookkeeping, and that the larger networks train at LARGE_LR."""
+    bench = importlib.import_module("bench_certified")
+    asked = []
+
+    def fake_seconds(objective, data, device, batch, network="mnist_small", lr=0.01):
+        asked.append((type(objective).__name__, lr))
+        if lr == bench.LARGE_LR and type(objective).__name__ == "SymbolicTraining":
+            raise FloatingPointError("training loss became nan in epoch 1")
+        return 0.01 * len(data)
+
+    monkeypatch.setattr(bench, "epoch_seconds", fake_seconds)
+    monkeypatch.setattr(bench, "FLOOR_NETWORKS", ())
+    out = _run("bench_certified", ["--quick", "--networks", "mnist_small", "mnist_small"], results)
+    first, other = out["figures"]["per_example"]
+    assert first["symbolic s/example"] == pytest.approx(0.01) and other["symbolic s/example"] is None
+    assert other["lr"] == bench.LARGE_LR < 0.01 and other["mixtrain-k5 s/example"] == pytest.approx(0.01)
+    assert "mnist_small symbolic / mixtrain-k5 (per example)" not in out["ratios"]
+    assert out["ratios"]["mnist_small pgd-at / mixtrain-k5 (per example)"] == pytest.approx(1.0)
+    assert ("SymbolicTraining", 0.01) in asked and ("SymbolicTraining", bench.LARGE_LR) in asked
+
+
 def test_certified_benchmark_compares_trainers_per_network_and_floors_per_batch(results, monkeypatch):
     """The first network keeps the file's original keys; every further network is a row of seconds per example
     (full symbolic training on fewer examples) with prefixed ratios; each floor batch size gets its own rows."""
