@@ -9,6 +9,7 @@ outgrow the input, a grouped convolution) and on an L2 ball. The same for error 
 """
 from __future__ import annotations
 
+import copy
 import importlib
 
 import pytest
@@ -218,6 +219,23 @@ def test_the_by_position_weight_follows_in_place_updates():
         dense = bounds.symbolic(net, x - 0.05, x + 0.05)
     assert not torch.allclose(before[1], after[1])
     assert torch.allclose(after[0], dense[0], atol=1e-12) and torch.allclose(after[1], dense[1], atol=1e-12)
+
+
+def test_the_kept_weight_layouts_follow_new_data_as_a_device_move_swaps_it():
+    """``model.to(device)`` gives each parameter new data without a version bump. The layouts kept between calls
+    must follow (on an H200 a CPU bound after a GPU one read the GPU copy); here the same swap on one device, with
+    new values, against a fresh copy of the network that never had a bound taken."""
+    torch.manual_seed(5)
+    net = _nets()["windows"][0].double().eval()
+    x = torch.rand(2, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        before = bounds.symbolic(net, x - 0.05, x + 0.05)
+        for p in net.parameters():
+            p.data = p.data * 1.5                       # what .to() does: new storage, same Parameter, same version
+        after = bounds.symbolic(net, x - 0.05, x + 0.05)
+        fresh = bounds.symbolic(copy.deepcopy(net), x - 0.05, x + 0.05)
+    assert not torch.allclose(before[1], after[1])
+    assert torch.equal(after[0], fresh[0]) and torch.equal(after[1], fresh[1])
 
 
 # --------------------------------------------------------------------------------------------- cropped error terms

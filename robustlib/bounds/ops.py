@@ -40,19 +40,24 @@ class Affine:
     matrix: Optional[torch.Tensor] = None  # the weight of a Linear acting on a flat input
 
 
-# (weight id, version, tag, dtype) → (weak reference to the weight, a layout of it): without autograd a layer's weight
-# is rearranged once, not at every call (on MNIST_Large's 3136 → 512 Linear the permutation by position costs more
-# than the product it feeds). A handful of entries; cleared when it grows past 64.
+# (weight id, storage, device, version, tag, dtype) → (weak reference to the weight, a layout of it): without autograd a
+# layer's weight is rearranged once, not at every call (on MNIST_Large's 3136 → 512 Linear the permutation by position
+# costs more than the product it feeds). The storage and device make a moved model (``model.cpu()``, which swaps each
+# parameter's data without a version bump) a miss: keyed by identity and version alone, bounds on the CPU of a model
+# certified before on a GPU read the GPU copy (found on an H200, 2026-11-28). A handful of entries; cleared when it
+# grows past 64.
 _DERIVED: dict = {}
 
 
 def derived(weight: torch.Tensor, tag, make: Callable, dtype) -> torch.Tensor:
     """``make(weight)`` (a rearranged copy of a layer's weight, in ``dtype``), kept between calls without autograd and
-    keyed by the weight's version, so that an in-place update (an optimizer step) makes it anew; under autograd made
-    at each call, so that gradients reach the weight."""
+    keyed by the weight's storage and version, so that an in-place update (an optimizer step) or new data (a move to
+    another device) makes it anew; under autograd made at each call, so that gradients reach the weight. An in-place
+    change through ``weight.data`` bumps no version and is not seen (nor by the reused plans of
+    :mod:`robustlib.bounds.plans`): change weights in place under ``torch.no_grad()``, as optimizers do."""
     if torch.is_grad_enabled() and weight.requires_grad:
         return make(weight)
-    key = (id(weight), weight._version, tag, dtype)
+    key = (id(weight), weight.data_ptr(), weight.device, weight._version, tag, dtype)
     hit = _DERIVED.get(key)
     if hit is None or hit[0]() is not weight:
         if len(_DERIVED) >= 64:
