@@ -9,7 +9,8 @@ The training benchmark (`bench_training.py`) says how fast a step is; this one s
 that the next gain is looked for where the time is. For each *variant* of `fit`'s speed options (the names of
 `bench_training.VARIANTS`), the same network from the same initial weights first trains one unprofiled epoch of
 ``--batches`` batches (the wall-clock, after a warm-up of two batches that pays compilation and kernel tuning), then
-the same epoch under `torch.profiler`. Each operator's self time — on a GPU the time of the kernels it launched, on a
+the same epoch under `torch.profiler` (on a GPU, then two batches that record which lines make the host wait for
+the device, ``sync_sources``). Each operator's self time — on a GPU the time of the kernels it launched, on a
 CPU its own time on the calling thread — is summed by kind of work: convolutions, matrix products, normalisation,
 activations (ReLU and its backward), the attack's elementwise steps, layout changes and casts (copies), losses,
 the optimiser, allocation, and the rest. On a GPU, the kernels' total time against the unprofiled wall-clock is the
@@ -86,6 +87,36 @@ def profiled(fn, device):
     return prof.key_averages(), prof.key_averages(group_by_input_shape=True)
 
 
+def sync_sources(fn, top: int = 8) -> list:
+    """Where ``fn()`` makes the host wait for a CUDA device: it runs under ``torch.cuda.set_sync_debug_mode("warn")``,
+    whose warning for each synchronising call is recorded with the innermost frames of robustlib or this benchmark
+    that led to it; the places, most frequent first, as ``{"where", "what", "count"}``. A profile counts the waits
+    (``stream_syncs_per_batch``); this says which lines cause them."""
+    import traceback
+    import warnings
+    here = (str(Path(rl.__file__).resolve().parent), str(Path(__file__).resolve().parent))
+    counts: dict = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if f.filename.startswith(here)
+                  and not f.filename.endswith("bench_profile.py")]
+        where = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-3:])) or \
+            f"{Path(filename).name}:{lineno}"
+        key = (where, str(message).split("\n")[0][:120])
+        counts[key] = counts.get(key, 0) + 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [{"where": where, "what": what, "count": n} for (where, what), n in ranked]
+
+
 def _self_us(event, cuda: bool) -> float:
     if cuda:
         return float(getattr(event, "self_device_time_total", 0.0) or 0.0)
@@ -151,6 +182,8 @@ def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, t
     wall = timed(lambda: epoch(data), device)
     events, by_shape = profiled(lambda: epoch(data), device)
     row, tops = summarise(events, by_shape, wall, n_batches, cuda, top, attack=objective == "pgd-at")
+    if cuda:   # which lines wait for the device, over two batches
+        row["sync_sources"] = sync_sources(lambda: epoch(data.head(2 * batch)))
     return {"images_per_s": batch * n_batches / wall, **row}, tops
 
 
@@ -185,7 +218,7 @@ def main(argv=None):
     torch.manual_seed(0)
     init = rl.models.build(name, like=data).state_dict()
 
-    rows, tops, ips = [], [], {}
+    rows, tops, ips, sync_found = [], [], {}, {}
     for objective in objectives:
         for variant in variants:
             key = f"{objective}, {variant}" if certified else variant
@@ -193,6 +226,9 @@ def main(argv=None):
                 row, top = profile_variant(variant, name, data, init, batch, n_batches, device, cuda, args.top,
                                            objective)
             ips[key] = row["images_per_s"]
+            waits = row.pop("sync_sources", None)
+            if waits:   # on a GPU; a variant without any wait is left out
+                sync_found[key] = waits
             rows.append({**({"objective": objective} if certified else {}), "variant": variant, **row})
             tops += [{**({"objective": objective} if certified else {}), "variant": variant, **t} for t in top]
             shares = sorted(((k[2:], v) for k, v in row.items() if k.startswith("% ")), key=lambda kv: -kv[1])
@@ -204,6 +240,9 @@ def main(argv=None):
             for t in top[:5]:
                 print(f"    {t['op']:36s} {t['shapes'][:50]:50s} {t['us_per_call']:8.1f} µs × "
                       f"{t['calls_per_batch']:.0f} a batch ({t['% of step']:.0f}%)", flush=True)
+            for w in sync_found.get(key, [])[:4]:
+                print(f"    waits {w['count']:4d}× over two batches: {w['where'][:100]} ({w['what'][:60]})",
+                      flush=True)
     if certified:   # each trainer's step against MixTrain's, per variant: time and operator calls
         by = {(r["objective"], r["variant"]): r for r in rows}
         ratios = {f"[{v}] {o} / mixtrain-k5, {what}": by[o, v][field] / by["mixtrain-k5", v][field]
@@ -216,7 +255,8 @@ def main(argv=None):
                                          "eps": EPS, "quick": args.quick,
                                          **({"objectives": objectives} if certified else {"steps": STEPS}),
                                          "variants": {v: VARIANTS[v] for v in variants}},
-                        {"by_kind": rows, "top_operators": tops}, ratios)
+                        {"by_kind": rows, "top_operators": tops,
+                         **({"sync_sources": sync_found} if sync_found else {})}, ratios)
     print(f"wrote {path}")
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -179,6 +180,31 @@ def test_profile_kinds_name_the_usual_operators():
         "gather / scatter"
     assert bench_profile.kind_of("aten::sum") == "reduction"
     assert bench_profile.kind_of("something new") == "other"
+
+
+def test_sync_sources_name_the_lines_that_wait_for_the_device(monkeypatch):
+    """On a GPU the profile says which lines make the host wait: each warning of the sync debug mode is counted by
+    the innermost frames of robustlib or the benchmarks behind it; the mode is switched on for the call only. The
+    mode itself is a stand-in here (no GPU); the warnings are raised as PyTorch raises them, through ``warnings``."""
+    import warnings
+    bench_profile = importlib.import_module("bench_profile")
+    modes = []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def step():
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation")
+        warnings.warn("another kind of wait")
+
+    found = bench_profile.sync_sources(lambda: common.timed(step, "cpu"))
+    assert modes == ["warn", "default"]
+    assert [w["count"] for w in found] == [3, 1]
+    assert found[0]["what"] == "called a synchronizing CUDA operation" and found[1]["what"] == "another kind of wait"
+    assert all("common.py" in w["where"] and "timed" in w["where"] for w in found)
+    with warnings.catch_warnings(record=True) as after:   # the usual warning display is back afterwards
+        warnings.simplefilter("always")
+        warnings.warn("shown")
+    assert len(after) == 1
 
 
 def test_profile_benchmark_compares_certified_steps_by_operator_calls(results):
