@@ -175,13 +175,18 @@ def main(argv=None):
         with switched_off(*BEFORE):
             seconds[f"{name}, dense"] = epoch_seconds(objectives[name], data, device, batch, first)
         print(f"{name + ', dense':12s} {seconds[name + ', dense']:8.2f} s per epoch (windows and crops off)", flush=True)
+    with switched_off("crops.INDEX_SELECT"):   # fresh error terms' kernel slices by advanced indexing: the before
+        seconds["symbolic, indexed crops"] = epoch_seconds(objectives["symbolic"], data, device, batch, first)
+    print(f"{'symbolic, indexed crops':12s} {seconds['symbolic, indexed crops']:8.2f} s per epoch (kernel slices by "
+          f"advanced indexing)", flush=True)
     ratios = {"symbolic / mixtrain-k5": seconds["symbolic"] / seconds["mixtrain-k5"],
               "symbolic / mixtrain-k1": seconds["symbolic"] / seconds["mixtrain-k1"],
               "pgd-at / mixtrain-k5": seconds["pgd-at"] / seconds["mixtrain-k5"],
               "mixtrain-k5 / ibp": seconds["mixtrain-k5"] / seconds["ibp"],
               "symbolic / pgd-at": seconds["symbolic"] / seconds["pgd-at"],
               "symbolic epoch: dense / windows and crops": seconds["symbolic, dense"] / seconds["symbolic"],
-              "mixtrain-k5 epoch: dense / windows and crops": seconds["mixtrain-k5, dense"] / seconds["mixtrain-k5"]}
+              "mixtrain-k5 epoch: dense / windows and crops": seconds["mixtrain-k5, dense"] / seconds["mixtrain-k5"],
+              "symbolic epoch: indexed / index_select crops": seconds["symbolic, indexed crops"] / seconds["symbolic"]}
     rows = [{"network": first, "n": len(data), "n_symbolic": len(data),
              **{f"{name} s/example": seconds[name] / len(data) for name in objectives}}]
     if len(networks) > 1:

@@ -67,13 +67,18 @@ def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Pa
 @contextlib.contextmanager
 def switched_off(*flags):
     """The named switches of ``robustlib.bounds.symbolic`` off for the block (``CROP_LINEAR``, ``CROPS``,
-    ``PATCHES``, ``SHORTCUTS``):
-    the before of those changes, timed in the same process as the after."""
-    module = importlib.import_module("robustlib.bounds.symbolic")
+    ``PATCHES``, ``SHORTCUTS``; ``module.NAME`` for another module of ``robustlib.bounds``, e.g.
+    ``crops.INDEX_SELECT``): the before of those changes, timed in the same process as the after. Each switch gets
+    its own value back afterwards."""
+    targets = []
     for f in flags:
-        setattr(module, f, False)
+        where, _, name = f.rpartition(".")
+        targets.append((importlib.import_module(f"robustlib.bounds.{where or 'symbolic'}"), name))
+    saved = [getattr(m, name) for m, name in targets]
+    for m, name in targets:
+        setattr(m, name, False)
     try:
         yield
     finally:
-        for f in flags:
-            setattr(module, f, True)
+        for (m, name), value in zip(targets, saved):
+            setattr(m, name, value)

@@ -279,6 +279,36 @@ def test_crops_equal_the_dense_error_terms_through_conv_relu_conv(geometry):
     assert torch.allclose(crops.linear(cr, wl), F.linear(E.reshape(B, K, -1), wl), atol=1e-12)
 
 
+@pytest.mark.parametrize("geometry", CROP_GEOMETRIES[:2], ids=range(2))
+def test_kernel_slices_by_index_select_equal_advanced_indexing_with_their_gradients(geometry, monkeypatch):
+    """``crops.INDEX_SELECT`` (one flat index_select, the default) against advanced indexing (its before): the same
+    crops and the same weight and value gradients, with repeated terms among the indices."""
+    from robustlib.bounds import crops
+    in_shape, (c1, k1, s1, p1), _ = geometry
+    g = torch.Generator().manual_seed(7)
+    n = in_shape[0] * in_shape[1] * in_shape[2]
+    idx = torch.randint(0, n, (3, 40), generator=g)   # more terms than neurons per channel: indices repeat
+    out = tuple(F.conv2d(torch.zeros(1, *in_shape), torch.zeros(c1, in_shape[0], *_pair(k1)), None, _pair(s1),
+                         _pair(p1)).shape[1:])
+
+    def run(index_select: bool):
+        monkeypatch.setattr(crops, "INDEX_SELECT", index_select)
+        w = torch.randn(c1, in_shape[0], *_pair(k1), generator=torch.Generator().manual_seed(8),
+                        dtype=torch.float64, requires_grad=True)
+        vals = torch.randn(3, 40, generator=torch.Generator().manual_seed(9), dtype=torch.float64,
+                           requires_grad=True)
+        cr = crops.from_sparse(idx, vals, in_shape, w, _pair(s1), _pair(p1), out)
+        probe = torch.randn(1, 1, *out, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+        (crops.dense(cr) * probe).sum().backward()
+        return cr.T.detach(), w.grad, vals.grad
+
+    new, old = run(True), run(False)
+    assert idx.unique().numel() < idx.numel()
+    for a, b in zip(new, old):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert new[1].abs().sum() > 0
+
+
 def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagation(monkeypatch):
     """Three convolutions with BatchNorm between: the first two ReLUs' error terms cross later convolutions as
     crops; margins and every parameter's gradient equal those of dense error images."""
