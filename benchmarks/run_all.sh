@@ -31,7 +31,7 @@ offline_env || exit 3
 # only when named: training-small, fit's CUDA variants on MNIST_Small (Fashion-MNIST from the offline kit), where
 # kernel launches bound a small network and CUDA graphs may pay (about 2 minutes; training-mnist_small-cuda.json);
 # profile, where a training step's time goes on PreAct-ResNet-18 and on MNIST_Small, and a MixTrain and a full
-# symbolic-training step's on MNIST_Small (bench_profile.py, about 3 minutes; profile-cuda.json,
+# symbolic-training step's on MNIST_Small (bench_profile.py, about 3.5 minutes; profile-cuda.json,
 # profile-mnist_small-cuda.json, profile-certified-cuda.json). `quick` checks the profile script too.
 default_steps="training bounds certified pruning"
 [ "$mode" = quick ] && default_steps="$default_steps profile"
@@ -74,8 +74,10 @@ cuda)
     wanted training-small && step ${TRAIN_SMALL_S:-150} training-mnist_small-cuda.json \
         training-mnist_small-cuda.json -- "$PY" "$here/bench_training.py" --device cuda --network mnist_small \
         --repeat 3 --variants default bf16+channels-last compile+bf16+channels-last cudagraphs+bf16+channels-last
-    wanted profile && step ${PROFILE_S:-90} profile-cuda.json profile-cuda.json -- "$PY" "$here/bench_profile.py" \
-        --device cuda --variants fp32 default compile+bf16+channels-last
+    # 5 batches: PreAct-ResNet-18's trace of 20 batches took longer to summarise than the step's 90 s on the H200
+    # (2026-11-28); 5 batches and three variants took 129 s there, compilation included
+    wanted profile && step ${PROFILE_S:-170} profile-cuda.json profile-cuda.json -- "$PY" "$here/bench_profile.py" \
+        --device cuda --batches 5 --variants fp32 default compile+bf16+channels-last
     wanted profile && step 60 profile-mnist_small-cuda.json profile-mnist_small-cuda.json -- "$PY" \
         "$here/bench_profile.py" --device cuda --network mnist_small --variants fp32 default \
         "bf16+channels-last, mixed-layout flatten"
