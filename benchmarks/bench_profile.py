@@ -170,7 +170,7 @@ def objective_of(name: str):
 
 def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, top, objective="pgd-at"):
     """One variant: a warm-up, one unprofiled epoch (its images/s, first in the row), one profiled epoch,
-    summarised."""
+    summarised; on a GPU then two batches' :func:`sync_sources` (else an empty list)."""
     model = rl.models.build(name, like=data).to(device)
 
     def epoch(part):   # one epoch of ``objective`` over ``part`` from the initial weights
@@ -182,9 +182,8 @@ def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, t
     wall = timed(lambda: epoch(data), device)
     events, by_shape = profiled(lambda: epoch(data), device)
     row, tops = summarise(events, by_shape, wall, n_batches, cuda, top, attack=objective == "pgd-at")
-    if cuda:   # which lines wait for the device, over two batches
-        row["sync_sources"] = sync_sources(lambda: epoch(data.head(2 * batch)))
-    return {"images_per_s": batch * n_batches / wall, **row}, tops
+    waits = sync_sources(lambda: epoch(data.head(2 * batch))) if cuda else []
+    return {"images_per_s": batch * n_batches / wall, **row}, tops, waits
 
 
 def main(argv=None):
@@ -223,10 +222,9 @@ def main(argv=None):
         for variant in variants:
             key = f"{objective}, {variant}" if certified else variant
             with switched(variant):
-                row, top = profile_variant(variant, name, data, init, batch, n_batches, device, cuda, args.top,
-                                           objective)
+                row, top, waits = profile_variant(variant, name, data, init, batch, n_batches, device, cuda,
+                                                  args.top, objective)
             ips[key] = row["images_per_s"]
-            waits = row.pop("sync_sources", None)
             if waits:   # on a GPU; a variant without any wait is left out
                 sync_found[key] = waits
             rows.append({**({"objective": objective} if certified else {}), "variant": variant, **row})
