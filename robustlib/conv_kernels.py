@@ -46,6 +46,14 @@ from . import allocator
 VARIANTS = ("nchw", "nhwc", "s2d", "s2d-nhwc")
 DIRECTIONS = ("forward", "input_grad", "weight_grad")
 MARGIN = 1.1          # another variant replaces nchw only when it is at least this much faster
+# A direction whose slowest variant takes longer than this per call is timed in ``SLOW_ROUNDS`` rounds of one call
+# each (the last warm-up call the first of them) instead of ``rounds`` × ``calls``: such a call is far above the
+# timer's resolution. With the full effort (17 calls of every variant) tuning PreAct-ResNet-18 at batch 256 took
+# 65-76 s on the 2-core AMD EPYC (2026-11-28), its epoch 4-5 s; with this rule 18 s, and the plans of two such
+# tunings differed in 4 of 11 convolutions, as much as two full-effort tunings did (near-ties either way).
+# MNIST_Small's convolutions (about 1 ms a call at batch 128) keep the full effort.
+SLOW_CALL_S = 0.02
+SLOW_ROUNDS = 2
 _DEFAULT = ("nchw",) * 3
 _CL = torch.channels_last
 _backward = torch.ops.aten.convolution_backward
@@ -259,7 +267,8 @@ def _key(conv, x) -> str:
 def timings(conv: nn.Conv2d, x_shape, dtype=torch.float32, rounds: int = 5, calls: int = 3) -> dict:
     """Seconds per call of every variant of every direction, on random operands of this shape and dtype: the best
     of ``rounds`` rounds, each timing ``calls`` calls of every variant in turn (so that a change in the machine's
-    speed during the measurement hits every variant alike)."""
+    speed during the measurement hits every variant alike); ``SLOW_ROUNDS`` rounds of one call for a direction
+    whose slowest variant took over ``SLOW_CALL_S`` in its last warm-up call."""
     allocator.steady()
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(tuple(x_shape), generator=gen).to(dtype)
@@ -271,18 +280,27 @@ def timings(conv: nn.Conv2d, x_shape, dtype=torch.float32, rounds: int = 5, call
             "weight_grad": lambda v: weight_grad_variant(conv, v, g, x, w, b is not None)}
     variants = {d: _variants(conv, dtype, d) for d in runs}
     best = {d: dict.fromkeys(variants[d], float("inf")) for d in runs}
+    effort = {}
     with torch.no_grad(), torch.autocast("cpu", enabled=False):
-        for _ in range(2):   # oneDNN builds its primitives on the first call; the allocator settles on the next
+        for d, fn in runs.items():   # oneDNN builds its primitives on the first call; the allocator settles on the next
+            for v in variants[d]:
+                fn(v)
+            probe = {}
+            for v in variants[d]:
+                t0 = time.perf_counter()
+                fn(v)
+                probe[v] = time.perf_counter() - t0
+            effort[d] = (rounds, calls)
+            if max(probe.values()) > SLOW_CALL_S:   # the probe is the first of the slow direction's rounds
+                best[d], effort[d] = probe, (min(rounds, SLOW_ROUNDS) - 1, 1)
+        for r in range(rounds):
             for d, fn in runs.items():
-                for v in variants[d]:
-                    fn(v)
-        for _ in range(rounds):
-            for d, fn in runs.items():
-                for v in variants[d]:
+                n_rounds, n_calls = effort[d]
+                for v in variants[d] if r < n_rounds else ():
                     t0 = time.perf_counter()
-                    for _ in range(calls):
+                    for _ in range(n_calls):
                         fn(v)
-                    best[d][v] = min(best[d][v], (time.perf_counter() - t0) / calls)
+                    best[d][v] = min(best[d][v], (time.perf_counter() - t0) / n_calls)
     return best
 
 

@@ -167,6 +167,25 @@ def test_tuning_measures_real_timings_and_leaves_the_global_random_state_alone()
     assert len(plan) == 3 and all(p in ck.VARIANTS for p in plan)
 
 
+@pytest.mark.parametrize("slow", [False, True])
+def test_tuning_times_slow_convolutions_in_fewer_calls(monkeypatch, slow):
+    """Every variant of every direction is called 2 + rounds·calls times (two warm-up calls, the second timed as a
+    probe), or 2 + (SLOW_ROUNDS − 1) when the probe of a direction's slowest variant exceeds SLOW_CALL_S."""
+    conv, calls = nn.Conv2d(2, 4, 4, 2, 1), {}
+    for direction in ("forward", "input_grad", "weight_grad"):
+        real = getattr(ck, f"{direction}_variant")
+
+        def counted(conv_, variant, *args, _real=real, _d=direction):
+            calls[_d, variant] = calls.get((_d, variant), 0) + 1
+            return _real(conv_, variant, *args)
+        monkeypatch.setattr(ck, f"{direction}_variant", counted)
+    monkeypatch.setattr(ck, "SLOW_CALL_S", 0.0 if slow else float("inf"))
+    t = ck.timings(conv, (4, 2, 12, 12), torch.float32, rounds=4, calls=3)
+    assert all(s > 0 for v in t.values() for s in v.values())
+    assert len(calls) == 3 * len(ck.VARIANTS)
+    assert set(calls.values()) == {2 + (ck.SLOW_ROUNDS - 1 if slow else 4 * 3)}
+
+
 def test_the_allocator_is_set_once_per_process():
     first = rl.allocator.steady()
     assert first and rl.allocator.steady() is first and rl.allocator.state() == first   # later calls change nothing
