@@ -160,7 +160,7 @@ def main(argv=None):
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     networks = args.networks or (["mnist_small"] if args.quick else ["mnist_small", "mnist_large"])
-    n, batch = (100, 50) if args.quick else (args.n, 50)
+    n, batch = (50, 50) if args.quick else (args.n, 50)
     n_large = args.n_large or (100 if args.quick or not cuda else 1000)
     n_symbolic = min(args.n_symbolic or n_large, n_large)
     eps = 0.1

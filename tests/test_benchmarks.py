@@ -210,7 +210,7 @@ def test_sync_sources_name_the_lines_that_wait_for_the_device(monkeypatch):
 def test_profile_benchmark_compares_certified_steps_by_operator_calls(results):
     """--objective: a MixTrain and a full symbolic-training step of MNIST_Small at batch 50, their elementwise work
     reported as such (not as an attack's), and the ratios of time and operator calls against MixTrain's."""
-    out = _run("bench_profile", ["--quick", "--objective", "mixtrain-k5", "symbolic"], results,
+    out = _run("bench_profile", ["--quick", "--objective", "mixtrain-k5", "symbolic", "--batches", "2"], results,
                result="profile-certified")
     assert out["settings"]["network"] == "mnist_small" and out["settings"]["batch"] == 50
     rows = {r["objective"]: r for r in out["figures"]["by_kind"]}
