@@ -49,8 +49,8 @@ MARGIN = 1.1          # another variant replaces nchw only when it is at least t
 # A direction whose slowest variant takes longer than this per call is timed in ``SLOW_ROUNDS`` rounds of one call
 # each (the last warm-up call the first of them) instead of ``rounds`` × ``calls``: such a call is far above the
 # timer's resolution. With the full effort (17 calls of every variant) tuning PreAct-ResNet-18 at batch 256 took
-# 65-76 s on the 2-core AMD EPYC (2026-11-28), its epoch 4-5 s; with this rule 18 s, and the plans of two such
-# tunings differed in 4 of 11 convolutions, as much as two full-effort tunings did (near-ties either way).
+# 65-76 s on the 2-core AMD EPYC (2026-11-28), its epoch 4-5 s; with this rule 18 s, its plans differing from a
+# full-effort tuning's in 4 of 11 convolutions, as often as two full-effort tunings differed (near-ties).
 # MNIST_Small's convolutions (about 1 ms a call at batch 128) keep the full effort.
 SLOW_CALL_S = 0.02
 SLOW_ROUNDS = 2
