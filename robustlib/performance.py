@@ -36,7 +36,7 @@ BENCHMARKS = {   # script → (section title, what it measures)
                 "unprofiled wall-clock) and the kernels launched per batch; `ops_per_batch`: aten operator calls, "
                 "nested ones included; `host_reads_per_batch`: reads of a tensor's value on the host (each one a "
                 "wait for the device on a GPU); `stream_syncs_per_batch` (and `_per_epoch`): the host's waits "
-                "for the whole device queue, `fit`'s per epoch included; in files written before 2026-11-28 10:00 "
+                "for the whole device queue, `fit`'s per epoch included; in files written up to 2026-11-28 03:07 "
                 "UTC they also count the benchmark's own load of the initial weights from the host inside the "
                 "profiled epoch, one wait per weight tensor (107 of PreAct-ResNet-18's 22.6 a batch). Shares of "
                 "one run, not ratios. `profile-certified`: a MixTrain (k = 5) and a "
