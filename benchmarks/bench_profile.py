@@ -179,20 +179,25 @@ def profile_variant(variant, name, data, init, batch, n_batches, device, cuda, t
     # step's "22.6 stream synchronisations a batch"; the reset before each epoch is outside the timed window as well
     start = {k: v.to(device) for k, v in init.items()}
 
-    def epoch(part):   # one epoch of ``objective`` over ``part`` from the initial weights, loaded before
+    def epoch(part):   # one epoch of ``objective`` over ``part`` (the caller resets the weights first)
         rl.train.fit(model, part, objective_of(objective), epochs=1, batch_size=batch,
                      lr=0.01, schedule="constant", progress=False, **VARIANTS[variant])
 
-    def reset_then(fn):
+    def reset():
         model.load_state_dict(start)
         sync(device)
-        return fn
 
-    reset_then(epoch)(data.head(2 * batch))   # warm-up: compilation, kernel tuning
-    wall = timed(reset_then(lambda: epoch(data)), device)
-    events, by_shape = profiled(reset_then(lambda: epoch(data)), device)
+    reset()
+    epoch(data.head(2 * batch))   # warm-up: compilation, kernel tuning
+    reset()
+    wall = timed(lambda: epoch(data), device)
+    reset()
+    events, by_shape = profiled(lambda: epoch(data), device)
     row, tops = summarise(events, by_shape, wall, n_batches, cuda, top, attack=objective == "pgd-at")
-    waits = sync_sources(reset_then(lambda: epoch(data.head(2 * batch)))) if cuda else []
+    waits = []
+    if cuda:
+        reset()
+        waits = sync_sources(lambda: epoch(data.head(2 * batch)))
     return {"images_per_s": batch * n_batches / wall, **row}, tops, waits
 
 
