@@ -34,7 +34,9 @@ alike and their ratios hold):
   the input per neuron (``bounds.patches``) — the before of the change before (second; its ratio is taken against
   "no crops"; on CUDA a chunk with fewer dense coefficients than ``bounds.symbolic.PATCHES_MIN_DENSE`` takes the
   dense path in the default too, and ``symbolic, windows at every size`` times it with windows, the before of that
-  choice, 2026-11-27); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
+  choice, 2026-11-27; likewise a block of fresh error terms with fewer dense images than
+  ``bounds.symbolic.CROPS_MIN_DENSE`` goes on dense on CUDA, and ``symbolic, crops at every size`` times it with
+  crops, the before of that choice, 2026-11-28); ``symbolic, no shortcuts``: with ``SHORTCUTS`` off as well — the first layer's coefficients
   materialised at once instead of kept as ``s ⊗ J``, fresh error terms through dense passes instead of gathers
   from the weights — the before of the first change (its ratio is taken against "no windows");
 * ``naive symbolic``: the same relaxation written layer by layer the straightforward way
@@ -72,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import naive_symbolic  # noqa: E402
-from common import switched_off, write_result  # noqa: E402
+from common import settings, switched_off, write_result  # noqa: E402
 
 from robustlib import allocator as rl_allocator  # noqa: E402
 from robustlib import bounds, models  # noqa: E402
@@ -180,15 +182,9 @@ OTHER_L1 = {False: "symbolic, vector_norm L1", True: "symbolic, abs-sum L1"}   #
 def _with_symbolic(fn, name: str, value):
     """``fn`` with ``robustlib.bounds.symbolic.<name>`` set to ``value`` for the call, restored after: the before (or
     the other choice) of one of its settings, timed in the same run as the default."""
-    module = importlib.import_module("robustlib.bounds.symbolic")
-
     def run():
-        saved = getattr(module, name)
-        setattr(module, name, value)
-        try:
+        with settings(**{name: value}):
             return fn()
-        finally:
-            setattr(module, name, saved)
     return run
 
 
@@ -215,6 +211,12 @@ def _windows_everywhere(fn):
     """``fn`` with windows for chunks of every size (``PATCHES_MIN_DENSE`` emptied): on a device type that takes the
     dense path below a size (CUDA, since 2026-11-27), the before of that choice, timed in the same run."""
     return _with_symbolic(fn, "PATCHES_MIN_DENSE", {})
+
+
+def _crops_everywhere(fn):
+    """``fn`` with crops for blocks of error terms of every size (``CROPS_MIN_DENSE`` emptied): on a device type that
+    keeps small blocks dense (CUDA, since 2026-11-28), the before of that choice, timed in the same run."""
+    return _with_symbolic(fn, "CROPS_MIN_DENSE", {})
 
 
 def _switched_off(fn, *flags):
@@ -263,6 +265,9 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
     size_policy = device.type in importlib.import_module("robustlib.bounds.symbolic").PATCHES_MIN_DENSE
     if size_policy:
         runs["symbolic, windows at every size"] = (_windows_everywhere(default), chunk * coef)
+    crop_size_policy = device.type in importlib.import_module("robustlib.bounds.symbolic").CROPS_MIN_DENSE
+    if crop_size_policy:
+        runs["symbolic, crops at every size"] = (_crops_everywhere(default), chunk * coef)
     runs["symbolic, no crops"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
                                                 "CROPS"), chunk * coef)
     runs["symbolic, no windows"] = (_switched_off(lambda: bounds.symbolic(model, lower, upper, memory_budget=budget),
@@ -308,6 +313,8 @@ def bench(name: str, batch: int, device, dtype, eps: float, budget, target_s: fl
                 r["no_crops_over_default"] = seconds["symbolic, no crops"] / seconds["symbolic"]
             if size_policy:
                 r["windows_everywhere_over_default"] = seconds["symbolic, windows at every size"] / seconds["symbolic"]
+            if crop_size_policy:
+                r["crops_everywhere_over_default"] = seconds["symbolic, crops at every size"] / seconds["symbolic"]
             r["no_windows_over_no_crops"] = seconds["symbolic, no windows"] / seconds["symbolic, no crops"]
             r["no_shortcuts_over_no_windows"] = seconds["symbolic, no shortcuts"] / seconds["symbolic, no windows"]
             if "symbolic, one chunk" in seconds:
@@ -408,6 +415,9 @@ def main(argv=None):
                 if "windows_everywhere_over_default" in r:
                     ratios[f"{net} B={bs} symbolic windows at every size / dense below PATCHES_MIN_DENSE"] = \
                         r["windows_everywhere_over_default"]
+                if "crops_everywhere_over_default" in r:
+                    ratios[f"{net} B={bs} symbolic crops at every size / dense below CROPS_MIN_DENSE"] = \
+                        r["crops_everywhere_over_default"]
                 if "no_windows_over_no_crops" in r:
                     ratios[f"{net} B={bs} symbolic without / with windows (no crops)"] = r["no_windows_over_no_crops"]
                     ratios[f"{net} B={bs} symbolic without / with the shortcuts (no windows)"] = \

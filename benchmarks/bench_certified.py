@@ -24,20 +24,23 @@ batch spreads them). Unstable ReLUs add one column each on top (``benchmarks/ben
 
 Both parts also time the full symbolic and MixTrain k = 5 epochs of the first network, and the symbolic forward +
 backward, with ``bounds.symbolic.CROPS`` and ``PATCHES`` off (dense columns and dense error images through the
-convolutions, as before 2026-11-26): the before of those changes, in the same run.
+convolutions, as before 2026-11-26): the before of those changes, in the same run. On a device type that keeps
+small blocks of error terms dense (``bounds.symbolic.CROPS_MIN_DENSE``: CUDA, since 2026-11-28) the MixTrain k = 5
+epoch of each further network runs once more with crops at every size, the before of that choice.
 
 Every figure is measured in this process; results go to benchmarks/results/certified-<cpu|cuda>.json.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import switched_off, timed, write_result  # noqa: E402
+from common import settings, switched_off, timed, write_result  # noqa: E402
 
 import robustlib as rl  # noqa: E402
 from robustlib.objectives import PGDAT, IBPTraining, MixTrain, SymbolicTraining  # noqa: E402
@@ -99,6 +102,14 @@ def per_example(network: str, data, n_symbolic: int, device, batch: int, eps: fl
             continue
         print(f"{network:12s} {name:12s} {row[f'{name} s/example'] * 1e3:9.2f} ms per example "
               f"({len(part)} examples)", flush=True)
+    if device.type in importlib.import_module("robustlib.bounds.symbolic").CROPS_MIN_DENSE and \
+            row.get("mixtrain-k5 s/example") is not None:   # the before of keeping small blocks of terms dense
+        with settings(CROPS_MIN_DENSE={}):
+            row["mixtrain-k5, crops at every size s/example"] = epoch_seconds(
+                objectives_for(eps, checkpoint=network != "mnist_small")["mixtrain-k5"], data, device, batch,
+                network, LARGE_LR) / len(data)
+        print(f"{network:12s} {'mixtrain-k5, crops at every size':12s} "
+              f"{row['mixtrain-k5, crops at every size s/example'] * 1e3:9.2f} ms per example", flush=True)
     return row
 
 
@@ -196,6 +207,9 @@ def main(argv=None):
         for a, b in (("symbolic", "mixtrain-k5"), ("symbolic", "mixtrain-k1"), ("pgd-at", "mixtrain-k5")):
             if row[f"{a} s/example"] is not None and row[f"{b} s/example"] is not None:
                 ratios[f"{row['network']} {a} / {b} (per example)"] = row[f"{a} s/example"] / row[f"{b} s/example"]
+        if "mixtrain-k5, crops at every size s/example" in row:
+            ratios[f"{row['network']} mixtrain-k5 (per example): crops at every size / dense below CROPS_MIN_DENSE"] = \
+                row["mixtrain-k5, crops at every size s/example"] / row["mixtrain-k5 s/example"]
     for k, v in ratios.items():
         print(f"{k:24s} {v:6.2f}×")
     for row in rows:

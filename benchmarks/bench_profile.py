@@ -25,7 +25,9 @@ variant. Where the time of their symbolic bounds goes, and how many operators th
 operator calls, nested ones included; on a GPU also ``kernels_per_batch``) and how often they wait for the device
 (``host_reads_per_batch``: int(), bool(), .item() and the like on a tensor), says whether bounding k points instead of
 50 can save time on a device: a GPU that waits on the host between small kernels (``device_busy`` far below 1) saves
-little, because the k points' bounds call as many operators as the whole batch's. Their elementwise operators are
+little, because the k points' bounds call as many operators as the whole batch's. On a GPU the ratio of the two
+steps' kernel time (``kernel ms a batch``) is what the speed-up would be if launching kernels cost nothing: the
+ceiling that compiling the step or capturing it in a CUDA graph could approach. Their elementwise operators are
 the bounds' (ReLU relaxation, concretisation), not an attack's, and are reported as such.
 
 Writes ``benchmarks/results/profile-<cpu|cuda>.json`` (``profile-<network>-<device>.json`` for another network than
@@ -256,11 +258,14 @@ def main(argv=None):
             for w in sync_found.get(key, [])[:4]:
                 print(f"    waits {w['count']:4d}× over two batches: {w['where'][:100]} ({w['what'][:60]})",
                       flush=True)
-    if certified:   # each trainer's step against MixTrain's, per variant: time and operator calls
+    if certified:   # each trainer's step against MixTrain's, per variant: time and operator calls; on a GPU also
+        # the kernels' time, the ratio the step would reach if launching kernels cost nothing
         by = {(r["objective"], r["variant"]): r for r in rows}
+        fields = (("ms a batch", "wall_ms_per_batch"), ("operator calls", "ops_per_batch")) + \
+            ((("kernel ms a batch", "profiled_ms_per_batch"),) if cuda else ())
         ratios = {f"[{v}] {o} / mixtrain-k5, {what}": by[o, v][field] / by["mixtrain-k5", v][field]
                   for o in objectives if o != "mixtrain-k5" and "mixtrain-k5" in objectives for v in variants
-                  for what, field in (("ms a batch", "wall_ms_per_batch"), ("operator calls", "ops_per_batch"))}
+                  for what, field in fields}
     else:
         ratios = {f"robustlib[{v}] / robustlib[fp32]": ips[v] / ips["fp32"] for v in ips if v != "fp32"}
     result = "profile-certified" if certified else "profile" if name == default_name else f"profile-{name}"

@@ -65,20 +65,26 @@ def write_result(name: str, device, settings: dict, figures, ratios: dict) -> Pa
 
 
 @contextlib.contextmanager
-def switched_off(*flags):
-    """The named switches of ``robustlib.bounds.symbolic`` off for the block (``CROP_LINEAR``, ``CROPS``,
-    ``PATCHES``, ``SHORTCUTS``; ``module.NAME`` for another module of ``robustlib.bounds``, e.g.
-    ``crops.INDEX_SELECT``): the before of those changes, timed in the same process as the after. Each switch gets
-    its own value back afterwards."""
+def settings(**values):
+    """Settings of ``robustlib.bounds`` set for the block (``NAME=value`` for ``robustlib.bounds.symbolic.NAME``,
+    ``module__NAME=value`` for another module of ``robustlib.bounds``, e.g. ``crops__INDEX_SELECT``): the before of
+    a choice, timed in the same process as the after. Each setting gets its own value back afterwards."""
     targets = []
-    for f in flags:
-        where, _, name = f.rpartition(".")
-        targets.append((importlib.import_module(f"robustlib.bounds.{where or 'symbolic'}"), name))
-    saved = [getattr(m, name) for m, name in targets]
-    for m, name in targets:
-        setattr(m, name, False)
+    for key, value in values.items():
+        where, _, name = key.rpartition("__")
+        targets.append((importlib.import_module(f"robustlib.bounds.{where or 'symbolic'}"), name, value))
+    saved = [getattr(m, name) for m, name, _ in targets]
+    for m, name, value in targets:
+        setattr(m, name, value)
     try:
         yield
     finally:
-        for (m, name), value in zip(targets, saved):
+        for (m, name, _), value in zip(targets, saved):
             setattr(m, name, value)
+
+
+def switched_off(*flags):
+    """The named switches of ``robustlib.bounds.symbolic`` off for the block (``CROP_LINEAR``, ``CROPS``,
+    ``PATCHES``, ``SHORTCUTS``; ``module.NAME`` for another module of ``robustlib.bounds``, e.g.
+    ``crops.INDEX_SELECT``): the before of those changes (:func:`settings`)."""
+    return settings(**{f.replace(".", "__"): False for f in flags})

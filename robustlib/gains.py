@@ -244,6 +244,11 @@ def gains_section(results: dict) -> str:
                                                        "`bounds.symbolic.PATCHES_MIN_DENSE` on this device type "
                                                        "(CUDA, since 2026-11-27; in cells above it both runs execute "
                                                        "the same code and their ratio is the machine's noise)"),
+                   ("symbolic, crops at every size", "with crops for blocks of error terms of every size → dense "
+                                                     "images for a block smaller than "
+                                                     "`bounds.symbolic.CROPS_MIN_DENSE` on this device type (CUDA, "
+                                                     "since 2026-11-28; in cells above it, or without crops, both runs "
+                                                     "execute the same code and their ratio is the machine's noise)"),
                    ("symbolic, no windows", "with `bounds.symbolic.PATCHES` off (every convolution's input "
                                             "coefficients as d dense columns) → on (one window of the input per "
                                             "neuron, `bounds.patches`)"),

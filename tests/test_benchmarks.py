@@ -75,6 +75,20 @@ def test_bounds_benchmark_times_windows_at_every_size_where_small_chunks_go_dens
     assert symbolic.PATCHES_MIN_DENSE == {"cpu": 10**12}    # emptied for that row only, then restored
 
 
+def test_bounds_benchmark_times_crops_at_every_size_where_small_blocks_go_dense(results, monkeypatch):
+    """CUDA's rule (dense error images below CROPS_MIN_DENSE), tried on the CPU with a threshold above every block:
+    the default rows take dense images, and a row with crops at every size gives the before of that rule."""
+    symbolic = importlib.import_module("robustlib.bounds.symbolic")
+    monkeypatch.setattr(symbolic, "CROPS_MIN_DENSE", {"cpu": 10**12})
+    out = _run("bench_bounds", ["--quick"], results)
+    assert "symbolic, crops at every size" in {r["method"] for r in out["figures"]}
+    sym = next(r for r in out["figures"] if r["method"] == "symbolic")
+    assert sym["crops_everywhere_over_default"] > 0
+    assert f"{sym['net']} B={sym['batch']} symbolic crops at every size / dense below CROPS_MIN_DENSE" in \
+        out["ratios"]
+    assert symbolic.CROPS_MIN_DENSE == {"cpu": 10**12}    # emptied for that row only, then restored
+
+
 def test_certified_benchmark_reports_a_diverging_trainer_and_keeps_the_rest(results, monkeypatch):
     """A trainer whose epoch goes NaN past the first network (fit raises FloatingPointError) is recorded as not
     timed (None) and left out of the ratios; the other trainers' timings and the JSON survive. The timings are a
@@ -97,6 +111,29 @@ def test_certified_benchmark_reports_a_diverging_trainer_and_keeps_the_rest(resu
     assert "mnist_small symbolic / mixtrain-k5 (per example)" not in out["ratios"]
     assert out["ratios"]["mnist_small pgd-at / mixtrain-k5 (per example)"] == pytest.approx(1.0)
     assert ("SymbolicTraining", 0.01) in asked and ("SymbolicTraining", bench.LARGE_LR) in asked
+
+
+def test_certified_benchmark_times_mixtrain_with_crops_at_every_size_where_small_blocks_go_dense(results, monkeypatch):
+    """On a device type of CROPS_MIN_DENSE (CUDA's rule, tried on the CPU), each further network's MixTrain k = 5
+    epoch runs once more with that threshold emptied (crops at every size), and the ratio says which was faster."""
+    bench = importlib.import_module("bench_certified")
+    symbolic = importlib.import_module("robustlib.bounds.symbolic")
+    monkeypatch.setattr(symbolic, "CROPS_MIN_DENSE", {"cpu": 10**12})
+    thresholds = []
+
+    def fake_seconds(objective, data, device, batch, network="mnist_small", lr=0.01):
+        thresholds.append((type(objective).__name__, dict(symbolic.CROPS_MIN_DENSE)))
+        return (0.03 if not symbolic.CROPS_MIN_DENSE else 0.01) * len(data)
+
+    monkeypatch.setattr(bench, "epoch_seconds", fake_seconds)
+    monkeypatch.setattr(bench, "FLOOR_NETWORKS", ())
+    out = _run("bench_certified", ["--quick", "--networks", "mnist_small", "mnist_small"], results)
+    other = out["figures"]["per_example"][1]
+    assert other["mixtrain-k5, crops at every size s/example"] == pytest.approx(0.03)
+    assert out["ratios"]["mnist_small mixtrain-k5 (per example): crops at every size / dense below CROPS_MIN_DENSE"] \
+        == pytest.approx(3.0)
+    assert [name for name, t in thresholds if not t] == ["MixTrain"]     # that one epoch only
+    assert symbolic.CROPS_MIN_DENSE == {"cpu": 10**12}                  # then restored
 
 
 def test_certified_benchmark_compares_trainers_per_network_and_floors_per_batch(results, monkeypatch):

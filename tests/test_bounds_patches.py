@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import math
 
 import pytest
 import torch
@@ -308,9 +309,8 @@ def test_kernel_slices_by_index_select_equal_advanced_indexing_with_their_gradie
     assert new[1].abs().sum() > 0
 
 
-def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagation(monkeypatch):
-    """Three convolutions with BatchNorm between: the first two ReLUs' error terms cross later convolutions as
-    crops; margins and every parameter's gradient equal those of dense error images."""
+def _three_convolutions():
+    """Three convolutions with BatchNorm between (eval mode), and three inputs with labels."""
     torch.manual_seed(6)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 4, stride=2, padding=1),
                         nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
@@ -319,9 +319,13 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
     net[3].running_var.uniform_(0.5, 2.0)
     net.eval()
     g = torch.Generator().manual_seed(8)
-    x = torch.rand(3, 1, 16, 16, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 4, (3,), generator=g)
+    return net, torch.rand(3, 1, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 4, (3,), generator=g)
 
+
+def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagation(monkeypatch):
+    """Three convolutions with BatchNorm between: the first two ReLUs' error terms cross later convolutions as
+    crops; margins and every parameter's gradient equal those of dense error images."""
+    net, x, y = _three_convolutions()
     with monkeypatch.context() as m:
         kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))   # the error terms' kinds
         fast = _margins_and_grads(net, x, y, 0.05)
@@ -331,6 +335,33 @@ def test_bounds_and_gradients_with_cropped_error_terms_equal_the_dense_propagati
         dense = _margins_and_grads(net, x, y, 0.05)
     _assert_equal_runs(fast, dense)
     assert (fast[1] - fast[0]).min() >= 0 and (fast[1] - fast[0]).max() > 0
+
+
+def test_crops_only_for_blocks_large_enough_on_a_device_listed(monkeypatch):
+    """``CROPS_MIN_DENSE``: on a device type it lists, a block of fresh error terms whose dense images at the
+    convolution's output (the chunk's terms × that layer's neurons) number fewer than its threshold goes on as dense
+    images, a larger one as crops; margins and gradients are the same either way."""
+    crops = importlib.import_module("robustlib.bounds.crops")
+    net, x, y = _three_convolutions()
+    blocks, from_sparse = {}, crops.from_sparse
+    for batch in (1, 3):   # the first block's size at each batch size, with crops at every size (a CPU's default)
+        with monkeypatch.context() as m:
+            sizes = []
+            m.setattr(crops, "from_sparse", lambda idx, *a: sizes.append(idx.numel() * math.prod(a[-1])) or
+                      from_sparse(idx, *a))
+            _margins_and_grads(net, x[:batch], y[:batch], 0.05)
+        blocks[batch] = sizes[0]
+    assert blocks[1] < blocks[3]
+    for batch in (1, 3):
+        with monkeypatch.context() as m:
+            m.setattr(sym, "CROPS_MIN_DENSE", {"cpu": blocks[3]})
+            kinds = _spy(m, lambda s: sorted(type(e).__name__ for e in s.E.values()))
+            fast = _margins_and_grads(net, x[:batch], y[:batch], 0.05)
+        assert ("Crops" in kinds[2]) == (batch == 3), (batch, kinds)
+        with monkeypatch.context() as m:
+            m.setattr(sym, "CROPS", False)
+            _assert_equal_runs(fast, _margins_and_grads(net, x[:batch], y[:batch], 0.05))
+    assert sym.CROPS_MIN_DENSE.get("cpu", 0) == 0     # on a CPU the crops are always taken
 
 
 def test_crops_into_a_linear_equal_the_dense_propagation(monkeypatch):

@@ -77,6 +77,17 @@ PATCHES = True
 # symbolic-training epoch of MNIST_Small, 123 million, 1.6x) or level (MNIST_Large's forward + backward at batch 8,
 # 157 million), except CIFAR_Large's bounds at batch 1 (101 million), where dense was 1.25x faster.
 PATCHES_MIN_DENSE = {"cuda": 50_000_000}
+# Crops of fresh error terms (CROPS) on these device types only for a block whose dense images at the convolution's
+# output (the chunk's terms × its output neurons) number at least this many; below, dense images. On the H200
+# (benchmarks/results/bounds-cuda.json, 2026-11-28 02:36 UTC, the "no crops" row of the same run, ε = 0.01; the block
+# sizes counted on a CPU with the same seeds and CUDA's settings) dense images were 1.56x, 1.30x and 1.16x faster at
+# 9-19, 18-37 and 81-87 million (MNIST_Large at batch 1, CIFAR_Large at 1, MNIST_Large at 16), crops 1.22x faster
+# at 298-300 and 646-719 million (CIFAR_Large at 16, MNIST_Large at 128). MNIST_Small and CIFAR_Small make no crops
+# on CUDA (their terms go on into a Linear), yet their two identical runs differed by up to 1.32x (CIFAR_Small at batch
+# 1, 3.7 ms a call): the rule rests mostly on the batch-1 cells of 13-18 ms a call; bench_bounds' "crops at every size"
+# rows check it. MixTrain's five points of MNIST_Large on Fashion-MNIST make blocks of 30-34 million at ε = 0.01 and
+# 250-360 million at ε = 0.1 (initial weights, counted on the CPU): dense in the ε warm-up, crops at the full ε.
+CROPS_MIN_DENSE = {"cuda": 150_000_000}
 
 
 def _crop_linear(device) -> bool:
@@ -197,10 +208,12 @@ class SymbolicRunner:
         return PATCHES and c.shape[0] * self.dense_per_sample >= PATCHES_MIN_DENSE.get(c.device.type, 0)
 
     def crops_pay(self, name: str, terms: int, device) -> bool:
-        """Whether ``terms`` error terms (the chunk's) at the output of node ``name`` should be crops: it reaches
-        another convolution, or (:func:`_crop_linear` on ``device``, at least ``CROP_LINEAR_TERMS`` terms) a
-        Linear, through ReLUs, elementwise maps and reshapes only (crops that go dense at the next layer would only
-        add work)."""
+        """Whether ``terms`` error terms (the chunk's) at the output of node ``name`` should be crops: their dense
+        images there number at least ``CROPS_MIN_DENSE`` on ``device``'s type, and the node reaches another
+        convolution, or (:func:`_crop_linear` on ``device``, at least ``CROP_LINEAR_TERMS`` terms) a Linear, through
+        ReLUs, elementwise maps and reshapes only (crops that go dense at the next layer would only add work)."""
+        if terms * math.prod(self.shapes[name]) < CROPS_MIN_DENSE.get(torch.device(device).type, 0):
+            return False
         stack, seen, linear = list(self.consumers.get(name, ())), set(), False
         while stack:
             m = stack.pop()
