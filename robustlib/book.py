@@ -223,6 +223,44 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True,
             + (f" Parameters set by the preset: {shown}." if shown else "") + others + stale + "\n```")
 
 
+def _defaults(cell_source: str) -> dict | None:
+    """A parameters cell's ``name = value`` lines as {name: value} (a literal's value, else its source text without
+    comments); None when the cell holds anything else."""
+    import ast
+    try:
+        tree = ast.parse(cell_source)
+    except SyntaxError:
+        return None
+    out = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            return None
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            out[node.targets[0].id] = ast.unparse(node.value)
+    return out
+
+
+def same_code(ran: list, code: list, injected: dict) -> bool:
+    """Whether executed code cells ``ran`` are today's ``code`` (cell sources, in order): equal, except that the
+    parameters cell may differ in comments and in defaults that the run overrode (its ``injected`` parameters): a
+    smoke default changed since the run did not change what the run computed."""
+    if len(ran) != len(code):
+        return False
+    for a, b in zip(ran, code):
+        if a.source == b.source:
+            continue
+        if "parameters" not in _tags(b):
+            return False
+        old, new = _defaults(a.source), _defaults(b.source)
+        if old is None or new is None or old.keys() != new.keys():
+            return False
+        if any(old[k] != new[k] and k not in injected for k in old):
+            return False
+    return True
+
+
 def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, also: tuple = ()):
     """The staged copy of one chapter (an ``nbformat`` notebook) — see the module docstring. ``main`` and ``also``
     as for :func:`banner`; a page of another preset's run gets "(preset …)" after its title."""
@@ -232,7 +270,8 @@ def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, a
     injected = [c for c in nb.cells if "injected-parameters" in _tags(c)]
     ran = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in _tags(c)]
     code = [c for c in src.cells if c.cell_type == "code"]
-    refreshed = [c.source for c in ran] == [c.source for c in code]
+    parameters = nb.metadata.get("papermill", {}).get("parameters", {})
+    refreshed = same_code(ran, code, parameters)
     if refreshed:   # today's markdown around the executed code cells (their outputs)
         cells, it = [], iter(ran)
         for c in src.cells:
@@ -247,7 +286,6 @@ def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, a
     for c in nb.cells:
         if "injected-parameters" in _tags(c) or is_colab_install(c):
             _hide(c)
-    parameters = nb.metadata.get("papermill", {}).get("parameters", {})
     note = banner(ex, parameters, refreshed, main=main, also=also)
     first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     lines = first.source.split("\n") if first is not None else []

@@ -355,6 +355,24 @@ def test_staged_chapter_is_labelled_refreshed_and_hides_cells(tmp_path):
     assert "failed" in failed and "OOM" in failed
 
 
+def test_a_changed_default_that_the_run_overrode_keeps_the_page_refreshed():
+    """A smoke default changed in the parameters cell after a cpu run that set that parameter itself leaves the run's
+    code today's (its page gets today's markdown); a changed default the run used, a new parameter or any other
+    changed cell makes it stale."""
+    def cells(params: str, body: str = "x = epochs + 1"):
+        return [nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}), nbformat.v4.new_code_cell(body)]
+
+    ran = cells("epochs = 10   # smoke\nn_eval = None\nname = 'a'")
+    injected = {"epochs": 10, "preset": "cpu"}
+    assert book.same_code(ran, cells("epochs = 7    # smoke; cpu: 10\nn_eval = None\nname = 'a'"), injected)
+    assert book.same_code(ran, cells("epochs = 10\nn_eval = None\nname = \"a\""), {})          # same values
+    assert not book.same_code(ran, cells("epochs = 10\nn_eval = 200\nname = 'a'"), injected)   # used by the run
+    assert not book.same_code(ran, cells("epochs = 7\nn_eval = None\nname = 'a'\nk = 5"), injected)
+    assert not book.same_code(ran, cells("epochs = 7\nn_eval = None\nname = 'a'", "x = epochs + 2"), injected)
+    assert not book.same_code(ran, cells("epochs = 7\nif True:\n    n_eval = None\nname = 'a'"), injected)
+    assert not book.same_code(ran, ran[:1], injected)
+
+
 def test_other_real_data_runs_become_section_pages(tmp_path):
     root = tmp_path
     (root / "notebooks").mkdir()
