@@ -184,10 +184,11 @@ def trained_in(record: dict) -> str:
 
 
 def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True, main: Executed | None = None,
-           also: tuple = ()) -> str:
+           also: tuple = (), current: tuple = ()) -> str:
     """The admonition under a chapter's title: preset, device, date and wall-clock of the run it shows. ``main``:
     this page is another preset's run of a chapter whose main page renders ``main``; ``also``: the presets of the
-    chapter's other runs, each on a section page."""
+    chapter's other runs, each on a section page; ``current``: those of them whose code is today's (a stale page
+    points to the first, which carries the chapter's current text)."""
     rec = ex.record or {}
     where = (f"Executed {when(rec.get('started'))} on {rec.get('device', '(device unknown)')}; "
              f"notebook wall-clock {fmt_seconds(rec.get('wall_s'))}")
@@ -199,7 +200,9 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True,
     params = {k: v for k, v in (parameters or {}).items() if k not in ("results_dir", "preset")}
     shown = ", ".join(f"`{k} = {v!r}`" for k, v in params.items())
     stale = ("" if refreshed else "\n\nThe executed copy predates the current notebook's code: the text around the "
-             "code is the executed version's.")
+             "code is the executed version's."
+             + (f" The chapter's current text is on the page of its {current[0]} run: "
+                f"{{doc}}`/notebooks/{section_stem(ex.name, current[0])}`." if current else ""))
     what = presets.DESCRIPTIONS.get(ex.preset, ex.preset)
     if not ex.ok:
         cause = " ".join(str(rec.get("error", "no results record was written")).replace("`", "'").split())
@@ -261,16 +264,30 @@ def same_code(ran: list, code: list, injected: dict) -> bool:
     return True
 
 
-def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, also: tuple = ()):
-    """The staged copy of one chapter (an ``nbformat`` notebook) — see the module docstring. ``main`` and ``also``
-    as for :func:`banner`; a page of another preset's run gets "(preset …)" after its title."""
+def _ran_and_today(source: Path, ex: Executed):
+    """The executed copy, today's notebook (the executed copy where there is no source), the run's code cells and
+    today's, and the run's injected parameters."""
     import nbformat
     nb = nbformat.read(ex.notebook, as_version=4)
     src = nbformat.read(source, as_version=4) if Path(source).exists() else nb
-    injected = [c for c in nb.cells if "injected-parameters" in _tags(c)]
     ran = [c for c in nb.cells if c.cell_type == "code" and "injected-parameters" not in _tags(c)]
     code = [c for c in src.cells if c.cell_type == "code"]
-    parameters = nb.metadata.get("papermill", {}).get("parameters", {})
+    return nb, src, ran, code, nb.metadata.get("papermill", {}).get("parameters", {})
+
+
+def is_current(source: Path, ex: Executed) -> bool:
+    """Whether the run ``ex`` executed today's code of the chapter notebook ``source`` (:func:`same_code`)."""
+    _, _, ran, code, parameters = _ran_and_today(source, ex)
+    return same_code(ran, code, parameters)
+
+
+def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, also: tuple = (),
+                     current: tuple = ()):
+    """The staged copy of one chapter (an ``nbformat`` notebook) — see the module docstring. ``main``, ``also`` and
+    ``current`` as for :func:`banner`; a page of another preset's run gets "(preset …)" after its title."""
+    import nbformat
+    nb, src, ran, code, parameters = _ran_and_today(source, ex)
+    injected = [c for c in nb.cells if "injected-parameters" in _tags(c)]
     refreshed = same_code(ran, code, parameters)
     if refreshed:   # today's markdown around the executed code cells (their outputs)
         cells, it = [], iter(ran)
@@ -286,7 +303,7 @@ def prepare_notebook(source: Path, ex: Executed, main: Executed | None = None, a
     for c in nb.cells:
         if "injected-parameters" in _tags(c) or is_colab_install(c):
             _hide(c)
-    note = banner(ex, parameters, refreshed, main=main, also=also)
+    note = banner(ex, parameters, refreshed, main=main, also=also, current=current)
     first = next((c for c in nb.cells if c.cell_type == "markdown"), None)
     lines = first.source.split("\n") if first is not None else []
     at = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)

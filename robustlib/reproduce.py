@@ -326,7 +326,8 @@ def stage(prefer: list[str], root: Path = ROOT, log=print, results=None, out: Pa
     for name, ex in chosen.items():
         source = root / "notebooks" / f"{name}.ipynb"
         others = book.also_run(name, dirs, ex)
-        nbformat.write(book.prepare_notebook(source, ex, also=tuple(o.preset for o in others)),
+        current = tuple(o.preset for o in others if book.is_current(source, o))
+        nbformat.write(book.prepare_notebook(source, ex, also=tuple(o.preset for o in others), current=current),
                        src / "notebooks" / f"{name}.ipynb")
         for o in others:   # a better preset never hides what a cheaper one measured
             stem = book.section_stem(name, o.preset)

@@ -418,6 +418,34 @@ def test_other_real_data_runs_become_section_pages(tmp_path):
     assert "_sources/notebooks/a-cpu.ipynb" in page                            # the download stays the executed copy
 
 
+def test_a_stale_main_page_points_to_the_run_with_todays_text(tmp_path):
+    """A chapter whose best run (gpu) predates today's code, while its cpu run is current: the main page says it
+    shows the executed version's text and links the cpu page, which carries today's text."""
+    root = tmp_path
+    (root / "notebooks").mkdir()
+    (root / "book").mkdir()
+    (root / "book" / "intro.md").write_text("# Intro\n")
+    (root / "_config.yml").write_text("title: t\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: notebooks/a\n")
+    res = root / "results"
+    _executed(res / "gpu", "a", "gpu", code="x = 1")
+    _executed(res / "cpu", "a", "cpu", code="x = 2")
+    today = nbformat.read(res / "cpu" / "a.ipynb", as_version=4)
+    today.cells = [c for c in today.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    today.cells[0].source = "# a\n\ntoday's text"
+    nbformat.write(today, root / "notebooks" / "a.ipynb")
+    dirs = book.results_dirs(reproduce.preference("best"), res)
+    ex = book.choose(["a"], dirs)["a"]
+    cpu = book.also_run("a", dirs, ex)[0]
+    assert not book.is_current(root / "notebooks" / "a.ipynb", ex) and book.is_current(root / "notebooks" / "a.ipynb", cpu)
+    src = reproduce.stage(reproduce.preference("best"), root=root, log=lambda *a: None, out=tmp_path / "out")
+    main = nbformat.read(src / "notebooks" / "a.ipynb", as_version=4).cells[0].source
+    other = nbformat.read(src / "notebooks" / "a-cpu.ipynb", as_version=4).cells[0].source
+    assert "predates the current notebook's code" in main and "old text" in main and "today's text" not in main
+    assert "The chapter's current text is on the page of its cpu run: {doc}`/notebooks/a-cpu`" in main
+    assert "today's text" in other and "predates" not in other
+
+
 def test_glance_rows_prefer_the_best_record(tmp_path):
     res = tmp_path / "results"
     _executed(res / "cpu", "at", "cpu", rows=[claims.claim_row("p1-at-cost", 7.5, dataset="fashion-mnist")])
