@@ -26,7 +26,9 @@ Both parts also time the full symbolic and MixTrain k = 5 epochs of the first ne
 backward, with ``bounds.symbolic.CROPS`` and ``PATCHES`` off (dense columns and dense error images through the
 convolutions, as before 2026-11-26): the before of those changes, in the same run. On a device type that keeps
 small blocks of error terms dense (``bounds.symbolic.CROPS_MIN_DENSE``: CUDA, since 2026-11-28) the MixTrain k = 5
-epoch of each further network runs once more with crops at every size, the before of that choice.
+epoch of each further network runs once more with crops at every size, the before of that choice; and where the
+certified trainers recompute their bounds in the backward (past MNIST_Small), MixTrain k = 5 runs once more without
+(and on CUDA full symbolic training too): whether its few points need the recomputation at all (``variants``).
 
 Every figure is measured in this process; results go to benchmarks/results/certified-<cpu|cuda>.json.
 """
@@ -102,15 +104,36 @@ def per_example(network: str, data, n_symbolic: int, device, batch: int, eps: fl
             continue
         print(f"{network:12s} {name:12s} {row[f'{name} s/example'] * 1e3:9.2f} ms per example "
               f"({len(part)} examples)", flush=True)
-    if device.type in importlib.import_module("robustlib.bounds.symbolic").CROPS_MIN_DENSE and \
-            row.get("mixtrain-k5 s/example") is not None:   # the before of keeping small blocks of terms dense
-        with settings(CROPS_MIN_DENSE={}):
-            row["mixtrain-k5, crops at every size s/example"] = epoch_seconds(
-                objectives_for(eps, checkpoint=network != "mnist_small")["mixtrain-k5"], data, device, batch,
-                network, LARGE_LR) / len(data)
-        print(f"{network:12s} {'mixtrain-k5, crops at every size':12s} "
-              f"{row['mixtrain-k5, crops at every size s/example'] * 1e3:9.2f} ms per example", flush=True)
+    for label, name, part, setting, recompute, wanted in variants(network, device):
+        if row.get(f"{name} s/example") is None or not wanted:
+            continue
+        try:
+            with settings(**setting):
+                row[f"{label} s/example"] = epoch_seconds(objectives_for(eps, checkpoint=recompute)[name],
+                                                          data.head(n_symbolic) if part else data, device, batch,
+                                                          network, LARGE_LR) / (n_symbolic if part else len(data))
+        except torch.OutOfMemoryError:   # a graph kept whole for the backward outgrew the device: say so
+            print(f"{network:12s} {label}: out of memory, not timed", flush=True)
+            torch.cuda.empty_cache()
+            continue
+        print(f"{network:12s} {label:12s} {row[f'{label} s/example'] * 1e3:9.2f} ms per example", flush=True)
     return row
+
+
+def variants(network: str, device) -> list:
+    """Further epochs of a network past the first, each the before of a choice: ``(label, trainer, on the symbolic
+    part of the data, bounds settings, recompute in the backward, run at all)``. MixTrain k = 5 with crops at every
+    size where the device keeps small blocks of error terms dense (``CROPS_MIN_DENSE``); and, where the certified
+    trainers recompute the bounds in the backward (past MNIST_Small), MixTrain k = 5 without recomputing (five points
+    of MNIST_Large at ε = 0.1: a process peak of about 6 GB on the CPU, 2026-11-28) and, on CUDA only, full symbolic
+    training without it too (fifty points: some 55 GB, beyond a 24 GB CPU; out of memory is reported)."""
+    dense_rule = torch.device(device).type in importlib.import_module("robustlib.bounds.symbolic").CROPS_MIN_DENSE
+    recomputing = network != "mnist_small"
+    return [("mixtrain-k5, crops at every size", "mixtrain-k5", False, {"CROPS_MIN_DENSE": {}}, recomputing,
+             dense_rule),
+            ("mixtrain-k5, no recomputation", "mixtrain-k5", False, {}, False, recomputing),
+            ("symbolic, no recomputation", "symbolic", True, {}, False,
+             recomputing and torch.device(device).type == "cuda")]
 
 
 def symbolic_vs_forward(name: str, device, batch: int) -> dict:
@@ -210,6 +233,15 @@ def main(argv=None):
         if "mixtrain-k5, crops at every size s/example" in row:
             ratios[f"{row['network']} mixtrain-k5 (per example): crops at every size / dense below CROPS_MIN_DENSE"] = \
                 row["mixtrain-k5, crops at every size s/example"] / row["mixtrain-k5 s/example"]
+        if "mixtrain-k5, no recomputation s/example" in row:
+            ratios[f"{row['network']} mixtrain-k5 (per example): recomputing / not"] = \
+                row["mixtrain-k5 s/example"] / row["mixtrain-k5, no recomputation s/example"]
+            if row["symbolic s/example"] is not None:
+                ratios[f"{row['network']} symbolic recomputing / mixtrain-k5 not (per example)"] = \
+                    row["symbolic s/example"] / row["mixtrain-k5, no recomputation s/example"]
+        if "symbolic, no recomputation s/example" in row:
+            ratios[f"{row['network']} symbolic / mixtrain-k5, neither recomputing (per example)"] = \
+                row["symbolic, no recomputation s/example"] / row["mixtrain-k5, no recomputation s/example"]
     for k, v in ratios.items():
         print(f"{k:24s} {v:6.2f}×")
     for row in rows:

@@ -136,6 +136,33 @@ def test_certified_benchmark_times_mixtrain_with_crops_at_every_size_where_small
     assert symbolic.CROPS_MIN_DENSE == {"cpu": 10**12}                  # then restored
 
 
+def test_certified_benchmark_times_mixtrain_without_recomputation_past_mnist_small(results, monkeypatch):
+    """Past MNIST_Small the certified trainers recompute their bounds in the backward; MixTrain k = 5 runs once more
+    without (on a CPU full symbolic training does not: its 50 points' graph would outgrow the memory), and the
+    ratios say what the recomputation costs and how full symbolic training compares with MixTrain without it."""
+    bench = importlib.import_module("bench_certified")
+    asked = []
+
+    def fake_seconds(objective, data, device, batch, network="mnist_small", lr=0.01):
+        asked.append((network, type(objective).__name__, getattr(objective, "k", None), objective.checkpoint
+                      if hasattr(objective, "checkpoint") else None))
+        return (0.02 if getattr(objective, "checkpoint", False) else 0.01) * len(data)
+
+    monkeypatch.setattr(bench, "epoch_seconds", fake_seconds)
+    monkeypatch.setattr(bench, "FLOOR_NETWORKS", ())
+    out = _run("bench_certified", ["--quick", "--networks", "mnist_small", "mnist_large"], results)
+    large = out["figures"]["per_example"][1]
+    assert large["mixtrain-k5 s/example"] == pytest.approx(0.02)
+    assert large["mixtrain-k5, no recomputation s/example"] == pytest.approx(0.01)
+    assert "symbolic, no recomputation s/example" not in large                  # not on a CPU
+    assert out["ratios"]["mnist_large mixtrain-k5 (per example): recomputing / not"] == pytest.approx(2.0)
+    assert out["ratios"]["mnist_large symbolic recomputing / mixtrain-k5 not (per example)"] == pytest.approx(2.0)
+    bounded = [a for a in asked if a[1] in ("MixTrain", "SymbolicTraining")]
+    assert [a for a in bounded if a[0] == "mnist_large" and not a[3]] == [("mnist_large", "MixTrain", 5, False)]
+    assert sum(a[3] for a in bounded if a[0] == "mnist_large") == 3            # symbolic, k = 1, k = 5 recompute
+    assert not any(a[3] for a in bounded if a[0] == "mnist_small")             # MNIST_Small: never
+
+
 def test_certified_benchmark_compares_trainers_per_network_and_floors_per_batch(results, monkeypatch):
     """The first network keeps the file's original keys; every further network is a row of seconds per example
     (full symbolic training on fewer examples) with prefixed ratios; each floor batch size gets its own rows."""
