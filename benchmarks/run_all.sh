@@ -83,7 +83,7 @@ cuda)
         "bf16+channels-last, mixed-layout flatten"
     wanted profile && step 60 profile-certified-cuda.json profile-certified-cuda.json -- "$PY" \
         "$here/bench_profile.py" --device cuda --objective mixtrain-k5 symbolic
-    wanted bounds && step 80 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
+    wanted bounds && step 100 bounds-cuda.json bounds-cuda.json -- "$PY" "$here/bench_bounds.py" --device cuda \
         --batch-sizes 1 16 128 --target-seconds 0.3 --max-repeats 5
     # certified training on MNIST_Small and MNIST_Large; symbolic bounds against their floor at batch 8 and 64
     wanted certified && step 150 certified-cuda.json certified-cuda.json -- "$PY" "$here/bench_certified.py" \
