@@ -38,8 +38,8 @@ BENCHMARKS = {   # script → (section title, what it measures)
                 "wait for the device on a GPU); `stream_syncs_per_batch` (and `_per_epoch`): the host's waits "
                 "for the whole device queue, `fit`'s per epoch included; in files written up to 2026-11-28 03:07 "
                 "UTC they also count the benchmark's own load of the initial weights from the host inside the "
-                "profiled epoch, one wait per weight tensor (107 of PreAct-ResNet-18's 22.6 a batch). Shares of "
-                "one run, not ratios. `profile-certified`: a MixTrain (k = 5) and a "
+                "profiled epoch, one wait per weight tensor (its 107 tensors make 21.4 of PreAct-ResNet-18's "
+                "22.6 a batch). Shares of one run, not ratios. `profile-certified`: a MixTrain (k = 5) and a "
                 "full symbolic-training step of MNIST_Small at batch 50 the same way (`--objective`)."),
     "pruning": ("Pruned adversarial training", "the cost of one Adv-GRAD-MATCH / Adv-GLISTER selection against a "
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),

@@ -61,32 +61,24 @@ def test_bounds_benchmark_forces_crops_into_a_linear_where_the_device_does_witho
     assert ("cpu", "cuda") in forced and symbolic.CROP_LINEAR_DEVICES == ()   # on for that row only, then restored
 
 
-def test_bounds_benchmark_times_windows_at_every_size_where_small_chunks_go_dense(results, monkeypatch):
-    """CUDA's rule (dense below PATCHES_MIN_DENSE), tried on the CPU with a threshold above every chunk: the default
-    rows take the dense path, and a row with windows at every size gives the before of that rule."""
+@pytest.mark.parametrize("setting, row, key, ratio", [
+    ("PATCHES_MIN_DENSE", "symbolic, windows at every size", "windows_everywhere_over_default",
+     "symbolic windows at every size / dense below PATCHES_MIN_DENSE"),
+    ("CROPS_MIN_DENSE", "symbolic, crops at every size", "crops_everywhere_over_default",
+     "symbolic crops at every size / dense below CROPS_MIN_DENSE")])
+def test_bounds_benchmark_times_the_before_of_a_size_rule_that_goes_dense(results, monkeypatch, setting, row, key,
+                                                                            ratio):
+    """CUDA's size rules (input coefficients dense below PATCHES_MIN_DENSE, error terms dense images below
+    CROPS_MIN_DENSE), tried on the CPU with a threshold above every chunk or block: the default rows take the dense
+    path, and a row with windows (crops) at every size gives the before of that rule."""
     symbolic = importlib.import_module("robustlib.bounds.symbolic")
-    monkeypatch.setattr(symbolic, "PATCHES_MIN_DENSE", {"cpu": 10**12})
+    monkeypatch.setattr(symbolic, setting, {"cpu": 10**12})
     out = _run("bench_bounds", ["--quick"], results)
-    assert "symbolic, windows at every size" in {r["method"] for r in out["figures"]}
+    assert row in {r["method"] for r in out["figures"]}
     sym = next(r for r in out["figures"] if r["method"] == "symbolic")
-    assert sym["windows_everywhere_over_default"] > 0
-    assert f"{sym['net']} B={sym['batch']} symbolic windows at every size / dense below PATCHES_MIN_DENSE" in \
-        out["ratios"]
-    assert symbolic.PATCHES_MIN_DENSE == {"cpu": 10**12}    # emptied for that row only, then restored
-
-
-def test_bounds_benchmark_times_crops_at_every_size_where_small_blocks_go_dense(results, monkeypatch):
-    """CUDA's rule (dense error images below CROPS_MIN_DENSE), tried on the CPU with a threshold above every block:
-    the default rows take dense images, and a row with crops at every size gives the before of that rule."""
-    symbolic = importlib.import_module("robustlib.bounds.symbolic")
-    monkeypatch.setattr(symbolic, "CROPS_MIN_DENSE", {"cpu": 10**12})
-    out = _run("bench_bounds", ["--quick"], results)
-    assert "symbolic, crops at every size" in {r["method"] for r in out["figures"]}
-    sym = next(r for r in out["figures"] if r["method"] == "symbolic")
-    assert sym["crops_everywhere_over_default"] > 0
-    assert f"{sym['net']} B={sym['batch']} symbolic crops at every size / dense below CROPS_MIN_DENSE" in \
-        out["ratios"]
-    assert symbolic.CROPS_MIN_DENSE == {"cpu": 10**12}    # emptied for that row only, then restored
+    assert sym[key] > 0
+    assert f"{sym['net']} B={sym['batch']} {ratio}" in out["ratios"]
+    assert getattr(symbolic, setting) == {"cpu": 10**12}    # emptied for that row only, then restored
 
 
 def test_certified_benchmark_reports_a_diverging_trainer_and_keeps_the_rest(results, monkeypatch):
