@@ -166,7 +166,8 @@ def page(results: dict, figure: str | None, when: str) -> str:
 How fast robustlib's kernels are, measured by the scripts in `benchmarks/` and **generated when the book is built**
 ({when}) from their JSON files in `benchmarks/results/` — nothing here is typed by hand. Each table is one run of
 one script on one device; every ratio is between two figures measured in that same run, and CPU and GPU figures are
-never combined in one ratio or one panel. Speed is never measured by a timed test.
+never combined in one ratio or one panel. Speed is never measured by a timed test. What each run measured, on which
+machine and when, and which change each gain came from: {{doc}}`/book/speed`.
 
 ## How each gain was obtained
 
