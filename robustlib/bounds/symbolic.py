@@ -79,7 +79,7 @@ PATCHES = True
 PATCHES_MIN_DENSE = {"cuda": 50_000_000}
 # Crops of fresh error terms (CROPS) on these device types only for a block whose dense images at the convolution's
 # output (the chunk's terms × its output neurons) number at least this many; below, dense images. On the H200
-# (benchmarks/results/bounds-cuda.json, 2026-11-28 02:36 UTC, the "no crops" row of the same run, ε = 0.01; the block
+# (benchmarks/results/bounds-cuda.json, 2026-11-28 02:37 UTC, the "no crops" row of the same run, ε = 0.01; the block
 # sizes counted on a CPU with the same seeds and CUDA's settings) dense images were 1.56x, 1.30x and 1.16x faster at
 # 4.6-4.7, 18-19 and 81-87 million (MNIST_Large at batch 1, CIFAR_Large at 1, MNIST_Large at 16), crops 1.22x faster
 # at 298-300 and 646-719 million (CIFAR_Large at 16, MNIST_Large at 128). MNIST_Small and CIFAR_Small make no crops
