@@ -4,11 +4,11 @@ Each notebook's ``parameters`` cell holds its ``smoke`` values; a preset here
 lists only what it changes, per notebook (keyed by the notebook's file stem).
 ``reproduce`` also injects ``preset`` and ``results_dir`` into every notebook.
 
-- ``smoke``: CPU, about a minute per notebook, on the embedded digits (or a
+- ``smoke``: CPU, 15 s to 5 minutes per notebook, on the embedded digits (or a
   small slice of Fashion-MNIST) with small CNNs. Proves the pipeline, not
   the papers' claims.
-- ``cpu``: a 2-core CPU (a laptop), about an hour per notebook, on real data
-  available offline (Fashion-MNIST in full, the MNIST test set for the
+- ``cpu``: a 2-core CPU (a laptop), under a minute to about an hour per notebook,
+  on real data available offline (Fashion-MNIST, all or a seeded subset, the MNIST test set for the
   published checkpoints) with the papers' small networks (MNIST_Small /
   MNIST_Large); 10,000 test images, so one point of accuracy is about 2.5
   binomial standard errors (SE ≈ √(p(1 − p)/n) ≤ 0.5 points).
