@@ -197,6 +197,12 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True,
         where += (f", training {fmt_seconds(rec.get('train_wall_s'))} (as the runs originally took"
                   f"{'; ' + trained if trained else ''})")
     where += "."
+    modified = rec.get("modified_from_preset") or {}
+    if modified:
+        diffs = ", ".join(f"`{k} = {_short(v.get('used'))}` (preset: `{_short(v.get('preset'))}`)"
+                          for k, v in modified.items())
+        where += (f" **A modified run:** its parameters differ from what the {ex.preset} preset gives this chapter "
+                  f"({diffs}), so its numbers are not the preset's.")
     params = {k: v for k, v in (parameters or {}).items() if k not in ("results_dir", "preset")}
     shown = ", ".join(f"`{k} = {v!r}`" for k, v in params.items())
     stale = ("" if refreshed else "\n\nThe executed copy predates the current notebook's code: the text around the "
@@ -224,6 +230,12 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True,
     return (f"```{{admonition}} Rendered from preset {ex.preset}\n:class: note\n"
             f"The numbers on this page come from the **{ex.preset}** preset ({what}). {where}"
             + (f" Parameters set by the preset: {shown}." if shown else "") + others + stale + "\n```")
+
+
+def _short(value, width: int = 40) -> str:
+    """``repr(value)`` cut to ``width`` characters (a method grid is long), without backticks."""
+    text = repr(value).replace("`", "'")
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def _defaults(cell_source: str) -> dict | None:

@@ -77,6 +77,7 @@ def glance_rows(dirs: dict, names) -> list:
                        wall_s=ex.record.get("wall_s"),
                        train_wall_s=ex.record.get("train_wall_s"), chapter=ex.name, others=n - 1,
                        note=r.get("note") or r.get("differs"),
+                       modified=sorted(ex.record.get("modified_from_preset") or {}),
                        verdict=claims.verdict(cid, r.get("measured"), ex.preset))
         out.append(row)
     return out
@@ -104,8 +105,8 @@ def glance_table(rows) -> str:
                                                      if r["train_wall_s"] else "")
         more = f" (+{r['others']} more in the chapter)" if r["others"] else ""
         note = f"*{str(r['note']).replace('|', '/')}*" if r.get("note") else ""
-        where = "; ".join(x for x in (_doc(r["chapter"]), setting, f"preset `{r['preset']}`", r["device"], clock, note)
-                          if x)
+        preset = f"preset `{r['preset']}`" + (f" (modified: {', '.join(r['modified'])})" if r.get("modified") else "")
+        where = "; ".join(x for x in (_doc(r["chapter"]), setting, preset, r["device"], clock, note) if x)
         lines.append(f"| {claim} | {r['claimed']} | {r['measured']}{more} | {_badge(r['verdict'])} | {where} |")
     return head + "\n".join(lines) + "\n"
 

@@ -20,8 +20,8 @@ lists only what it changes, per notebook (keyed by the notebook's file stem).
 
 DESCRIPTIONS = {
     "smoke": "CPU-sized check of the whole pipeline on the embedded digits; not a reproduction",
-    "cpu": "a 2-core CPU, about an hour per notebook, real offline data (Fashion-MNIST, MNIST test set), "
-           "the papers' small networks",
+    "cpu": "a 2-core CPU, under a minute to about an hour per notebook, real offline data (Fashion-MNIST, MNIST "
+           "test set), the papers' small networks",
     "gpu": "one GPU, minutes per notebook, real offline data (Fashion-MNIST)",
     "paper": "the papers' full settings (CIFAR-10/100, MNIST); hours of GPU, needs downloads",
 }
@@ -201,6 +201,21 @@ def resolve(preset: str) -> str:
 def parameters(preset: str, notebook: str) -> dict:
     """The parameters a preset gives one notebook (on top of its smoke defaults)."""
     return dict(PRESETS[resolve(preset)].get(notebook, {}))
+
+
+def deviations(preset: str, notebook: str, namespace: dict) -> dict:
+    """Where a notebook's parameters (``namespace``: its variables) differ from what ``preset`` gives it:
+    ``{name: {"used": value, "preset": value}}``. A notebook run by ``reproduce`` has none; one whose ``preset`` was
+    set by hand (in Jupyter, on Colab) without the preset's values has them, and its record says so. Names the
+    namespace does not hold are skipped; values are compared as JSON would store them (a tuple equals a list)."""
+    import json
+    out = {}
+    for name, value in parameters(preset, notebook).items():
+        if name in namespace:
+            used = namespace[name]
+            if json.dumps(used, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):
+                out[name] = {"used": used, "preset": value}
+    return out
 
 
 # A dry run executes a preset's code paths (its networks, grids, objectives, sections) on the embedded digits with

@@ -79,11 +79,24 @@ class Record:
     record (the book renders only records without a status or with ``"ok"``).
     """
 
-    def __init__(self, notebook: str, preset: str, results_dir, config: dict | None = None, device=None):
+    def __init__(self, notebook: str, preset: str, results_dir, config: dict | None = None, device=None,
+                 namespace: dict | None = None):
         self.notebook, self.preset = notebook, preset
         self.path = Path(results_dir) / f"{notebook}.json"
         self.config = dict(config or {})
         self.device = device_name(device)
+        # a preset set by hand without its values (Jupyter, Colab): the record and its caption say what differs
+        namespace = _notebook_namespace() if namespace is None else namespace
+        self.modified = (presets.deviations(preset, notebook, namespace)
+                         if namespace is not None and preset in presets.PRESETS and preset != "smoke" else {})
+        if self.modified:
+            import warnings
+            warnings.warn(
+                f"preset {preset!r} is set, but {', '.join(self.modified)} differ from the values robustlib.presets "
+                f"gives {notebook} at that preset, so the record is marked as modified. For the preset's own run, "
+                f"run `globals().update(robustlib.presets.parameters({preset!r}, {notebook!r}))` after the "
+                f"parameters cell, or `python -m robustlib reproduce --preset {preset} --only {notebook}`.",
+                stacklevel=2)
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._t0 = time.perf_counter()
         self.rows: list[dict] = []
@@ -135,7 +148,8 @@ class Record:
                 "precision": self.precision, "versions": versions(), "started": self.started,
                 "wall_s": round(self.wall_s, 2),
                 "config": self.config, "rows": self.rows, "runs": self.runs,
-                "train_wall_s": round(self.train_wall_s, 2)}
+                "train_wall_s": round(self.train_wall_s, 2),
+                **({"modified_from_preset": self.modified} if self.modified else {})}
 
     def save(self) -> Path:
         """Write the finished record (no status: :func:`run` marks it ``"ok"`` once the notebook has ended)."""
@@ -151,8 +165,20 @@ class Record:
     def caption(self) -> str:
         """One line for figures and tables: which preset, device and wall-clock made these numbers."""
         scale = "SMOKE-SCALE, not a reproduction" if self.preset == "smoke" else f"preset {self.preset}"
+        if self.modified:
+            scale += f" (modified: {', '.join(self.modified)})"
         train = f" · training {self.train_wall_s:.0f} s ({self.precision})" if self.runs else ""
         return f"{scale} · {self.device}{train} · notebook wall-clock {self.wall_s:.0f} s"
+
+
+def _notebook_namespace() -> dict | None:
+    """The variables of the notebook running this code (IPython's user namespace); None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with the notebook stack
+        return None
+    shell = get_ipython()
+    return getattr(shell, "user_ns", None) if shell is not None else None
 
 
 def _jsonable(value):
