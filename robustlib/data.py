@@ -25,6 +25,7 @@ missing and how to get it; no dataset is ever silently replaced by another.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -293,6 +294,17 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, 
     return x
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 (first 16 hex digits) of the tensors' shapes, dtypes and bytes: what identifies a data set, a
+    subset or a validation split in a run's key."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().contiguous().cpu()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 class Loader:
     """Mini-batches drawn on the device from an :class:`ImageData`.
 
@@ -319,6 +331,13 @@ class Loader:
         self.rank, self.world = 0, 1
         self.batch_indices = None
         self.set_subset(indices, weights)
+
+    def config(self) -> dict:
+        """What makes this loader's epochs these epochs (a run's checkpoint and key compare it)."""
+        subset = None if self.indices is None else tensor_digest(
+            self.indices, *(() if self.weights is None else (self.weights,)))
+        return {"batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed, "augment": self.augment,
+                "drop_last": self.drop_last, "subset": subset}
 
     def shard(self, rank: int, world: int) -> None:
         """Data-parallel sharding: of each global batch of ``world × batch_size`` positions of the (shared,

@@ -25,19 +25,12 @@ import torch
 import torch.nn as nn
 
 from . import precision
+from .data import tensor_digest
 from .train import History, fit
 
 _DIGESTS: dict = {}   # id(tensor) → (tensor, digest): data sets are hashed once per process
 
 
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """SHA-256 (first 16 hex digits) of the tensors' shapes, dtypes and bytes."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().contiguous().cpu()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 def _data_digest(data) -> str:
@@ -79,6 +72,7 @@ def run_config(name: str, model: nn.Module, data, objective, kwargs: dict) -> di
         "model": {"class": type(model).__name__, "init": tensor_digest(*model.state_dict().values())},
         "data": {"name": data_.name, "n": len(data_), "shape": list(data_.shape), "digest": _data_digest(data_)},
         "objective": _plain(objective),
+        **({"loader": _plain(data.config())} if data_ is not data else {}),   # a Loader: its seed, subset, …
         "fit": _plain({k: v for k, v in kwargs.items() if k not in ("progress", "desc", "callback")}),
         "precision": precision.label(*precision.resolve(data_.device, kwargs.get("amp", "auto"),
                                                         kwargs.get("channels_last", "auto"))),

@@ -25,7 +25,7 @@ import math
 import numbers
 import os
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -101,13 +101,16 @@ def _plain(value):
     return value
 
 
-def _run_settings(model, loader, objective, **settings) -> dict:
+def _run_settings(model, loader, objective, selector=None, **settings) -> dict:
     """What makes a run this run: a checkpoint of another run is never resumed as if it were this one."""
     data = loader.data
     return {
         "objective": {k: _plain(v) for k, v in objective.config().items()},
         **{k: (list(v) if isinstance(v, tuple) else _plain(v)) for k, v in settings.items()},
-        "batch_size": loader.batch_size, "augment": loader.augment, "drop_last": loader.drop_last,
+        "loader": loader.config(),
+        "selector": None if selector is None else {
+            "class": type(selector).__name__,
+            **{k: _plain(v) for k, v in (selector.config() if hasattr(selector, "config") else {}).items()}},
         "data": {"name": data.name, "n": len(data), "shape": list(data.shape)},
         "model": {"class": type(model).__name__,
                   "parameters": [[k, list(v.shape)] for k, v in model.state_dict().items()]},
@@ -127,6 +130,36 @@ def _differences(saved: dict, now: dict) -> list:
             else:
                 out.append(f"{key}: {a!r} → {b!r}")
     return out
+
+
+@contextmanager
+def _forked_rng(device, seed: int | None = None):
+    """Run a block on a copy of the global random state (CUDA's too), seeded with ``seed`` when given; the state
+    outside the block is left as it was."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+def _snapshot(model, opt, objective, loader, selector) -> tuple:
+    """What an epoch changes: the weights, the optimiser, the objective's and the selector's state, the subset."""
+    def state(x):
+        return copy.deepcopy(x.state_dict()) if hasattr(x, "state_dict") else None
+    return ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()), state(objective),
+            state(selector), (loader.indices, loader.weights))
+
+
+def _restore(good: tuple, model, opt, objective, loader, selector) -> None:
+    weights, optimizer, objective_state, selector_state, subset = good
+    model.load_state_dict(weights)
+    opt.load_state_dict(optimizer)
+    if objective_state is not None:
+        objective.load_state_dict(objective_state)
+    if selector_state is not None:
+        selector.load_state_dict(selector_state)
+    loader.set_subset(*subset)
 
 
 _CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "run")
@@ -188,10 +221,18 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     losses and w the loader's weights (1 unless a selector set a weighted
     subset). ``eval_fn(model) -> dict`` runs after each epoch (outside the
     timed region) and its entries join that epoch's record. ``callback(record)``
-    runs after each epoch's checkpoint is written. With ``checkpoint=path`` and
-    ``resume=True``, a run that finds a checkpoint there continues after its
-    last finished epoch; on CPU with the same seed it ends with the same
-    weights as an uninterrupted run.
+    runs after each epoch, before its checkpoint is written; a callback with a
+    ``state_dict`` (e.g. :class:`~robustlib.scores.ForgettingCounter`) has it
+    kept there, and a callback that raises still leaves the epoch checkpointed.
+    Both draw their random numbers from a copy of the random state, and a
+    selection from a stream seeded by (``seed``, epoch), so that neither moves
+    the training's stream (and every rank of a data-parallel run selects the
+    same subset). With ``checkpoint=path`` and ``resume=True``, a run that finds
+    a checkpoint of the same run there (objective, selector, loader, data,
+    model, every setting) continues after its last finished epoch; on CPU with
+    the same seed it ends with the same weights as an uninterrupted run. An
+    epoch whose loss is not finite is undone (weights, optimiser, the
+    objective's and the selector's state, the subset) and raises.
 
     Speed options: ``amp`` (bf16 autocast) and ``channels_last`` default to on with CUDA and on a CPU with bf16
     matrix hardware (Intel AMX), off on other CPUs (:mod:`robustlib.precision`, which gives the measurements);
@@ -253,7 +294,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     ckpt = Path(checkpoint) if checkpoint is not None else None
     run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
                         weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,
-                        precision=history.precision,
+                        precision=history.precision, selector=selector,
                         **({"processes": loader.world} if loader.world > 1 else {}))
     if ckpt is not None and resume and ckpt.exists():
         state = _load_checkpoint(ckpt, device, run)
@@ -269,12 +310,16 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             selector.load_state_dict(state["selector"])
         if state.get("objective") is not None and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(state["objective"])
+        if state.get("callback") is not None and hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(state["callback"])
         torch.set_rng_state(state["rng"].cpu())
         if on_cuda and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
 
     if start_epoch == 0:
         torch.manual_seed(seed)  # the objective's randomness (attack starts) is part of the run's seed
+        if hasattr(objective, "reset_state"):   # an objective used before starts afresh (α, w, validation record)
+            objective.reset_state()
     bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
                        disable=not (progress and main))
     hooks = ExitStack()   # what the model carries only while it trains here
@@ -287,8 +332,11 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             synchronize(device)
             t0 = time.perf_counter()
             select_s = 0.0
+            good = _snapshot(model, opt, objective, loader, selector)   # restored if this epoch's loss is NaN
             if selector is not None:
-                with kernels():   # a selector's attacks use the tuned convolutions too
+                # a selection draws from its own seeded stream: every rank of a data-parallel run picks the same
+                # subset, and the training stream does not depend on how many numbers the selection drew
+                with kernels(), _forked_rng(device, seed * 1_000_003 + epoch):   # tuned convolutions too
                     chosen = _selection(selector(epoch, model, loader.data))
                 if chosen is not None:
                     loader.set_subset(*chosen)
@@ -298,7 +346,6 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             schedule_info = {}
             if hasattr(objective, "start_epoch"):   # per-epoch state of the objective (ε ramp, α, w): timed, recorded
                 schedule_info = objective.start_epoch(epoch, epochs, history, model) or {}
-            good = ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()))
             model.train()
             objective.reset_spent()
             total, seen = torch.zeros((), device=device), 0
@@ -332,22 +379,27 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 wall, select_s = distributed.reduce([wall, select_s], "max", device)
             mean_loss = float(total) / max(seen, 1)
             if not math.isfinite(mean_loss):
-                model.load_state_dict(good[0])
-                opt.load_state_dict(good[1])
+                _restore(good, model, opt, objective, loader, selector)
                 bar.close()
-                raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; the model and the "
-                                         f"optimiser were restored to their state before that epoch; lower the learning "
-                                         f"rate (lr={lr}) or check the inputs and the objective for NaN")
+                kept = (f"; the checkpoint {ckpt} keeps epoch {epoch}, and refuses to resume with other settings: "
+                        f"for a lower learning rate pass another checkpoint path or resume=False") if ckpt else ""
+                raise FloatingPointError(f"training loss became {mean_loss} in epoch {epoch + 1}; the model, the "
+                                         f"optimiser, the objective's and the selector's state and the subset were "
+                                         f"restored to their state before that epoch; lower the learning rate "
+                                         f"(lr={lr}) or check the inputs and the objective for NaN{kept}")
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
                       "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
                       **spent, **{k: _plain(v) for k, v in schedule_info.items()}}
             if eval_fn is not None:
                 t1 = time.perf_counter()
-                metrics = {k: _plain(v) for k, v in eval_fn(model).items()} if main else None
+                with _forked_rng(device):   # an evaluation's random draws leave the training stream alone
+                    metrics = {k: _plain(v) for k, v in eval_fn(model).items()} if main else None
                 record.update(distributed.broadcast(metrics, device) if parallel else metrics)
                 record["eval_s"] = time.perf_counter() - t1
             history.append(record)
-            if ckpt is not None and main:
+            def save():
+                if ckpt is None or not main:
+                    return
                 subset = None if loader.indices is None else (loader.indices, loader.weights)
                 _save_checkpoint(ckpt, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
@@ -355,14 +407,21 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                     "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
                     "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
                     "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
+                    "callback": callback.state_dict() if hasattr(callback, "state_dict") else None,
                     "conv_kernels": conv_kernels.plans(model) if tuned else None,
                 })
+            if callback is not None:   # before the checkpoint, which keeps the callback's state (state_dict)
+                try:
+                    with _forked_rng(device):   # its random draws leave the training stream alone: exact resumes
+                        callback(record)
+                except BaseException:   # a callback that stops the run: the finished epoch is kept all the same
+                    save()
+                    raise
+            save()
             if ckpt is not None and parallel:
                 distributed.barrier()   # no rank runs ahead of the checkpoint it might resume from
             bar.update(1)
             bar.set_postfix(loss=f"{mean_loss:.3f}", s=f"{wall:.1f}")
-            if callback is not None:
-                callback(record)
     except BaseException:   # interrupted or failed: the model leaves with its plain convolutions
         conv_kernels.untune(model)
         raise

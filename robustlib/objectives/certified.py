@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import bounds
+from ..data import tensor_digest
 from ..checks import check_choice, check_eps, check_int, check_real, eval_mode
 from .base import Objective
 
@@ -107,6 +108,11 @@ class CertifiedObjective(Objective):
         self.eps_warmup = check_int(eps_warmup, "eps_warmup", 0)
         self.memory_budget = memory_budget
         self.checkpoint = bool(checkpoint)   # recompute the bounds' graph in the backward pass (bounds.margin_bounds)
+        CertifiedObjective.reset_state(self)   # a subclass completes its own state once its settings are set
+
+    def reset_state(self) -> None:
+        """The per-epoch state before epoch 0: ``fit`` calls it when a run starts, so that an objective used for
+        an earlier run does not carry its α, w or validation record into the next."""
         self.state = {"eps": self.eps_at(0)}
 
     def eps_at(self, epoch: int) -> float:
@@ -224,11 +230,20 @@ class MixTrain(CertifiedObjective):
                 raise ValueError("rule='adaptive' moves α from validation accuracy and VRA: pass validation= a "
                                  "held-out ImageData (e.g. the last 10% of the training set), or use rule='fixed'")
         self.validation, self.n_val = validation, check_int(n_val, "n_val", 1)
+        self.reset_state()
+
+    def reset_state(self) -> None:
+        super().reset_state()
         self.state.update(alpha=self.alpha0, weight=schedule_weight(0, self.eps_warmup), val_clean=[])
 
     def settings(self) -> dict:
-        return {"k": self.k, "rule": self.rule, "alpha": self.alpha0, "delta": self.delta, "tol": self.tol,
-                "p": self.p, "sampling": self.sampling}
+        out = {"k": self.k, "rule": self.rule, "alpha": self.alpha0, "delta": self.delta, "tol": self.tol,
+               "p": self.p, "sampling": self.sampling}
+        if self.rule == "adaptive":   # what moves α: its range and the validation split it is measured on
+            v = self.validation
+            out.update(alpha_range=list(self.alpha_range), n_val=self.n_val,
+                       validation={"n": len(v), "digest": tensor_digest(v.images, v.labels)})
+        return out
 
     @property
     def alpha(self) -> float:
