@@ -356,6 +356,9 @@ def _nchw_input(module, args):
     return (args[0].contiguous(), *args[1:]) if args and isinstance(args[0], torch.Tensor) else None
 
 
+_nchw_input.keeps_values = True   # a layout change only: bounds may be computed while it is installed
+
+
 @contextmanager
 def nchw_where_nhwc_breaks(model: nn.Module):
     """Inside the block, every convolution of ``model`` whose channels-last weight gradient is broken

@@ -119,6 +119,9 @@ def _channels_last_grad_hook(module, args):
     return None
 
 
+_channels_last_grad_hook.keeps_values = True   # a layout change only: bounds may be computed while it is installed
+
+
 @contextmanager
 def channels_last_gradients(model: nn.Module):
     """Inside the block, every ``nn.Flatten`` of ``model`` that receives a channels-last activation hands its

@@ -223,7 +223,17 @@ _METHODS = {
     "relu": RELU, "relu_": RELU, "neg": NEG,
     **{m: _binary(m) for m in ("add", "sub", "mul", "div")},
 }
-_SHAPE_QUERIES = {("call_method", "size"), ("call_method", "dim"), ("call_function", getattr)}
+_SHAPE_QUERIES = {("call_method", "size"), ("call_method", "dim")}
+# attributes of an input-dependent tensor that do not depend on its values; any other (x.data, x.T, …) is refused,
+# since what is computed from it would be taken for a constant
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
+
+
+def _is_shape_query(node: fx.Node) -> bool:
+    if (node.op, node.target) in _SHAPE_QUERIES:
+        return True
+    return node.op == "call_function" and node.target is getattr and len(node.args) > 1 \
+        and node.args[1] in _SHAPE_ATTRIBUTES
 
 
 def _fn_name(target) -> str:
@@ -252,6 +262,32 @@ def handler(node: fx.Node, gm: fx.GraphModule):
     return h, None, what
 
 
+_IN_PLACE = {operator.iadd, operator.isub, operator.imul, operator.itruediv, torch.relu_, F.relu_}
+
+
+def _mutates(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether the node changes its first argument in place (``+=``, ``relu_``, ``ReLU(inplace=True)``, …)."""
+    if node.op == "call_function":
+        return node.target in _IN_PLACE or bool(node.kwargs.get("inplace"))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    return False
+
+
+def _check_in_place(node: fx.Node, gm: fx.GraphModule, order: dict) -> None:
+    """An in-place change of a tensor that a later node reads again: PyTorch's later read sees the changed values,
+    while the plan, built from the graph, would bound the unchanged ones."""
+    if not (node.args and isinstance(node.args[0], fx.Node) and _mutates(node, gm)):
+        return
+    later = [u.name for u in node.args[0].users if u is not node and order[u] > order[node]]
+    if later:
+        raise unsupported(node, str(node.target), f"it changes {node.args[0].name!r} in place, which "
+                          f"{', '.join(later)} read(s) again afterwards; use the out-of-place operation "
+                          f"(ReLU(inplace=False), x = x + c)")
+
+
 def validate(gm: fx.GraphModule) -> set:
     """Check every input-dependent node (graph and module attributes only); return their names."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -259,7 +295,10 @@ def validate(gm: fx.GraphModule) -> set:
         raise UnsupportedOperation(f"bounds need a network with exactly one input, got "
                                    f"{len(placeholders)} ({[p.name for p in placeholders]})")
     dep: set = {placeholders[0].name}
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in gm.graph.nodes:
+        if any(a.name in dep for a in node.all_input_nodes):
+            _check_in_place(node, gm, order)
         if node.op == "placeholder" or not any(a.name in dep for a in node.all_input_nodes):
             if node.op == "output":
                 raise UnsupportedOperation("the network's output does not depend on its input")
@@ -269,7 +308,7 @@ def validate(gm: fx.GraphModule) -> set:
                 raise UnsupportedOperation(f"the network must return a single tensor, got "
                                            f"{type(node.args[0]).__name__} at graph node {node.name!r}")
             continue
-        if (node.op, node.target) in _SHAPE_QUERIES:
+        if _is_shape_query(node):
             continue  # shape queries: concrete, not input-dependent values
         dep.add(node.name)
         h, mod, what = handler(node, gm)
@@ -322,6 +361,10 @@ def build_plan(gm: fx.GraphModule, dep: set, probe: torch.Tensor) -> Plan:
         with torch.enable_grad():   # constants made from parameters (BatchNorm's scale) keep their gradient
             h.build(Ctx(node, args, kwargs, deps, shape, in_shape, mod, add))
         last = nodes[-1]
+        if last.kind in ("add", "sub") and any(shapes[i] != shape for i in last.inputs):
+            raise unsupported(node, str(node.target), f"it {last.kind}s input-dependent tensors of shapes "
+                              f"{' and '.join(str(shapes[i]) for i in last.inputs)} by broadcasting to {shape}; give "
+                              f"both operands the same shape in the network")
         if last.kind == "affine" and not last.op.reshape and last.op.diag is not None \
                 and in_shape is not None and tuple(in_shape) != shape:
             raise unsupported(node, str(node.target), f"an elementwise operation changed the shape "

@@ -23,7 +23,18 @@ _TRACE_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDic
 
 
 def _signature(model: nn.Module) -> tuple:
-    return tuple((name, id(m), type(m)) for name, m in model.named_modules()) + (type(model).forward,)
+    """Every submodule (name, object, class) and its plain settings, and the identities of tensors kept as plain
+    attributes: tracing bakes Python values that ``forward`` reads (``x / self.temperature``) into the graph, so a
+    changed value re-traces."""
+    return tuple((name, id(m), type(m), _plain_settings(m),
+                  tuple((k, id(v)) for k, v in m.__dict__.items() if isinstance(v, torch.Tensor)),
+                  tuple(map(id, m._forward_hooks.values())), tuple(map(id, m._forward_pre_hooks.values())))
+                 for name, m in model.named_modules()) + (type(model).forward,)
+
+
+def _plain_settings(m: nn.Module) -> tuple:
+    return tuple((k, v) for k, v in m.__dict__.items()
+                 if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v)))
 
 
 def trace(model: nn.Module, sig: Optional[tuple] = None) -> fx.GraphModule:
@@ -39,6 +50,33 @@ def trace(model: nn.Module, sig: Optional[tuple] = None) -> fx.GraphModule:
             f"traceable network made of: {SUPPORTED_OPERATIONS}") from exc
     _TRACE_CACHE[model] = (sig, gm)
     return gm
+
+
+def _check_hooks(model: nn.Module) -> None:
+    """Refuse forward hooks that may change values (the plan is built from the layers' weights and never runs them);
+    hooks marked ``keeps_values = True`` (robustlib's own layout hooks during ``fit``) pass."""
+    for name, m in model.named_modules():
+        for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()):
+            if getattr(hook, "keeps_values", False) is not True:
+                raise UnsupportedOperation(
+                    f"module {name or type(model).__name__!r} has a forward hook ({getattr(hook, '__name__', hook)!r}) "
+                    f"that may change its values, which bounds cannot see; remove it while computing bounds, or mark "
+                    f"a hook that leaves values unchanged with `hook.keeps_values = True`")
+
+
+def _check_fidelity(model: nn.Module, gm: fx.GraphModule, probe: torch.Tensor) -> None:
+    """Refuse a network whose traced graph computes something else than the network itself: an in-place change
+    that the tracer records as an out-of-place one (``z = h; z += c`` while ``h`` is read again), a forward hook
+    that changes values, a value read from a tensor's data. Bounds of the graph would not be bounds of the model."""
+    with torch.autocast(probe.device.type, enabled=False):
+        ours, theirs = gm(probe.clone()), model(probe.clone())
+    if not (torch.is_tensor(theirs) and ours.shape == theirs.shape
+            and torch.allclose(ours.float(), theirs.float(), rtol=1e-3, atol=1e-4)):
+        raise UnsupportedOperation(
+            f"the traced graph of {type(model).__name__} does not reproduce its output (an in-place change of a tensor "
+            f"that is read again, a forward hook that changes values, or a value read from a tensor's data, which "
+            f"tracing cannot follow): bounds of the graph would not bound the network; bounds support only: "
+            f"{SUPPORTED_OPERATIONS}")
 
 
 # ----------------------------------------------------------------------------- reused plans
@@ -60,8 +98,7 @@ def _state_key(model: nn.Module, example: torch.Tensor, sig: tuple) -> tuple:
         for t in (*m._parameters.values(), *m._buffers.values()):
             if t is not None:
                 key.append((id(t), t.data_ptr(), t._version))
-        key.append(tuple((k, v) for k, v in m.__dict__.items()
-                         if type(v) in _PLAIN or (type(v) is tuple and all(type(e) in _PLAIN for e in v))))
+        key.append(_plain_settings(m))
     return tuple(key)
 
 
@@ -78,10 +115,18 @@ def prepare(model: nn.Module, example: torch.Tensor) -> Plan:
         if plan is not None:
             check_model_input(model, example)
             return plan
+    _check_hooks(model)
+    cached = _TRACE_CACHE.get(model)
+    fresh = cached is None or cached[0] != sig
     gm = trace(model, sig)
-    dep = validate(gm)
-    check_model_input(model, example)
-    plan = _build(model, gm, dep, example)
+    try:
+        dep = validate(gm)
+        check_model_input(model, example)
+        plan = _build(model, gm, dep, example, check=fresh)
+    except (UnsupportedOperation, ValueError):
+        if fresh:   # checked again at the next call, not taken for a trace that passed
+            _TRACE_CACHE.pop(model, None)
+        raise
     if key is not None:
         plans = _PLAN_CACHE.setdefault(model, {})
         if len(plans) >= 4:
@@ -90,14 +135,19 @@ def prepare(model: nn.Module, example: torch.Tensor) -> Plan:
     return plan
 
 
-def _build(model: nn.Module, gm: fx.GraphModule, dep: set, example: torch.Tensor) -> Plan:
+def _build(model: nn.Module, gm: fx.GraphModule, dep: set, example: torch.Tensor, check: bool = False) -> Plan:
+    """The plan, from a probe of the example's first sample; ``check`` (a new trace): the traced graph must compute
+    what the model computes on that probe."""
     probe = example[:1].detach()
     if probe.shape[0] == 0:
         probe = torch.zeros((1, *example.shape[1:]), dtype=example.dtype, device=example.device)
     probe = probe.expand(2, *probe.shape[1:]).contiguous()
     try:
         with torch.no_grad():
-            return build_plan(gm, dep, probe)
+            plan = build_plan(gm, dep, probe)
+            if check:
+                _check_fidelity(model, gm, probe)
+            return plan
     except UnsupportedOperation:
         raise
     except (RuntimeError, ValueError, IndexError) as exc:
