@@ -107,3 +107,20 @@ def test_a_value_that_forward_reads_is_traced_anew():
     _sound(model, x)
     model.temperature = 0.1                            # the cached trace had 1.0 baked in
     _sound(model, x)
+
+
+def test_weights_changed_without_a_new_version_make_a_new_plan():
+    """A fused optimizer step (like DDP's broadcast or a write through .data) changes values but no version: the
+    reused plan, with BatchNorm's scale and shift folded in, must not outlive it."""
+    net = nn.Sequential(nn.Linear(1, 1), nn.BatchNorm1d(1), nn.Linear(1, 2)).double().eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0), net[0].bias.zero_(), net[1].weight.fill_(1.0), net[1].bias.fill_(1.0)
+        net[2].weight.copy_(torch.tensor([[1.0], [0.0]])), net[2].bias.zero_()      # logits [x + 1, 0]
+    x, y = torch.tensor([[0.5]], dtype=torch.double), torch.tensor([0])
+    with torch.no_grad():
+        assert rb.verify(net, x, y, 0.1).tolist() == [True]
+    version = net[1].bias._version
+    net[1].bias.data.fill_(-2.0)                         # logits [x − 2, 0]: class 1, with no new version
+    assert net[1].bias._version == version and net(x).argmax(1).item() == 1
+    with torch.no_grad():
+        assert rb.verify(net, x, y, 0.1).tolist() == [False]

@@ -49,12 +49,17 @@ class Affine:
 _DERIVED: dict = {}
 
 
+def forget_derived() -> None:
+    """Drop every kept copy (:mod:`robustlib.bounds.plans` calls it when weights changed without a new version)."""
+    _DERIVED.clear()
+
+
 def derived(weight: torch.Tensor, tag, make: Callable, dtype) -> torch.Tensor:
     """``make(weight)`` (a rearranged copy of a layer's weight, in ``dtype``), kept between calls without autograd and
     keyed by the weight's storage and version, so that an in-place update (an optimizer step) or new data (a move to
-    another device) makes it anew; under autograd made at each call, so that gradients reach the weight. An in-place
-    change through ``weight.data`` bumps no version and is not seen (nor by the reused plans of
-    :mod:`robustlib.bounds.plans`): change weights in place under ``torch.no_grad()``, as optimizers do."""
+    another device) makes it anew; under autograd made at each call, so that gradients reach the weight. A change
+    that bumps no version (``weight.data``, a fused optimizer, a collective) is caught by the checksum of
+    :mod:`robustlib.bounds.plans`, which then drops every copy (:func:`forget_derived`)."""
     if torch.is_grad_enabled() and weight.requires_grad:
         return make(weight)
     key = (id(weight), weight.data_ptr(), weight.device, weight._version, tag, dtype)

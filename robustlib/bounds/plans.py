@@ -11,6 +11,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..checks import check_model_input
+from . import ops
 from .errors import SUPPORTED_OPERATIONS, UnsupportedOperation
 from .graph import Plan, build_plan, validate
 
@@ -92,6 +93,29 @@ _PLAN_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDicti
 _PLAIN = {int, float, bool, str, type(None)}
 
 
+# model → (state key, content checksum) of its last reused plan: some in-place writes change values without a new
+# version (fused optimizers, collectives such as DDP's broadcast, writes through .data), so a plan is reused only while
+# a checksum of the weights is unchanged too; a change the versions missed also drops the derived weight copies.
+_CONTENT: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _checksum(model: nn.Module) -> tuple:
+    """Σt and Σt² of every floating-point parameter and buffer, read in one transfer."""
+    sums = [torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
+            for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
+            if t is not None and t.is_floating_point()]
+    return tuple(torch.cat(sums).tolist()) if sums else ()
+
+
+def _forget_if_changed_unseen(model: nn.Module, key: tuple) -> None:
+    content = _checksum(model)
+    seen = _CONTENT.get(model)
+    if seen is not None and seen[0] == key and seen[1] != content:
+        _PLAN_CACHE.pop(model, None)
+        ops.forget_derived()
+    _CONTENT[model] = (key, content)
+
+
 def _state_key(model: nn.Module, example: torch.Tensor, sig: tuple) -> tuple:
     key = [sig, tuple(example.shape[1:]), example.dtype, example.device]
     for m in model.modules():
@@ -111,6 +135,7 @@ def prepare(model: nn.Module, example: torch.Tensor) -> Plan:
     key = None
     if not torch.is_grad_enabled():
         key = _state_key(model, example, sig)
+        _forget_if_changed_unseen(model, key)
         plan = _PLAN_CACHE.get(model, {}).get(key)
         if plan is not None:
             check_model_input(model, example)
