@@ -100,11 +100,14 @@ _CONTENT: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDiction
 
 
 def _checksum(model: nn.Module) -> tuple:
-    """Σt and Σt² of every floating-point parameter and buffer, read in one transfer."""
-    sums = [torch.stack([t.detach().double().sum(), t.detach().double().square().sum()])
-            for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())
-            if t is not None and t.is_floating_point()]
-    return tuple(torch.cat(sums).tolist()) if sums else ()
+    """Σt and Σt² of every floating-point parameter and buffer (in its dtype, no copies), read in one transfer."""
+    sums = []
+    for m in model.modules():
+        for t in (*m._parameters.values(), *m._buffers.values()):
+            if t is not None and t.is_floating_point():
+                flat = t.detach().reshape(-1)
+                sums += [flat.sum(), torch.dot(flat, flat)]
+    return tuple(torch.stack(sums).tolist()) if sums else ()
 
 
 def _forget_if_changed_unseen(model: nn.Module, key: tuple) -> None:
