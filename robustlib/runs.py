@@ -87,6 +87,9 @@ def fit_run(runs_dir, name: str, model: nn.Module, data, objective, **kwargs) ->
     """Train (or reload, or resume) the run; returns its history and a summary for the results record."""
     if "checkpoint" in kwargs:
         raise ValueError("a keyed run chooses its own checkpoint under runs_dir; do not pass checkpoint=")
+    if "resume" in kwargs:
+        raise ValueError("a keyed run always reloads or resumes its own checkpoint (its key names every setting); "
+                         "for a fresh run give it another name, or delete its file under runs_dir")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     config = run_config(name, model, data, objective, kwargs)
     path = Path(runs_dir) / f"{safe}-{run_key(config)}.pt"

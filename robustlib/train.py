@@ -291,6 +291,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
 
     history, start_epoch = History(), 0
     history.precision = precision.label(use_amp, use_cl)
+    if checkpoint is not None and not str(checkpoint).strip():
+        raise ValueError("checkpoint must be a file path (e.g. 'run.pt') or None, got an empty string")
     ckpt = Path(checkpoint) if checkpoint is not None else None
     run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
                         weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,

@@ -130,3 +130,10 @@ def test_keys_tell_loaders_and_mixtrains_validation_apart(data):
     assert key(data, MixTrain(0.05, **mix)) != key(data, MixTrain(0.05, **{**mix, "alpha_range": (0.5, 0.5)}))
     assert key(data, MixTrain(0.05, **mix)) != key(data, MixTrain(0.05, **{**mix, "validation": val_b}))
     assert key(data, MixTrain(0.05, **mix)) != key(data, MixTrain(0.05, **{**mix, "n_val": 20}))
+
+
+def test_bad_checkpoint_arguments_say_what_to_do(data, tmp_path):
+    with pytest.raises(ValueError, match="another name"):
+        runs.fit_run(tmp_path, "r", _net(), data, Standard(), epochs=1, resume=False, progress=False)
+    with pytest.raises(ValueError, match="empty string"):
+        fit(_net(), data, Standard(), epochs=1, checkpoint="", progress=False)
