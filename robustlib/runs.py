@@ -31,8 +31,6 @@ from .train import History, fit
 _DIGESTS: dict = {}   # id(tensor) → (tensor, digest): data sets are hashed once per process
 
 
-
-
 def _data_digest(data) -> str:
     cached = _DIGESTS.get(id(data))
     if cached is not None and cached[0] is data:

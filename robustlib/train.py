@@ -117,8 +117,21 @@ def _run_settings(model, loader, objective, selector=None, **settings) -> dict:
     }
 
 
+def _upgraded(saved: dict, now: dict) -> dict:
+    """A run written before 2026-11-28 kept the loader's batch size, augmentation and drop_last at the top and no
+    selector or loader seed: compare what it recorded, so that its checkpoint still resumes."""
+    if "loader" in saved:
+        return saved
+    old = dict(saved)
+    kept = {k: old.pop(k) for k in ("batch_size", "augment", "drop_last") if k in old}
+    old["loader"] = {**now.get("loader", {}), **kept}
+    old.setdefault("selector", now.get("selector"))
+    return old
+
+
 def _differences(saved: dict, now: dict) -> list:
     out = []
+    saved = _upgraded(saved, now)
     for key in sorted(set(saved) | set(now)):
         if key == "precision" and key not in saved:   # written before 2026-11-27, when runs did not record it
             continue

@@ -297,9 +297,10 @@ def validate(gm: fx.GraphModule) -> set:
     dep: set = {placeholders[0].name}
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for node in gm.graph.nodes:
-        if any(a.name in dep for a in node.all_input_nodes):
+        dependent = any(a.name in dep for a in node.all_input_nodes)
+        if dependent:
             _check_in_place(node, gm, order)
-        if node.op == "placeholder" or not any(a.name in dep for a in node.all_input_nodes):
+        if node.op == "placeholder" or not dependent:
             if node.op == "output":
                 raise UnsupportedOperation("the network's output does not depend on its input")
             continue
