@@ -1,7 +1,7 @@
 """Networks whose traced graph would not be the network itself are refused with a clear error rather than bounded
 wrongly (found by an audit that sampled the ε-ball): broadcasting sums of input-dependent tensors, in-place changes
 of tensors read again, values read from a tensor's data, forward hooks; and a Python value that ``forward`` reads
-is traced anew when it changes."""
+is traced anew when it changes; a caller's autocast does not lower the bounds' precision."""
 import pytest
 import torch
 import torch.nn as nn
@@ -124,3 +124,24 @@ def test_weights_changed_without_a_new_version_make_a_new_plan():
     assert net[1].bias._version == version and net(x).argmax(1).item() == 1
     with torch.no_grad():
         assert rb.verify(net, x, y, 0.1).tolist() == [False]
+
+
+def test_a_callers_autocast_does_not_lower_the_bounds_precision():
+    """Under the caller's bf16 autocast the bounds are those of fp32 (bf16 rounding could make them unsound)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 50), nn.ReLU(), nn.Linear(50, 10)).eval()
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    lo_in, hi_in = _box(x, 0.05)
+
+    def everything(autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = [*rb.interval(model, lo_in, hi_in), *rb.symbolic(model, lo_in, hi_in),
+                   *rb.margin_bounds(model, lo_in, hi_in, y, "interval"),
+                   *rb.margin_coefficients(model, lo_in, hi_in, y)]
+            loss = rb.robust_loss(model, x, y, 0.05, checkpoint=True).sum()
+        model.zero_grad()
+        loss.backward()              # outside autocast, as torch advises (and fit does)
+        return out + [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    for a, b in zip(everything(False), everything(True)):
+        assert b.dtype == torch.float32 and torch.equal(a, b)

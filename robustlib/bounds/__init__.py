@@ -72,6 +72,12 @@ Robust loss, :func:`robust_loss`
     ``CE(u, y)`` with ``u_y = 0``: ``log(1 + Σ_{j≠y} exp(u_j))``, differentiable
     in the model parameters (MixTrain trains through it).
 
+Precision
+    Bounds are computed in the dtype of the inputs (and weights). A caller's autocast is switched off inside
+    every function here: bf16 rounding of an affine map could lift a lower bound above the network's true
+    minimum. (Rounding in fp32 is not directed either:
+    give float64 inputs and weights where a margin within a few ulps of zero matters.)
+
 Supported networks
     Any ``nn.Module`` that ``torch.fx`` traces into: Linear, Conv1d/Conv2d,
     ReLU (module, ``F.relu``, ``torch.relu``, ``Tensor.relu``), BatchNorm1d/2d in

@@ -1,6 +1,8 @@
 """The public bounds API: input regions, output and margin bounds, certificates, the robust loss."""
 from __future__ import annotations
 
+import contextlib
+import functools
 from typing import Optional
 
 import torch
@@ -12,6 +14,22 @@ from . import interval as _interval
 from . import chunks as _chunks
 from .plans import prepare
 from .interval import Box, L2Ball
+
+
+def _in_input_precision(fn):
+    """Run ``fn`` with any autocast of the caller switched off: bounds are computed in the inputs' dtype.
+
+    Under a caller's bf16 autocast every affine map would round its result to 8 bits of mantissa, and a lower
+    bound could rise above the network's true minimum: the bounds would no longer be sound.
+    """
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for kind in ("cpu", "cuda"):
+                if torch.is_autocast_enabled(kind):
+                    stack.enter_context(torch.autocast(kind, enabled=False))
+            return fn(*args, **kwargs)
+    return wrapped
 
 
 def input_box(x: torch.Tensor, eps, clamp: Optional[tuple] = (0.0, 1.0)):
@@ -53,6 +71,7 @@ def _resolve_region(lower, upper, eps_l2, center):
     return "box", lower, upper, lower
 
 
+@_in_input_precision
 def interval(model: nn.Module, lower: Optional[torch.Tensor] = None, upper: Optional[torch.Tensor] = None, *,
              eps_l2=None, center: Optional[torch.Tensor] = None):
     r"""Output bounds by naive interval propagation (IBP).
@@ -78,6 +97,7 @@ def interval(model: nn.Module, lower: Optional[torch.Tensor] = None, upper: Opti
     return _interval.run(plan, state)
 
 
+@_in_input_precision
 def symbolic(model: nn.Module, lower: Optional[torch.Tensor] = None, upper: Optional[torch.Tensor] = None, *,
              eps_l2=None, center: Optional[torch.Tensor] = None, memory_budget: Optional[int] = None,
              intersect_interval: bool = False):
@@ -119,6 +139,7 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
+@_in_input_precision
 def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y, method: str = "symbolic", *,
                   memory_budget: Optional[int] = None, intersect_interval: bool = False, checkpoint: bool = False):
     r"""Bounds of the margins ``z_j − z_y`` over the box, shape ``(N, K)``; the ``y`` entry is 0.
@@ -150,6 +171,7 @@ def margin_bounds(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y,
     return lo, hi
 
 
+@_in_input_precision
 def margin_coefficients(model: nn.Module, lower: torch.Tensor, upper: torch.Tensor, y, *,
                         memory_budget: Optional[int] = None):
     r"""Symbolic margin bounds and the margins' input coefficients ("interval gradients").
