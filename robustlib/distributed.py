@@ -16,7 +16,9 @@ How the pieces fit:
   process, the PyTorch convention). A last global batch with fewer than G examples is dropped.
 * **The rest.** A pruning selector sees the whole dataset on every rank (and, being seeded, chooses the same
   subset); the history's figures are reduced across ranks (losses and counts summed, times maximised);
-  ``eval_fn`` runs on rank 0 and its result is broadcast; only rank 0 writes checkpoints.
+  ``eval_fn`` runs on rank 0 and its result is broadcast; only rank 0 writes checkpoints. Each rank's random
+  stream is its own (seeded by ``seed`` and the rank, so that the ranks' attack starts differ), and the
+  checkpoint keeps every rank's random state: a resumed run continues each rank's stream where it stopped.
 """
 from __future__ import annotations
 
@@ -83,6 +85,13 @@ def broadcast(obj, device):
     box = [obj]
     dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
     return box[0]
+
+
+def gather(obj) -> list:
+    """Every rank's Python object, in rank order, on every rank."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -20,18 +20,17 @@ on that weighted subset until the next change. A selector with
 """
 from __future__ import annotations
 
-import copy
 import math
 import numbers
 import os
 import time
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from . import allocator, conv_kernels, distributed, precision
+from . import allocator, conv_kernels, distributed, precision, run_state
 from .checks import check_choice, check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
@@ -94,109 +93,6 @@ def _make_optimizer(name, params, lr, momentum, weight_decay):
     raise ValueError(f"unknown optimizer {name!r}; valid: 'sgd', 'adam'")
 
 
-def _plain(value):
-    """Tensors and numpy scalars as Python numbers, so checkpoints load with ``weights_only=True``."""
-    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-        return value.item()
-    return value
-
-
-def _run_settings(model, loader, objective, selector=None, **settings) -> dict:
-    """What makes a run this run: a checkpoint of another run is never resumed as if it were this one."""
-    data = loader.data
-    return {
-        "objective": {k: _plain(v) for k, v in objective.config().items()},
-        **{k: (list(v) if isinstance(v, tuple) else _plain(v)) for k, v in settings.items()},
-        "loader": loader.config(),
-        "selector": None if selector is None else {
-            "class": type(selector).__name__,
-            **{k: _plain(v) for k, v in (selector.config() if hasattr(selector, "config") else {}).items()}},
-        "data": {"name": data.name, "n": len(data), "shape": list(data.shape)},
-        "model": {"class": type(model).__name__,
-                  "parameters": [[k, list(v.shape)] for k, v in model.state_dict().items()]},
-    }
-
-
-def _upgraded(saved: dict, now: dict) -> dict:
-    """A run written before 2026-11-28 kept the loader's batch size, augmentation and drop_last at the top and no
-    selector or loader seed: compare what it recorded, so that its checkpoint still resumes."""
-    if "loader" in saved:
-        return saved
-    old = dict(saved)
-    kept = {k: old.pop(k) for k in ("batch_size", "augment", "drop_last") if k in old}
-    old["loader"] = {**now.get("loader", {}), **kept}
-    old.setdefault("selector", now.get("selector"))
-    return old
-
-
-def _differences(saved: dict, now: dict) -> list:
-    out = []
-    saved = _upgraded(saved, now)
-    for key in sorted(set(saved) | set(now)):
-        if key == "precision" and key not in saved:   # written before 2026-11-27, when runs did not record it
-            continue
-        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
-        if a != b:
-            if key == "model":
-                a, b = (a or {}).get("class", a), (b or {}).get("class", b)
-                out.append(f"model: {a} with other parameter shapes" if a == b else f"model: {a} → {b}")
-            else:
-                out.append(f"{key}: {a!r} → {b!r}")
-    return out
-
-
-@contextmanager
-def _forked_rng(device, seed: int | None = None):
-    """Run a block on a copy of the global random state (CUDA's too), seeded with ``seed`` when given; the state
-    outside the block is left as it was."""
-    devices = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
-
-
-def _snapshot(model, opt, objective, loader, selector) -> tuple:
-    """What an epoch changes: the weights, the optimiser, the objective's and the selector's state, the subset."""
-    def state(x):
-        return copy.deepcopy(x.state_dict()) if hasattr(x, "state_dict") else None
-    return ({k: v.clone() for k, v in model.state_dict().items()}, copy.deepcopy(opt.state_dict()), state(objective),
-            state(selector), (loader.indices, loader.weights))
-
-
-def _restore(good: tuple, model, opt, objective, loader, selector) -> None:
-    weights, optimizer, objective_state, selector_state, subset = good
-    model.load_state_dict(weights)
-    opt.load_state_dict(optimizer)
-    if objective_state is not None:
-        objective.load_state_dict(objective_state)
-    if selector_state is not None:
-        selector.load_state_dict(selector_state)
-    loader.set_subset(*subset)
-
-
-_CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "history", "rng", "run")
-
-
-def _load_checkpoint(path: Path, device, run: dict) -> dict:
-    """Read a checkpoint of this very run, or say clearly why it cannot be resumed (the model is untouched)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError for a truncated zip, …
-        raise ValueError(f"cannot read the checkpoint {path} ({type(exc).__name__}): it is empty, truncated or not a "
-                         f"robustlib training checkpoint. Delete it to start the run afresh, or pass resume=False "
-                         f"(or another checkpoint path).") from None
-    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise ValueError(f"the checkpoint {path} lacks {', '.join(missing)}: it was not written by this version of "
-                         f"robustlib.train.fit. Delete it to start the run afresh, or pass resume=False.")
-    diff = _differences(state["run"], run)
-    if diff:
-        raise ValueError(f"the checkpoint {path} belongs to another run; it differs in: {'; '.join(diff)}. Use another "
-                         f"checkpoint path for this run, delete the file, or pass resume=False to overwrite it.")
-    return state
-
-
 def _selection(chosen):
     """A selector's answer as ``(indices, weights)``, or None to keep the current subset."""
     if chosen is None:
@@ -210,13 +106,6 @@ def _selection(chosen):
         raise ValueError("a selector returned a list that is not a list of integer indices; return a tensor of "
                          "indices, a boolean mask, or a tuple (indices, weights)")
     return chosen, None
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
 def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epochs: int,
@@ -307,12 +196,13 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     if checkpoint is not None and not str(checkpoint).strip():
         raise ValueError("checkpoint must be a file path (e.g. 'run.pt') or None, got an empty string")
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    run = _run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum,
-                        weight_decay=weight_decay, schedule=schedule, milestones=milestones, gamma=gamma, seed=seed,
-                        precision=history.precision, selector=selector,
-                        **({"processes": loader.world} if loader.world > 1 else {}))
+    run = run_state.run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr,
+                                 momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                                 milestones=milestones, gamma=gamma, seed=seed,
+                                 precision=history.precision, selector=selector,
+                                 **({"processes": loader.world} if loader.world > 1 else {}))
     if ckpt is not None and resume and ckpt.exists():
-        state = _load_checkpoint(ckpt, device, run)
+        state = run_state.load_checkpoint(ckpt, device, run)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history.extend(state["history"])
@@ -327,12 +217,10 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             objective.load_state_dict(state["objective"])
         if state.get("callback") is not None and hasattr(callback, "load_state_dict"):
             callback.load_state_dict(state["callback"])
-        torch.set_rng_state(state["rng"].cpu())
-        if on_cuda and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
+        run_state.set_rng(state, device, on_cuda, loader.rank, loader.world)
 
-    if start_epoch == 0:
-        torch.manual_seed(seed)  # the objective's randomness (attack starts) is part of the run's seed
+    if start_epoch == 0:   # the objective's randomness (attack starts) is part of the run's seed; each rank its own
+        torch.manual_seed(seed + run_state.RANK_SEED_STRIDE * loader.rank)
         if hasattr(objective, "reset_state"):   # an objective used before starts afresh (α, w, validation record)
             objective.reset_state()
     bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
@@ -344,14 +232,14 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         hooks.enter_context(conv_kernels.nchw_where_nhwc_breaks(model))
     try:
         for epoch in range(start_epoch, epochs):
-            good = _snapshot(model, opt, objective, loader, selector)   # restored if this epoch's loss is NaN (untimed)
+            good = run_state.snapshot(model, opt, objective, loader, selector)   # restored on a NaN loss (untimed)
             synchronize(device)
             t0 = time.perf_counter()
             select_s = 0.0
             if selector is not None:
                 # a selection draws from its own seeded stream: every rank of a data-parallel run picks the same
                 # subset, and the training stream does not depend on how many numbers the selection drew
-                with kernels(), _forked_rng(device, seed * 1_000_003 + epoch):   # tuned convolutions too
+                with kernels(), run_state.forked_rng(device, seed * 1_000_003 + epoch):   # tuned convolutions too
                     chosen = _selection(selector(epoch, model, loader.data))
                 if chosen is not None:
                     loader.set_subset(*chosen)
@@ -394,7 +282,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 wall, select_s = distributed.reduce([wall, select_s], "max", device)
             mean_loss = float(total) / max(seen, 1)
             if not math.isfinite(mean_loss):
-                _restore(good, model, opt, objective, loader, selector)
+                run_state.restore(good, model, opt, objective, loader, selector)
                 bar.close()
                 kept = (f"; the checkpoint {ckpt} keeps epoch {epoch}, and refuses to resume with other settings: "
                         f"for a lower learning rate pass another checkpoint path or resume=False") if ckpt else ""
@@ -404,22 +292,25 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                                          f"(lr={lr}) or check the inputs and the objective for NaN{kept}")
             record = {"epoch": epoch + 1, "loss": mean_loss, "lr": opt.param_groups[0]["lr"], "wall_s": wall,
                       "select_s": select_s, "examples": loader.distinct_examples, "seen": spent.pop("examples"),
-                      **spent, **{k: _plain(v) for k, v in schedule_info.items()}}
+                      **spent, **{k: run_state.plain(v) for k, v in schedule_info.items()}}
             if eval_fn is not None:
                 t1 = time.perf_counter()
-                with _forked_rng(device):   # an evaluation's random draws leave the training stream alone
-                    metrics = {k: _plain(v) for k, v in eval_fn(model).items()} if main else None
+                with run_state.forked_rng(device):   # an evaluation's random draws leave the training stream alone
+                    metrics = {k: run_state.plain(v) for k, v in eval_fn(model).items()} if main else None
                 record.update(distributed.broadcast(metrics, device) if parallel else metrics)
                 record["eval_s"] = time.perf_counter() - t1
             history.append(record)
+            # every rank's random state, gathered before the callback (which may stop a rank) and kept by rank 0
+            rngs = distributed.gather(run_state.rng_state(device, on_cuda)) if ckpt is not None and parallel else None
+
             def save():
                 if ckpt is None or not main:
                     return
                 subset = None if loader.indices is None else (loader.indices, loader.weights)
-                _save_checkpoint(ckpt, {
+                run_state.save_checkpoint(ckpt, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                     "history": list(history), "subset": subset, "rng": torch.get_rng_state(), "run": run,
-                    "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None,
+                    "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None, "rng_ranks": rngs,
                     "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
                     "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
                     "callback": callback.state_dict() if hasattr(callback, "state_dict") else None,
@@ -427,7 +318,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 })
             if callback is not None:   # before the checkpoint, which keeps the callback's state (state_dict)
                 try:
-                    with _forked_rng(device):   # its random draws leave the training stream alone: exact resumes
+                    with run_state.forked_rng(device):   # its draws leave the training stream alone: exact resumes
                         callback(record)
                 except BaseException:   # a callback that stops the run: the finished epoch is kept all the same
                     save()

@@ -41,11 +41,14 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
 
 
 def test_resume_under_torchrun(tmp_path):
+    """PGD-AT draws random starts: each rank's stream is its own and is continued where it stopped."""
     ck = tmp_path / "c.pt"
-    _run([str(tmp_path / "a.pt"), "32", "3", str(ck)], nproc=2, STOP_AFTER="2")   # stopped after epoch 2
-    assert torch.load(ck, weights_only=True)["epoch"] == 2 and not (tmp_path / "a.pt").exists()
-    _run([str(tmp_path / "b.pt"), "32", "3", str(ck)], nproc=2)                    # resumes, trains epoch 3
-    _run([str(tmp_path / "c.pt.full"), "32", "3"], nproc=2)                        # uninterrupted
+    _run([str(tmp_path / "a.pt"), "32", "3", str(ck)], nproc=2, STOP_AFTER="2", OBJECTIVE="pgd")   # stopped after 2
+    kept = torch.load(ck, weights_only=True)
+    assert kept["epoch"] == 2 and not (tmp_path / "a.pt").exists()
+    assert not torch.equal(kept["rng_ranks"][0][0], kept["rng_ranks"][1][0])   # the ranks' streams differ
+    _run([str(tmp_path / "b.pt"), "32", "3", str(ck)], nproc=2, OBJECTIVE="pgd")    # resumes, trains epoch 3
+    _run([str(tmp_path / "c.pt.full"), "32", "3"], nproc=2, OBJECTIVE="pgd")        # uninterrupted
     resumed, full = (torch.load(tmp_path / f, weights_only=True) for f in ("b.pt", "c.pt.full"))
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
     for k, v in full["model"].items():

@@ -141,7 +141,7 @@ def test_bad_checkpoint_arguments_say_what_to_do(data, tmp_path):
 
 def test_a_checkpoint_written_before_the_loader_and_selector_were_recorded_still_resumes(data, tmp_path):
     """Runs recorded before 2026-11-28 kept batch_size, augment and drop_last at the top and no selector."""
-    from robustlib.train import _differences
+    from robustlib.run_state import differences as _differences
     now = {"lr": 0.1, "loader": {"batch_size": 32, "shuffle": True, "seed": 0, "augment": None, "drop_last": False,
                                  "subset": None}, "selector": None}
     old = {"lr": 0.1, "batch_size": 32, "augment": None, "drop_last": False}
