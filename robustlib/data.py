@@ -25,7 +25,6 @@ missing and how to get it; no dataset is ever silently replaced by another.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .digests import tensor_digest
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -292,17 +293,6 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4, 
         mask = torch.rand(n, generator=generator, device=x.device) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
-
-
-def tensor_digest(*tensors: torch.Tensor) -> str:
-    """SHA-256 (first 16 hex digits) of the tensors' shapes, dtypes and bytes: what identifies a data set, a
-    subset or a validation split in a run's key."""
-    h = hashlib.sha256()
-    for t in tensors:
-        t = t.detach().contiguous().cpu()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
 
 
 class Loader:

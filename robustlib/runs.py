@@ -7,7 +7,9 @@ everything that makes the run what it is:
 * the run's name, the model's class, parameter shapes and **initial weights** (so another seed is another run);
 * the data's name, size, shape and content digest;
 * the objective's config, the selector's config (or class), every keyword argument of ``fit``, and the precision
-  it trains in on the data's device (:mod:`robustlib.precision`: "auto" differs between devices).
+  it trains in on the data's device (:mod:`robustlib.precision`: "auto" differs between devices);
+* a function among them (a custom objective, an ``eval_fn``) by its name and a digest of its code, defaults and
+  plain closure values (:func:`robustlib.digests.function_digest`): two lambdas are two runs.
 
 A finished run is reloaded instead of retrained (its history, with the wall-clock of the original epochs, comes
 back from the checkpoint); an unfinished one resumes after its last finished epoch; a changed configuration gets a
@@ -25,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from . import precision
-from .data import tensor_digest
+from .digests import function_digest, tensor_digest
 from .train import History, fit
 
 _DIGESTS: dict = {}   # id(tensor) → (tensor, digest): data sets are hashed once per process
@@ -54,8 +56,8 @@ def _plain(value):
     if hasattr(value, "__dict__") and not hasattr(value, "__code__"):   # e.g. a selector: its scalar settings
         return {"class": type(value).__name__,
                 **{k: v for k, v in sorted(vars(value).items()) if isinstance(v, (str, int, float, bool))}}
-    if callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}"
+    if callable(value):   # a function (an eval_fn, a schedule): its name and what it computes
+        return function_digest(value)
     return repr(value)
 
 

@@ -95,6 +95,9 @@ def test_layers_follow_the_data():
         "robustlib.attacks": {"robustlib.objectives", "robustlib.train", "robustlib.evaluate", "robustlib.reproduce"},
         "robustlib.objectives": {"robustlib.train", "robustlib.evaluate", "robustlib.reproduce"},
         "robustlib.train": {"robustlib.evaluate", "robustlib.reproduce"},
+        "robustlib.digests": {"robustlib.data", "robustlib.models", "robustlib.checks", "robustlib.attacks",
+                              "robustlib.bounds", "robustlib.objectives", "robustlib.train", "robustlib.evaluate",
+                              "robustlib.reproduce"},
         "robustlib.run_state": {"robustlib.attacks", "robustlib.bounds", "robustlib.objectives", "robustlib.train",
                                 "robustlib.evaluate", "robustlib.reproduce"},
     }

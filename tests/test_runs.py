@@ -102,3 +102,55 @@ def test_run_key_of_a_network_with_batchnorm(digits, tmp_path):
     h = Record("ch", "smoke", tmp_path).fit("bn", model, train.head(32), Standard(), epochs=1, batch_size=16,
                                            progress=False)
     assert len(h) == 1 and len(list((tmp_path / "runs").glob("bn-*.pt"))) == 1
+
+
+def _key(objective, **kwargs):
+    return rl.runs.run_key(rl.runs.run_config("r", net(), rl.data.load("digits", n_train=64)[0], objective, kwargs))
+
+
+_SCALE = 1.0
+
+
+def _reads_a_global(m, x, y):
+    return _SCALE * m(x).sum(1)
+
+
+def test_functions_are_keyed_by_what_they_compute():
+    """Two lambdas (a custom objective, an eval_fn) are two runs; the same code and values give the same key."""
+    import torch.nn.functional as F
+    from robustlib.digests import function_digest
+
+    def ce():
+        return lambda m, x, y: F.cross_entropy(m(x), y, reduction="none")
+
+    def scaled(s):
+        return lambda m, x, y: s * F.cross_entropy(m(x), y, reduction="none")
+
+    def hinge(m, x, y):
+        return F.multi_margin_loss(m(x), y, reduction="none")
+
+    assert function_digest(ce()) == function_digest(ce())
+    assert function_digest(scaled(2.0)) != function_digest(scaled(3.0))          # a closure's value
+    assert function_digest(scaled(torch.ones(2))) != function_digest(scaled(torch.zeros(2)))   # a tensor's bytes
+    assert _key(rl.objectives.Custom(ce())) == _key(rl.objectives.Custom(ce()))
+    assert len({_key(rl.objectives.Custom(f)) for f in (ce(), scaled(2.0), hinge)}) == 3
+    assert _key(Standard(), eval_fn=lambda m: {"a": 1}) != _key(Standard(), eval_fn=lambda m: {"a": 2})
+    global _SCALE
+    _SCALE, before = 1.0, function_digest(_reads_a_global)
+    _SCALE = 2.0                                                                 # a global it reads
+    assert function_digest(_reads_a_global) != before
+    log = []
+    first = function_digest(lambda: log.append(1))
+    log.append(0)                                                                # a list it fills: the same run
+    assert function_digest(lambda: log.append(1)) == first
+
+
+def test_a_resumed_custom_objective_must_be_the_same_function(digits, tmp_path):
+    import torch.nn.functional as F
+    train, _ = digits
+    ck = tmp_path / "c.pt"
+    rl.train.fit(net(), train.head(64), lambda m, x, y: F.cross_entropy(m(x), y, reduction="none"), epochs=1,
+                 batch_size=32, progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match="objective"):
+        rl.train.fit(net(), train.head(64), lambda m, x, y: 2 * F.cross_entropy(m(x), y, reduction="none"),
+                     epochs=2, batch_size=32, progress=False, checkpoint=ck)

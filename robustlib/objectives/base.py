@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..digests import function_digest
 
 
 class Objective:
@@ -82,6 +83,10 @@ class Custom(Objective):
         if not callable(fn):
             raise ValueError(f"Custom needs a function fn(model, x, y) -> per-example losses, got {fn!r}")
         self.fn, self.name = fn, name or getattr(fn, "__name__", "custom")
+
+    def config(self) -> dict:
+        """The name and a digest of the function (two lambdas are two objectives: another run, another key)."""
+        return {**super().config(), "function": function_digest(self.fn)}
 
     def losses(self, model, x, y):
         out = self.fn(model, x, y)

@@ -50,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import bounds
-from ..data import tensor_digest
+from ..digests import tensor_digest
 from ..checks import check_choice, check_eps, check_int, check_real, eval_mode
 from .base import Objective
 
