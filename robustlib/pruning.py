@@ -23,7 +23,6 @@ module's train/eval flag and leaves no parameter ``.grad`` behind. Tensors stay 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import numbers
 import time
@@ -33,6 +32,7 @@ import torch.nn as nn
 
 from .checks import check_int
 from .data import ImageData
+from .digests import tensor_digest
 from .greedy import OuterRows, glister_greedy, omp
 from .memory import PerturbationMemory
 from .scores import SCORES, ForgettingCounter, last_layer_grads, pgd_settings, score, selection_batch_size
@@ -70,8 +70,6 @@ def warmup_epochs(fraction: float, epochs: int, kappa: float = 0.5) -> int:
 def _selection_config(self) -> dict:
     """What makes a selection this selection (a keyed run's checkpoint name digests it; selection state left out):
     scalar settings, the PGD settings of ``adversarial``, digests of tensors (scores) and of a validation split."""
-    def digest(*ts):
-        return hashlib.sha256(b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in ts)).hexdigest()[:16]
     out = {}
     for k, v in sorted(vars(self).items()):
         if k == "memory":   # only when set, so that the keys of runs recorded before memories stay the same
@@ -82,8 +80,8 @@ def _selection_config(self) -> dict:
         elif k == "valid_memory" or (k == "balanced" and not v) or (k == "val_update" and v == "linear"):
             continue   # balanced and val_update only when set: the keys of older runs stay what they were
         elif k not in self._STATE:
-            v = {"n": len(v), "digest": digest(v.images, v.labels)} if isinstance(v, ImageData) else v
-            out[k] = pgd_settings(v) if k == "adversarial" else digest(v) if isinstance(v, torch.Tensor) else v
+            v = {"n": len(v), "digest": tensor_digest(v.images, v.labels)} if isinstance(v, ImageData) else v
+            out[k] = pgd_settings(v) if k == "adversarial" else tensor_digest(v) if isinstance(v, torch.Tensor) else v
     return {k: v for k, v in out.items() if v is None or isinstance(v, (str, int, float, bool, dict))}
 
 
