@@ -26,7 +26,8 @@ Conventions shared by every attack here:
   does;
 * an attack runs in the caller's autocast state (bf16 on CUDA inside
   :func:`robustlib.train.fit`, fp32 otherwise); losses are computed in fp32
-  and the returned x' has the dtype of x;
+  and the returned x' has the dtype of x — in bf16 or fp16 too, rounded towards x so that it stays inside the
+  ball exactly; labels may have any integer dtype;
 * the step loop never synchronises with the host; inputs are validated once,
   after the first forward pass (one synchronisation per call).
 
@@ -39,9 +40,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import (LOSSES, NORMS, check_choice, check_eps, check_int, check_model_input, check_values, check_x,
-                     check_y, default_alpha, eval_mode, fgsm_rs_alpha, input_gradients_only, logits_of,
-                     values_checked)
+from .checks import (LOSSES, NORMS, check_choice, check_eps, check_finite, check_int, check_model_input,
+                     check_values, check_x, check_y, default_alpha, eval_mode, fgsm_rs_alpha, input_gradients_only,
+                     logits_of, values_checked)
 
 _TINY = 1e-12
 # L∞ steps clamp x' + α·sign(g) into the box [max(x − ε, 0), min(x + ε, 1)], computed once per attack: three
@@ -59,10 +60,36 @@ def _check_static(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, 
     if y is not None:
         check_y(x, y)
     check_model_input(model, x)
+    _check_grad_mode()
     if norm is not None:
         check_choice(norm, NORMS, "norm")
     if loss is not None:
         check_choice(loss, LOSSES, "loss")
+
+
+def _check_grad_mode() -> None:
+    if torch.is_inference_mode_enabled():
+        raise ValueError("attacks need input gradients, which torch.inference_mode() forbids; call the attack "
+                         "outside inference_mode (torch.no_grad() around it is fine)")
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _in_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """x' in x's dtype, inside the ε-ball around x and [0, 1] exactly.
+
+    In bf16 or fp16 the nearest value to x + δ can lie outside the ball (bf16, ε = 0.01: |δ| up to 0.0117), so
+    there the projection is computed in fp64 and every coordinate is rounded towards x: |δ'ᵢ| ≤ |δᵢ|.
+    """
+    x_adv = x_adv.to(x.dtype)
+    if x.dtype not in _LOW_PRECISION:
+        return x_adv
+    x64 = x.double()
+    v = _project(x_adv.double(), x64, eps, norm)
+    r = v.to(x.dtype)
+    away = (r.double() - x64).abs() > (v - x64).abs()   # rounded away from x: the neighbour towards x is inside
+    return torch.where(away, torch.nextafter(r, x), r)
 
 
 def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -223,12 +250,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         if not targeted:
             raise ValueError("y_target was given but targeted=False; pass targeted=True for a targeted attack")
         check_y(x, y_target, "y_target")
-    goal = (y_target if y_target is not None else y) if targeted else y
+    y = y.long()   # any integer dtype: int64 for the losses' gathers
+    goal = (y_target.long() if y_target is not None else y) if targeted else y
     _check_data(model, x, [y] + ([goal] if targeted else []))
     x = x.detach()
     if start is not None and (not isinstance(start, torch.Tensor) or start.shape != x.shape):
         raise ValueError(f"start must be a tensor x'_0 of x's shape {tuple(x.shape)}, got "
                          f"{tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__}")
+    if start is not None:
+        check_finite("start", start)
     if x.shape[0] == 0:
         return x.clone()
 
@@ -246,9 +276,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
             x0 = _start(x, eps, norm, random_start) if start is None else _project(start.detach().to(x), x, eps, norm)
             x_adv = _steps(model, x, x0, objective, eps, alpha, steps, norm)
             if runs == 1:
-                return x_adv.to(x.dtype)
+                return _in_budget(x_adv, x, eps, norm)
             best = _stronger(best, x_adv, model, objective, success)
-    return best[0].to(x.dtype)
+    return _in_budget(best[0], x, eps, norm)
 
 
 def _check_data(model: nn.Module, x: torch.Tensor, labels: list) -> None:
@@ -307,18 +337,19 @@ def kl_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float | None
                             log_target=True).sum(1)
 
         x_adv = _steps(model, x, _start(x, eps, norm, "gaussian"), objective, eps, alpha, steps, norm)
-    return x_adv.to(x.dtype)
+    return _in_budget(x_adv, x, eps, norm)
 
 
 # ----------------------------------------------------------------------------- AutoAttack glue
 
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "Linf",
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
                version: str = "standard", seed: int = 0) -> torch.Tensor:
     """AutoAttack (Croce & Hein 2020) through torchattacks' maintained implementation.
 
     Runs ``torchattacks.AutoAttack(model, norm, eps, version, n_classes, seed)``
     (standard: APGD-CE, APGD-T, FAB-T, Square) with the model in eval mode,
-    in fp32 (autocast off), on the model's device; returns x' on x's device.
+    in fp32 (autocast off; a model of another dtype gets fp32 inputs cast to its dtype), on the model's device; returns x' on x's device. ``norm``: ``"linf"``
+    or ``"l2"`` (torchattacks' ``"Linf"`` and ``"L2"`` are accepted too).
     torchattacks reseeds the global RNG and FAB calls ``.backward()``: here
     the caller's RNG state is preserved and parameters are excluded from
     gradients during the call, so no ``.grad`` changes. Cost is high (about
@@ -331,30 +362,49 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *
     eps = check_eps(eps)
     check_x(x)
     check_y(x, y)
-    x = x.detach()
+    _check_grad_mode()
+    norm = check_choice(norm.lower() if isinstance(norm, str) else norm, NORMS, "norm")
+    x, y = x.detach(), y.long()
     if x.shape[0] == 0:
         return x.clone()
     params = list(model.parameters())
     device = params[0].device if params else x.device
+    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
     with torch.no_grad(), eval_mode(model):
-        num_classes = logits_of(model, x[:1].to(device)).shape[-1]
+        num_classes = logits_of(model, x[:1].to(device=device, dtype=dtype)).shape[-1]
     check_values(x, [y], num_classes)
     if eps == 0:
         return x.clone()
-    rng_devices = [device] if device.type == "cuda" else []
+    # torchattacks reseeds every CUDA device it can see (torch.cuda.manual_seed_all), whatever the model's device
+    rng_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
             p.requires_grad_(False)
         with torch.random.fork_rng(devices=rng_devices), eval_mode(model), \
                 torch.autocast(device.type, enabled=False):
-            atk = torchattacks.AutoAttack(model, norm=norm, eps=eps, version=version,
+            net = model if dtype == torch.float32 else _Float32View(model, dtype)   # torchattacks works in fp32
+            atk = torchattacks.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
                                           n_classes=num_classes, seed=seed)
-            x_adv = atk(x.float().to(device), y.to(device))
+            x_adv = atk(x.to(device=device, dtype=torch.float32), y.to(device))
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
-    return x_adv.detach().to(device=x.device, dtype=x.dtype)
+    x_adv = x_adv.detach().to(x)
+    if x.dtype == torch.float64:   # x was rounded to fp32 for torchattacks: project around x itself
+        x_adv = _project(x_adv, x, eps, norm)
+    return _in_budget(x_adv, x, eps, norm)
+
+
+class _Float32View(nn.Module):
+    """A model of another dtype seen as an fp32 one: fp32 inputs cast to its dtype, logits cast back."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x):
+        return self.model(x.to(self.dtype)).float()
 
 
 def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float | None = None,
@@ -390,6 +440,7 @@ def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         raise ValueError(f"need box_start > 0 and box_growth > 1, got {box_start} and {box_growth}")
     alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
     _check_static(model, x, y, norm="linf", loss="ce")
+    y = y.long()
     _check_data(model, x, [y])
     x = x.detach()
     best = x.clone()
@@ -425,7 +476,7 @@ def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
             hit = wrong(x_adv, ys)
             best[todo[hit]] = x_adv[hit]
             done[todo[hit]] = True
-    return best
+    return _in_budget(best, x, eps, "linf")
 
 
 def _interval_step(bounds, model, x_adv, y, open_mask, eps, box_start, box_growth, max_growth, memory_budget):

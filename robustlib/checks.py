@@ -260,7 +260,7 @@ def check_finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must have a leading batch dimension, got a 0-d tensor")
     if values_checked() and not bool(torch.isfinite(t).all()):   # one host sync; skipped inside trusted_inputs
         bad = "NaN" if bool(torch.isnan(t).any()) else "infinite"
-        raise ValueError(f"{name} contains {bad} values; bounds need finite inputs")
+        raise ValueError(f"{name} contains {bad} values; give finite values (bounds and attacks need them)")
 
 
 def check_box(lower: torch.Tensor, upper: torch.Tensor) -> None:

@@ -19,7 +19,8 @@ it from below, so the imports stay one-way (attacks, bounds → evaluate):
 Attacks and certifiers live in separate tables, counters and timing entries,
 so an attack and a certificate can never be mixed up even where their
 names read alike; :func:`register_attack` / :func:`register_certifier` add
-your own and refuse a name that the other table already uses.
+your own and refuse a name that the other table already uses, or one whose figure would overwrite another's
+(an attack called ``"clean"`` or ``"<name>_verified"``). Labels outside the model's classes are refused.
 """
 from __future__ import annotations
 
@@ -63,7 +64,20 @@ def register_attack(name: str, fn) -> None:
     """Make ``robustness(..., attacks=(name,))`` run ``fn(model, x, y, eps) -> x_adv``."""
     if name in CERTIFIERS:
         raise ValueError(f"{name!r} already names a certifier; give the attack another name")
+    _check_record_keys((name,), ())
     ATTACKS[name] = fn
+
+
+def _check_record_keys(attack_names, cert_names) -> None:
+    """Every figure gets a key of its own in the record: an attack named "clean" would overwrite ``clean_acc``,
+    one named "symbolic_verified" the symbolic certifier's ``symbolic_verified_acc``."""
+    seen = {"clean_acc": "the clean accuracy"}
+    for key, what in [(f"{a}_acc", f"the attack {a!r}") for a in attack_names] + \
+                     [(f"{c}_verified_acc", f"the certifier {c!r}") for c in cert_names]:
+        if key in seen or (what.startswith("the attack") and key.endswith("_verified_acc")):
+            other = seen.get(key, "a certifier's figure")
+            raise ValueError(f"{what} would write the record's {key!r}, which holds {other}; give it another name")
+        seen[key] = what
 
 
 def register_certifier(name: str, fn) -> None:
@@ -77,7 +91,7 @@ def _family(name: str):
     """``"pgd-20"`` → (factory, (20,)); ``"pgd-20x10"`` → (factory, (20, 10)); else None."""
     head, _, tail = name.rpartition("-")
     numbers = tail.split("x")
-    if head in FAMILIES and 1 <= len(numbers) <= 2 and all(n.isdigit() for n in numbers):
+    if head in FAMILIES and 1 <= len(numbers) <= 2 and all(n.isascii() and n.isdigit() for n in numbers):
         return FAMILIES[head], tuple(int(n) for n in numbers)
     return None
 
@@ -147,13 +161,29 @@ def _check_sizes(n, batch_size) -> None:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Predicted labels of ``x`` in eval mode (every module's train/eval flag is restored)."""
     _check_sizes(None, batch_size)
+    if len(x) == 0:
+        return torch.zeros(0, dtype=torch.long, device=x.device)
     with eval_mode(model):
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def _check_labels(model: nn.Module, data: ImageData, total: int) -> None:
+    """The labels of the examples evaluated lie among the model's classes (else they would silently count as
+    wrong): one forward pass on one example and one host read."""
+    if total == 0:
+        return
+    with torch.no_grad(), eval_mode(model):
+        k = model(data.x(torch.arange(1, device=data.device))).shape[-1]
+    lo, hi = torch.aminmax(data.labels[:total])
+    if int(lo) < 0 or int(hi) >= k:
+        raise ValueError(f"the labels span {int(lo)}..{int(hi)} but the model has {k} classes (0..{k - 1}); "
+                         f"evaluate the model on data with its own classes")
 
 
 def accuracy(model: nn.Module, data: ImageData, n: int | None = None, batch_size: int = 1024) -> float:
     """Clean accuracy on the first ``n`` examples of ``data`` (all by default)."""
     _check_sizes(n, batch_size)
+    _check_labels(model, data, len(data) if n is None else min(n, len(data)))
     correct = total = 0
     for x, y in _batches(data, n, batch_size):
         correct += (predict(model, x, batch_size) == y).sum()
@@ -193,12 +223,14 @@ def robustness(model: nn.Module, data: ImageData, eps: float = 0.0, attacks=(), 
     _check_sizes(n, batch_size)
     attack_fns, cert_fns = _resolve(attacks, "attacks", attack_fn), _resolve(certify, "certify", certifier_fn)
     attack_names, cert_names = tuple(attack_fns), tuple(cert_fns)
+    _check_record_keys(attack_names, cert_names)
     ok_clean: list = []
     ok_attack: dict = {a: [] for a in attack_names}
     ok_cert: dict = {c: [] for c in cert_names}
     seconds = {"clean": 0.0, "attack": {a: 0.0 for a in attack_names}, "certify": {c: 0.0 for c in cert_names}}
     checked = 0
     total_n = len(data) if n is None else min(n, len(data))
+    _check_labels(model, data, total_n)
     bar = progress_bar(total=total_n, desc=f"ε={eps:g} " + ",".join([*attack_names, *cert_names]), unit="img",
                        leave=False, disable=not (progress and (attack_names or cert_names)))
     try:
