@@ -23,7 +23,7 @@ Both sides train the same network from the same initial weights with PGD-AT (ε 
   before/after of that change; ``bf16+channels-last, mixed-layout flatten`` is ``bf16+channels-last`` with the
   channels-last gradients through ``nn.Flatten`` switched off (:func:`robustlib.precision.channels_last_gradients`),
   the before of that one; ``bf16+channels-last, projected steps`` the same with the attack's L∞ steps projected
-  by seven elementwise operations instead of one clamp into a precomputed box (``attacks.BOX_CLAMP`` off).
+  by seven elementwise operations instead of one clamp into a precomputed box (``attacks.gradient.BOX_CLAMP`` off).
 
 With ``--accuracy-epochs`` (default 8 on a CPU), fp32 and ``default`` then train PGD-AT for that many epochs, two
 seeds each, and are evaluated clean and under PGD-20 on 2,000 test images: whether the default's precision costs
@@ -160,15 +160,15 @@ def _replaced(owner, attr: str, value, active: bool):
 @contextmanager
 def switched(variant: str):
     """The library change a *before* variant switches off, for the block (none for the other variants):
-    ``fp32 unfrozen attack`` attacks without freezing the parameters (``attacks.input_gradients_only``), ``…,
+    ``fp32 unfrozen attack`` attacks without freezing the parameters (``attacks.gradient.input_gradients_only``), ``…,
     mixed-layout flatten`` trains without channels-last gradients through Flatten
     (``precision.channels_last_gradients``), ``…, projected steps`` projects L∞ steps as before the box clamp
-    (``attacks.BOX_CLAMP``)."""
-    with _replaced(rl.attacks, "input_gradients_only", lambda model: nullcontext(model),
+    (``attacks.gradient.BOX_CLAMP``)."""
+    with _replaced(rl.attacks.gradient, "input_gradients_only", lambda model: nullcontext(model),
                    variant == "fp32 unfrozen attack"), \
             _replaced(rl.precision, "channels_last_gradients", lambda model: nullcontext(model),
                       variant.endswith("mixed-layout flatten")), \
-            _replaced(rl.attacks, "BOX_CLAMP", False, variant.endswith("projected steps")):
+            _replaced(rl.attacks.gradient, "BOX_CLAMP", False, variant.endswith("projected steps")):
         yield
 
 

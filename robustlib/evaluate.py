@@ -97,7 +97,8 @@ def _family(name: str):
 
 
 def attack_fn(name: str):
-    """The attack called ``name`` (``"fgsm"``, ``"pgd-20"``, ``"pgd-20x10"``, ``"autoattack"``, ``"interval-attack"``)."""
+    """The attack called ``name``: ``"fgsm"``, ``"pgd-20"``, ``"pgd-20x10"``, ``"autoattack"``,
+    ``"interval-attack"``."""
     if name in ATTACKS:
         return ATTACKS[name]
     fam = _family(name)

@@ -33,8 +33,8 @@ GAINS = {   # training-benchmark variant → how the gain is obtained (the measu
                                                 "with it off, so that the ReLU before a Flatten differentiates over "
                                                 "two memory layouts.",
     "bf16+channels-last, projected steps": "clamping each L∞ attack step into the box [max(x − ε, 0), "
-                                           "min(x + ε, 1)] computed once per attack (`attacks.BOX_CLAMP`), three "
-                                           "elementwise operations; before: bf16+channels-last with the step "
+                                           "min(x + ε, 1)] computed once per attack "
+                                           "(`attacks.gradient.BOX_CLAMP`), three elementwise operations; before: bf16+channels-last with the step "
                                            "projected by seven (x' − x, clamp to ±ε, x + δ, clip to [0, 1], …).",
     "compile": "`torch.compile` of the network (`fit(compile=True)`): fused elementwise kernels around the "
                "convolutions; the parameters are frozen while the attack differentiates, so the compiled backward "

@@ -77,7 +77,7 @@ def test_box_clamp_step_is_the_projection(trained, batch, eps, monkeypatch):
     x, y = batch[0][:200], batch[1][:200]
     out = {}
     for box in (True, False):
-        monkeypatch.setattr(attacks, "BOX_CLAMP", box)
+        monkeypatch.setattr(attacks.gradient, "BOX_CLAMP", box)
         torch.manual_seed(1)
         one = pgd(trained, x, y, eps, alpha=eps / 4, steps=1)
         torch.manual_seed(1)
@@ -137,7 +137,7 @@ def test_fgsm_budget_with_random_start(trained, batch):
 
 def test_l2_random_start_is_inside_ball():
     x = torch.rand(64, 1, 8, 8) * 0.5 + 0.25
-    x0 = attacks._random_start(x, 0.7, "l2")
+    x0 = attacks.gradient._random_start(x, 0.7, "l2")
     r = (x0 - x).flatten(1).norm(dim=1)
     assert (r <= 0.7 + 1e-5).all() and r.min() > 0
 

@@ -1,73 +1,38 @@
-"""White-box attacks on batched images: FGSM, PGD (L∞ and L2) and AutoAttack glue.
-
-Notation: x ∈ [0, 1]^d a clean image with label y, f the network, z = f(x)
-its logits, ε the perturbation budget, α the step size and K the number of
-steps. An attack returns x' with ‖x' − x‖_p ≤ ε and x' ∈ [0, 1]^d that tries
-to maximise a loss L(f(x'), y):
-
-* ``"ce"``: cross-entropy, L = −log softmax(z)_y;
-* ``"cw"``: Carlini–Wagner margin, L = max_{j≠y} z_j − z_y
-  (> 0 exactly when x' is misclassified).
-
-Targeted attacks (target class t) maximise −CE(z, t), resp. the margin
-z_t − max_{j≠t} z_j.
-
-Conventions shared by every attack here:
-
-* gradients are taken with :func:`torch.autograd.grad` with respect to the
-  input only, with the parameters frozen during the steps
-  (:func:`robustlib.checks.input_gradients_only`), so no parameter's ``.grad``
-  is created or changed and no weight gradient is computed;
-* the network runs in eval mode while the attack is crafted (BatchNorm uses,
-  and never updates, its running statistics; dropout is off) and every
-  module's train/eval flag is restored afterwards — the Madry/TRADES
-  practice for adversarial training is to craft x' in eval mode and compute
-  the training loss in train mode, which is what :mod:`robustlib.objectives`
-  does;
-* an attack runs in the caller's autocast state (bf16 on CUDA inside
-  :func:`robustlib.train.fit`, fp32 otherwise); losses are computed in fp32
-  and the returned x' has the dtype of x — in bf16 or fp16 too, rounded towards x so that it stays inside the
-  ball exactly; labels may have any integer dtype;
-* the step loop never synchronises with the host; inputs are validated once,
-  after the first forward pass (one synchronisation per call).
-
-:mod:`robustlib.evaluate` gives them names (``"fgsm"``, ``"pgd-K"``,
-``"autoattack"``, ``"interval-attack"``); input checks live in :mod:`robustlib.checks`.
-"""
+"""Gradient attacks: FGSM, PGD (L∞ and L2, restarts, CE/CW, targeted) and the TRADES inner maximisation, with the
+projection, the steps and the input checks that the other attacks share (conventions: :mod:`robustlib.attacks`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import (LOSSES, NORMS, check_choice, check_eps, check_finite, check_int, check_model_input,
-                     check_values, check_x, check_y, default_alpha, eval_mode, fgsm_rs_alpha, input_gradients_only,
-                     logits_of, values_checked)
+from ..checks import (LOSSES, NORMS, check_choice, check_eps, check_finite, check_int, check_model_input,
+                      check_values, check_x, check_y, default_alpha, eval_mode, fgsm_rs_alpha, input_gradients_only,
+                      logits_of, values_checked)
 
 _TINY = 1e-12
 # L∞ steps clamp x' + α·sign(g) into the box [max(x − ε, 0), min(x + ε, 1)], computed once per attack: three
-# elementwise operations a step (sign, add, clamp) where the projection Π of `_project` takes seven. The same set, so
+# elementwise operations a step (sign, add, clamp) where the projection Π of `project` takes seven. The same set, so
 # the same x' up to the rounding of x + (x' − x); False restores the projection (the before, for the benchmarks).
 BOX_CLAMP = True
 
-__all__ = ["fgsm", "pgd", "interval_attack", "autoattack", "kl_attack", "attack_loss", "cw_margin", "NORMS", "LOSSES"]
 
 
-def _check_static(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, norm: str | None = None,
+def check_attack_args(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, *, norm: str | None = None,
                   loss: str | None = None) -> None:
     """Checks that need no look at tensor values (no host synchronisation)."""
     check_x(x)
     if y is not None:
         check_y(x, y)
     check_model_input(model, x)
-    _check_grad_mode()
+    check_grad_mode()
     if norm is not None:
         check_choice(norm, NORMS, "norm")
     if loss is not None:
         check_choice(loss, LOSSES, "loss")
 
 
-def _check_grad_mode() -> None:
+def check_grad_mode() -> None:
     if torch.is_inference_mode_enabled():
         raise ValueError("attacks need input gradients, which torch.inference_mode() forbids; call the attack "
                          "outside inference_mode (torch.no_grad() around it is fine)")
@@ -76,7 +41,7 @@ def _check_grad_mode() -> None:
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
-def _in_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def in_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """x' in x's dtype, inside the ε-ball around x and [0, 1] exactly.
 
     In bf16 or fp16 the nearest value to x + δ can lie outside the ball (bf16, ε = 0.01: |δ| up to 0.0117), so
@@ -86,7 +51,7 @@ def _in_budget(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> t
     if x.dtype not in _LOW_PRECISION:
         return x_adv
     x64 = x.double()
-    v = _project(x_adv.double(), x64, eps, norm)
+    v = project(x_adv.double(), x64, eps, norm)
     r = v.to(x.dtype)
     away = (r.double() - x64).abs() > (v - x64).abs()   # rounded away from x: the neighbour towards x is inside
     return torch.where(away, torch.nextafter(r, x), r)
@@ -121,7 +86,7 @@ def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.dim() - 1)))
 
 
-def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """Project onto {x' : ‖x' − x‖ ≤ ε} and then clip to [0, 1].
 
     Clipping only moves coordinates towards x (x ∈ [0, 1]), so the result
@@ -158,13 +123,13 @@ def _ascent(x_adv: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) ->
     return x_adv + alpha * grad / (_flat_norm(grad) + _TINY)
 
 
-def _steps(model, x, x_adv, objective, eps, alpha, steps, norm):
+def pgd_steps(model, x, x_adv, objective, eps, alpha, steps, norm):
     """K steps of projected gradient ascent from ``x_adv`` on ``objective(logits)`` (per-example values):
 
         x'_{k+1} = Π_{B_ε(x) ∩ [0,1]^d}( x'_k + α · ascent(∇_{x'} objective(f(x'_k))) )
     """
     if steps == 0:  # a start outside the ball (small-noise start with tiny ε) still comes back inside
-        return _project(x_adv.detach(), x, eps, norm)
+        return project(x_adv.detach(), x, eps, norm)
     box = ((x - eps).clamp_(min=0.0), (x + eps).clamp_(max=1.0)) if norm == "linf" and BOX_CLAMP else None
     with input_gradients_only(model):
         for _ in range(steps):
@@ -173,7 +138,7 @@ def _steps(model, x, x_adv, objective, eps, alpha, steps, norm):
             if box is not None:
                 x_adv = torch.add(x_adv.detach(), grad.sign(), alpha=alpha).clamp_(*box)
             else:
-                x_adv = _project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
+                x_adv = project(_ascent(x_adv.detach(), grad, alpha, norm), x, eps, norm)
     return x_adv.detach()
 
 
@@ -241,7 +206,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     unknown ``norm``/``loss``.
     """
     eps = check_eps(eps)
-    _check_static(model, x, y, norm=norm, loss=loss)
+    check_attack_args(model, x, y, norm=norm, loss=loss)
     steps, restarts = check_int(steps, "steps", 0), check_int(restarts, "restarts", 1)
     alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
     if random_start not in (True, False, "gaussian"):
@@ -252,7 +217,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
         check_y(x, y_target, "y_target")
     y = y.long()   # any integer dtype: int64 for the losses' gathers
     goal = (y_target.long() if y_target is not None else y) if targeted else y
-    _check_data(model, x, [y] + ([goal] if targeted else []))
+    check_attack_values(model, x, [y] + ([goal] if targeted else []))
     x = x.detach()
     if start is not None and (not isinstance(start, torch.Tensor) or start.shape != x.shape):
         raise ValueError(f"start must be a tensor x'_0 of x's shape {tuple(x.shape)}, got "
@@ -273,15 +238,15 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: f
     best = None
     with torch.enable_grad(), eval_mode(model):
         for _ in range(runs):
-            x0 = _start(x, eps, norm, random_start) if start is None else _project(start.detach().to(x), x, eps, norm)
-            x_adv = _steps(model, x, x0, objective, eps, alpha, steps, norm)
+            x0 = _start(x, eps, norm, random_start) if start is None else project(start.detach().to(x), x, eps, norm)
+            x_adv = pgd_steps(model, x, x0, objective, eps, alpha, steps, norm)
             if runs == 1:
-                return _in_budget(x_adv, x, eps, norm)
+                return in_budget(x_adv, x, eps, norm)
             best = _stronger(best, x_adv, model, objective, success)
-    return _in_budget(best[0], x, eps, norm)
+    return in_budget(best[0], x, eps, norm)
 
 
-def _check_data(model: nn.Module, x: torch.Tensor, labels: list) -> None:
+def check_attack_values(model: nn.Module, x: torch.Tensor, labels: list) -> None:
     """Value checks of x and the labels (one forward pass on one example, one host sync); off in fit's steps."""
     if not values_checked() or x.shape[0] == 0:
         return
@@ -322,7 +287,7 @@ def kl_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float | None
     """
     eps, steps = check_eps(eps), check_int(steps, "steps", 0)
     alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
-    _check_static(model, x, y, norm=norm)
+    check_attack_args(model, x, y, norm=norm)
     x = x.detach()
     if x.shape[0] == 0:
         return x.clone()
@@ -336,172 +301,5 @@ def kl_attack(model: nn.Module, x: torch.Tensor, eps: float, alpha: float | None
             return F.kl_div(F.log_softmax(logits.float(), dim=1), log_p, reduction="none",
                             log_target=True).sum(1)
 
-        x_adv = _steps(model, x, _start(x, eps, norm, "gaussian"), objective, eps, alpha, steps, norm)
-    return _in_budget(x_adv, x, eps, norm)
-
-
-# ----------------------------------------------------------------------------- AutoAttack glue
-
-def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
-               version: str = "standard", seed: int = 0) -> torch.Tensor:
-    """AutoAttack (Croce & Hein 2020) through torchattacks' maintained implementation.
-
-    Runs ``torchattacks.AutoAttack(model, norm, eps, version, n_classes, seed)``
-    (standard: APGD-CE, APGD-T, FAB-T, Square) with the model in eval mode,
-    in fp32 (autocast off; a model of another dtype gets fp32 inputs cast to its dtype), on the model's device; returns x' on x's device. ``norm``: ``"linf"``
-    or ``"l2"`` (torchattacks' ``"Linf"`` and ``"L2"`` are accepted too).
-    torchattacks reseeds the global RNG and FAB calls ``.backward()``: here
-    the caller's RNG state is preserved and parameters are excluded from
-    gradients during the call, so no ``.grad`` changes. Cost is high (about
-    0.7 s per image for a small CNN on a CPU).
-    """
-    try:
-        import torchattacks
-    except ImportError as e:  # pragma: no cover - exercised by monkeypatching in the tests
-        raise ImportError("AutoAttack needs torchattacks: pip install --no-deps torchattacks==3.5.1") from e
-    eps = check_eps(eps)
-    check_x(x)
-    check_y(x, y)
-    _check_grad_mode()
-    norm = check_choice(norm.lower() if isinstance(norm, str) else norm, NORMS, "norm")
-    x, y = x.detach(), y.long()
-    if x.shape[0] == 0:
-        return x.clone()
-    params = list(model.parameters())
-    device = params[0].device if params else x.device
-    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
-    with torch.no_grad(), eval_mode(model):
-        num_classes = logits_of(model, x[:1].to(device=device, dtype=dtype)).shape[-1]
-    check_values(x, [y], num_classes)
-    if eps == 0:
-        return x.clone()
-    # torchattacks reseeds every CUDA device it can see (torch.cuda.manual_seed_all), whatever the model's device
-    rng_devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        with torch.random.fork_rng(devices=rng_devices), eval_mode(model), \
-                torch.autocast(device.type, enabled=False):
-            net = model if dtype == torch.float32 else _Float32View(model, dtype)   # torchattacks works in fp32
-            atk = torchattacks.AutoAttack(net, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, version=version,
-                                          n_classes=num_classes, seed=seed)
-            x_adv = atk(x.to(device=device, dtype=torch.float32), y.to(device))
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
-    x_adv = x_adv.detach().to(x)
-    if x.dtype == torch.float64:   # x was rounded to fp32 for torchattacks: project around x itself
-        x_adv = _project(x_adv, x, eps, norm)
-    return _in_budget(x_adv, x, eps, norm)
-
-
-class _Float32View(nn.Module):
-    """A model of another dtype seen as an fp32 one: fp32 inputs cast to its dtype, logits cast back."""
-
-    def __init__(self, model: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.model, self.dtype = model, dtype
-
-    def forward(self, x):
-        return self.model(x.to(self.dtype)).float()
-
-
-def interval_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float | None = None,
-                    steps: int = 20, *, restarts: int = 1, interval_steps: int = 5, box_start: float = 0.01,
-                    box_growth: float = 3.0, max_growth: int = 5, memory_budget: int | None = None) -> torch.Tensor:
-    """Interval-gradient attack (MixTrain paper; L∞); returns x' (detached).
-
-    Per restart: PGD-K from a random start (the same draw as :func:`pgd`).
-    Then, for every point still classified correctly, ``interval_steps`` times:
-
-    1. take the box ``[x' − w, x' + w] ∩ [0, 1]`` with ``w = box_start·ε`` and
-       grow it (``w ← box_growth·w``, at most ``max_growth`` times, never past ε)
-       until the symbolic upper bound of some wrong-class margin ``z_j − z_y``
-       is positive — a violation may lie in the box;
-    2. step ``x' ← x' + w · sign(A_j)``, where ``A_j`` are that margin's
-       symbolic input coefficients (:func:`robustlib.bounds.margin_coefficients`):
-       the slope of the margin's linear form over the whole box, an
-       "interval gradient" that sees past the local gradient;
-    3. project onto the ε-ball around x and [0, 1], then run PGD-K from x'
-       (no random start).
-
-    Each point keeps the first misclassified x' found (PGD's own result
-    included, so the attack is never weaker than PGD from the same seed).
-    Cost per interval step: up to ``max_growth + 1`` symbolic bound
-    computations plus K forward/backward passes, on unbroken points only.
-    """
-    from . import bounds  # bounds does not import attacks; imported here to keep module import light
-
-    eps, steps = check_eps(eps), check_int(steps, "steps", 0)
-    restarts, interval_steps = check_int(restarts, "restarts", 1), check_int(interval_steps, "interval_steps", 0)
-    max_growth = check_int(max_growth, "max_growth", 0)
-    if not (box_start > 0 and box_growth > 1):
-        raise ValueError(f"need box_start > 0 and box_growth > 1, got {box_start} and {box_growth}")
-    alpha = default_alpha(eps, steps) if alpha is None else check_eps(alpha, "alpha")
-    _check_static(model, x, y, norm="linf", loss="ce")
-    y = y.long()
-    _check_data(model, x, [y])
-    x = x.detach()
-    best = x.clone()
-    if x.shape[0] == 0 or eps == 0:
-        return best
-
-    def wrong(xs, ys):
-        with torch.no_grad():
-            return model(xs).argmax(1) != ys
-
-    with eval_mode(model):
-        done = wrong(x, y)
-        for _ in range(restarts):
-            todo = (~done).nonzero().squeeze(1)
-            if len(todo) == 0:
-                break
-            x_adv = pgd(model, x, y, eps, alpha, steps)[todo]   # the same random draw as a plain pgd call
-            xs, ys = x[todo], y[todo]
-
-            def ce(logits, _ys=ys):
-                return attack_loss(logits, _ys, "ce", False)
-
-            for _ in range(interval_steps):
-                hit = wrong(x_adv, ys)
-                if hit.all():
-                    break
-                step = _interval_step(bounds, model, x_adv, ys, ~hit, eps, box_start, box_growth, max_growth,
-                                      memory_budget)
-                moved = _project(x_adv + step, xs, eps, "linf")
-                with torch.enable_grad():
-                    moved = _steps(model, xs, moved, ce, eps, alpha, steps, "linf")
-                x_adv = torch.where(hit.view(-1, *([1] * (x.dim() - 1))), x_adv, moved)
-            hit = wrong(x_adv, ys)
-            best[todo[hit]] = x_adv[hit]
-            done[todo[hit]] = True
-    return _in_budget(best, x, eps, "linf")
-
-
-def _interval_step(bounds, model, x_adv, y, open_mask, eps, box_start, box_growth, max_growth, memory_budget):
-    """The interval attack's move for the points in ``open_mask``: grow a box until it may hold a violation.
-
-    Per point: ``w = box_start·ε``; while no wrong-class margin ``z_j − z_y`` has a positive symbolic
-    upper bound on ``[x' − w, x' + w] ∩ [0, 1]`` (and fewer than ``max_growth`` growths),
-    ``w ← min(box_growth·w, ε)``. The step is ``w · sign(A_j)`` for the margin j with the largest upper
-    bound, ``A_j`` its symbolic input coefficients. Points outside ``open_mask`` get a zero step.
-    """
-    view = (-1,) + (1,) * (x_adv.dim() - 1)
-    w = torch.full((len(x_adv),), box_start * eps, device=x_adv.device, dtype=x_adv.dtype)
-    step = torch.zeros_like(x_adv)
-    open_ = open_mask.nonzero().squeeze(1)            # points still searching for a box
-    for g in range(max_growth + 1):
-        wv = w[open_].view(view)
-        lo, hi = (x_adv[open_] - wv).clamp(0, 1), (x_adv[open_] + wv).clamp(0, 1)
-        with torch.no_grad():
-            _, upper, coef = bounds.margin_coefficients(model, lo, hi, y[open_], memory_budget=memory_budget)
-        best_u, j = upper.scatter(1, y[open_, None], float("-inf")).max(1)
-        take = (best_u > 0) | (g == max_growth)      # a violation may be inside, or the cap is reached
-        pick = coef[torch.arange(len(open_), device=x_adv.device), j]
-        step[open_[take]] = pick[take].sign() * wv[take]
-        open_ = open_[~take]
-        if len(open_) == 0:
-            break
-        w[open_] = (w[open_] * box_growth).clamp(max=eps)
-    return step
+        x_adv = pgd_steps(model, x, _start(x, eps, norm, "gaussian"), objective, eps, alpha, steps, norm)
+    return in_budget(x_adv, x, eps, norm)
