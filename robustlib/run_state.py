@@ -49,6 +49,7 @@ def _upgraded(saved: dict, now: dict) -> dict:
 
 
 def differences(saved: dict, now: dict) -> list:
+    """How a checkpoint's run settings differ from this run's, one line per setting (empty: the same run)."""
     out = []
     saved = _upgraded(saved, now)
     for key in sorted(set(saved) | set(now)):
@@ -84,6 +85,7 @@ def snapshot(model, opt, objective, loader, selector) -> tuple:
 
 
 def restore(good: tuple, model, opt, objective, loader, selector) -> None:
+    """Put back what :func:`snapshot` took."""
     weights, optimizer, objective_state, selector_state, subset = good
     model.load_state_dict(weights)
     opt.load_state_dict(optimizer)
@@ -98,6 +100,7 @@ RANK_SEED_STRIDE = 1_000_033   # rank r of a data-parallel run seeds its stream 
 
 
 def rng_state(device, on_cuda: bool) -> tuple:
+    """This process's random state: the CPU generator's and, on CUDA, the device's."""
     return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if on_cuda else None)
 
 
