@@ -21,15 +21,21 @@ from .checks import check_int
 
 class OuterRows:
     """An n × (C·F) matrix whose row i is the outer product P_i ⊗ H_i (flattened C-major), kept as P (n × C) and
-    H (n × F): ``mv`` and ``rows_sum`` cost n·(C + F) instead of n·C·F, and the matrix is never formed."""
+    H (n × F): ``mv`` and ``rows_sum`` cost n·(C + F) instead of n·C·F, and the matrix is never formed.
+    ``log_p`` (optional, n × C): the log-probabilities behind P = p − e_y, which GLISTER's exact refresh needs
+    (rebuilt from P in fp32, a log p_y below about −16 is lost)."""
 
-    def __init__(self, P: torch.Tensor, H: torch.Tensor):
+    def __init__(self, P: torch.Tensor, H: torch.Tensor, log_p: torch.Tensor | None = None):
         if P.dim() != 2 or H.dim() != 2 or P.shape[0] != H.shape[0]:
             raise ValueError(f"OuterRows needs P (n × C) and H (n × F) with the same n; got {tuple(P.shape)} and "
                              f"{tuple(H.shape)}")
-        self.P, self.H = P, H
+        self.P, self.H, self.log_p = P, H, log_p
         self.shape = torch.Size((P.shape[0], P.shape[1] * H.shape[1]))
         self.dtype, self.device = P.dtype, P.device
+
+    def rows(self, idx: torch.Tensor) -> "OuterRows":
+        """The rows ``idx`` (indices or a mask)."""
+        return OuterRows(self.P[idx], self.H[idx], None if self.log_p is None else self.log_p[idx])
 
     def mv(self, v: torch.Tensor) -> torch.Tensor:
         """G v: row i is P_iᵀ V H_i with V = v as a C × F matrix."""
@@ -239,7 +245,8 @@ def glister_greedy(G: torch.Tensor, g_val: torch.Tensor, budget: int, *, eta: fl
             raise ValueError("the exact refresh needs valid (OuterRows of the validation split, as wide as G) and "
                              "one label per validation row (valid_labels)")
         onehot = torch.nn.functional.one_hot(valid_labels, valid.P.shape[1]).to(valid.P.dtype)
-        log_p, moved = (valid.P + onehot).clamp_min(1e-30).log(), torch.zeros_like(valid.P)
+        log_p = valid.log_p if valid.log_p is not None else (valid.P + onehot).clamp_min(1e-30).log()
+        moved = torch.zeros_like(valid.P)
     while left > 0:
         m = min(chunk, left)
         gain = G.mv(g_val).masked_fill(used, -math.inf)

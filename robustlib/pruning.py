@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,7 @@ import torch.nn as nn
 from .checks import check_int
 from .data import ImageData
 from .digests import tensor_digest
-from .greedy import OuterRows, glister_greedy, omp
+from .greedy import glister_greedy, omp
 from .memory import PerturbationMemory
 from .scores import SCORES, ForgettingCounter, last_layer_grads, pgd_settings, score, selection_batch_size
 
@@ -77,7 +78,8 @@ def _selection_config(self) -> dict:
                 out[k] = True
                 if getattr(self, "method", None) == "glister":
                     out["valid_refresh"] = self.VALID_REFRESH
-        elif k == "valid_memory" or (k == "balanced" and not v) or (k == "val_update" and v == "linear"):
+        elif k.startswith("_") or k == "valid_memory" or (k == "balanced" and not v) or \
+                (k == "val_update" and v == "linear"):
             continue   # balanced and val_update only when set: the keys of older runs stay what they were
         elif k not in self._STATE:
             v = {"n": len(v), "digest": tensor_digest(v.images, v.labels)} if isinstance(v, ImageData) else v
@@ -131,7 +133,7 @@ class StaticSelector:
                 order = order[labels[order].argsort(stable=True)]  # by class, best first within each
                 counts = torch.bincount(labels, minlength=data.num_classes)
                 rank = torch.arange(len(s), device=s.device) - (counts.cumsum(0) - counts)[labels[order]]
-                idx = order[rank < (self.fraction * counts).round().clamp_min(1)[labels[order]]]
+                idx = order[rank < (self.fraction * counts.double()).round().clamp_min(1)[labels[order]]]
             else:
                 idx = s.topk(budget_of(self.fraction, len(s)), largest=self.keep == "top").indices
             self.indices = idx.sort().values
@@ -150,13 +152,15 @@ class DynamicSelector:
     OMP on last-layer gradients of the (adversarial) loss; ``variant="per_class"``: OMP within each
     class, budget ∝ class size, target the class's summed gradient; ``"per_batch"``: OMP over the
     summed gradients of seeded random groups of ``group_size`` examples, every member of a chosen
-    group taking its weight; ``"per_example"``); ``"glister"`` (Adv-GLISTER against the ``valid``
+    group taking its weight, so that it keeps whole groups: round(k / group_size) of them, at least one (a
+    warning says when that is far from k); ``"per_example"``); ``"glister"`` (Adv-GLISTER against the ``valid``
     split, :func:`glister_greedy` with ``chunk`` picks per step, default ceil(k/64); ``balanced=True``: within
     each class, budget ∝ class size as for Adv-GRAD-MATCH per class, against the validation gradient of that
     class's validation examples — ours, as public GLISTER code does per class; over the whole data the greedy gains
     can leave whole classes out). Slots OMP
     leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight), and
-    weights are normalised to mean 1 over the selected examples. ``adversarial``: the PGD attack
+    weights are normalised to mean 1 over the selected examples. A fraction of 1 keeps every example with
+    weight 1 (GRAD-MATCH's objective is then met exactly; no selection runs). ``adversarial``: the PGD attack
     (eps, steps, ...) whose examples give the gradients; None: clean data. ``batch_size``: the batches of that
     attack and of the gradients (None: :func:`robustlib.scores.selection_batch_size`, 1024 on CUDA, 256 elsewhere).
     ``memory``: a
@@ -182,15 +186,26 @@ class DynamicSelector:
         self.R = check_int(R, "R", 1, "R is the number of epochs between two selections, e.g. R=20")
         self.warmup = check_int(warmup, "warmup", 0, "use 0 for no warm-up, or warmup_epochs(fraction, epochs)")
         self.group_size = check_int(group_size, "group_size", 1, "per_batch groups need at least one example")
+        if method != "gradmatch" and variant != "per_class":
+            raise ValueError(f"variant={variant!r} is Adv-GRAD-MATCH's; {method!r} does not take it")
+        if valid is not None and not isinstance(valid, ImageData):
+            raise TypeError(f"valid must be an ImageData (e.g. train.subset(idx)), got {type(valid).__name__}")
         if method == "glister" and (valid is None or len(valid) == 0):
             raise ValueError("glister needs a non-empty validation split: valid=ImageData, e.g. a held-out part "
                              "of the training set (train.subset(idx)) that is not trained on")
-        if not (lam >= 0 and eta > 0 and 0 < delta < 1):
+        if chunk is not None:
+            check_int(chunk, "chunk", 1, "Adv-GLISTER picks at least one example per greedy step; None: ceil(k/64)")
+        if batch_size is not None:
+            check_int(batch_size, "batch_size", 1, "None takes the device's default")
+        if not (lam >= 0 and 0 < eta < math.inf and 0 < delta < 1):
             raise ValueError(f"need lam ≥ 0, eta > 0 and 0 < delta < 1; got lam={lam}, eta={eta}, delta={delta}")
         pgd_settings(adversarial)  # validated now rather than at the first selection
         if memory is not None and not isinstance(memory, PerturbationMemory):
             raise TypeError(f"memory must be a robustlib.memory.PerturbationMemory (PerturbationMemory.attach("
                             f"objective, train)), got {type(memory).__name__}")
+        if memory is not None and adversarial is None:
+            raise ValueError("a memory holds adversarial perturbations, but adversarial=None selects on clean data; "
+                             "pass the selection attack (adversarial=dict(eps=..., steps=...)) or drop the memory")
         if balanced and method != "glister":
             raise ValueError(f"balanced=True is Adv-GLISTER's per-class selection; {method!r} does not take it "
                              f"(Adv-GRAD-MATCH's per-class form is variant='per_class')")
@@ -201,7 +216,7 @@ class DynamicSelector:
         self.val_update = val_update
         self.method, self.adversarial, self.variant, self.lam, self.valid = method, adversarial, variant, lam, valid
         self.eta, self.stochastic, self.delta, self.chunk, self.batch_size = eta, stochastic, delta, chunk, batch_size
-        self.seed, self.indices, self.weights = seed, None, None
+        self.seed, self.indices, self.weights, self._warned = seed, None, None, False
         self.last_epoch, self.selections, self.last_seconds = -1, 0, 0.0
 
     def on_device(self, device) -> None:
@@ -218,7 +233,11 @@ class DynamicSelector:
             t0 = time.perf_counter()
             self.last_fresh = len(data) if self.memory is None else int((~self.memory.known).sum())
             g = torch.Generator(device=data.device).manual_seed(self.seed * 1_000_003 + epoch)
-            idx, w = self._select(model, data, budget_of(self.fraction, len(data)), g)
+            k = budget_of(self.fraction, len(data))
+            if k >= len(data):   # every example: the full gradient is matched exactly with weight 1 each
+                idx, w = torch.arange(len(data), device=data.device), torch.ones(len(data), device=data.device)
+            else:
+                idx, w = self._select(model, data, k, g)
             order = idx.argsort()
             self.indices, self.weights = idx[order], (w[order] / w.mean()).float()
             self.last_epoch, self.selections = epoch, self.selections + 1
@@ -241,8 +260,7 @@ class DynamicSelector:
                                   batch_size=self.batch_size, factored=True)
 
             def greedy(rows, held, budget):   # held: the validation rows it scores against (None: all)
-                v, labels = (Gv, valid.labels) if held is None else \
-                    (OuterRows(Gv.P[held], Gv.H[held]), valid.labels[held])
+                v, labels = (Gv, valid.labels) if held is None else (Gv.rows(held), valid.labels[held])
                 exact = dict(valid=v, valid_labels=labels) if self.val_update == "exact" else {}
                 return glister_greedy(rows, v.rows_sum() / v.P.shape[0], budget, eta=self.eta,
                                       chunk=self.chunk or math.ceil(budget / 64), stochastic=self.stochastic,
@@ -253,7 +271,7 @@ class DynamicSelector:
             for c, kc in enumerate(class_budgets(data.labels, k, data.num_classes)):   # a loop over classes
                 members, held = (data.labels == c).nonzero().squeeze(1), valid.labels == c
                 if kc > 0:   # a class without validation examples scores against the whole split's gradient
-                    rows = OuterRows(G.P[members], G.H[members])
+                    rows = G.rows(members)
                     parts.append(members[greedy(rows, held if bool(held.any()) else None, kc)])
             idx = torch.cat(parts)
             return idx, torch.ones(len(idx), device=dev)
@@ -278,6 +296,10 @@ class DynamicSelector:
             return torch.cat([t[perm], t.new_zeros(n_groups * gs - n, t.shape[1])]).view(n_groups, gs, -1)
         Gb = torch.bmm(grouped(G.P).transpose(1, 2), grouped(G.H)).flatten(1)
         kb = max(1, min(n_groups, round(k / gs)))
+        if kb * gs > 2 * k and not self._warned:
+            self._warned = True
+            warnings.warn(f"per_batch keeps whole groups of {gs}: a budget of k={k} examples keeps one group; "
+                          f"a smaller group_size follows the fraction more closely", stacklevel=3)
         ib, wb = _fill(*omp(Gb, G.rows_sum(), kb, lam=self.lam), torch.arange(n_groups, device=dev), kb, g)
         chosen = torch.zeros(n_groups, device=dev).index_copy_(0, ib, wb)
         idx = (chosen[group] > 0).nonzero().squeeze(1)

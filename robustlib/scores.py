@@ -154,15 +154,17 @@ def last_layer_grads(model: nn.Module, data: ImageData, *, adversarial=None, mem
     at x + δ, one forward pass each, and only the others are attacked (and remembered); ``refresh`` = r > 0 first
     moves the known ones r steps of the ``adversarial`` attack on from x + δ (remembered too). ``factored``: the
     same rows as an :class:`robustlib.greedy.OuterRows` of P = p − e_y (n × C) and [h, 1] (n × (H+1)),
-    C + H + 1 numbers per example instead of C·(H + 1). ``batch_size``: None takes
-    :func:`selection_batch_size` of the data's device."""
-    P, H = [], []
+    C + H + 1 numbers per example instead of C·(H + 1), with the log-probabilities log p alongside.
+    ``batch_size``: None takes :func:`selection_batch_size` of the data's device."""
+    P, H, log_p = [], [], []
     with eval_mode(model), _network_precision(data, amp):
         for x, y in _batches(model, data, batch_size, adversarial, memory, refresh):
             z, h = _logits_features(model, x)
             P.append(z.softmax(1) - F.one_hot(y, z.shape[1]).float())
             H.append(torch.cat([h, torch.ones_like(h[:, :1])], 1))
-    G = OuterRows(torch.cat(P), torch.cat(H))
+            if factored:
+                log_p.append(z.float().log_softmax(1))
+    G = OuterRows(torch.cat(P), torch.cat(H), torch.cat(log_p) if factored else None)
     return G if factored else G.dense()
 
 
