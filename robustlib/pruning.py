@@ -168,8 +168,11 @@ class DynamicSelector:
     the gradients are then taken at the perturbations training found last, and only examples it never
     attacked are attacked afresh (``last_fresh`` counts them); Adv-GLISTER's validation split, which training
     never attacks, gets its own memory: attacked in full at the first selection, then moved ``VALID_REFRESH``
-    step(s) on from where it was at each later one (as in ATTA) — our choice, not the paper's. Returns None
-    during the warm-up (full data), then (indices, weights) every epoch.
+    step(s) on from where it was at each later one (as in ATTA) — our choice, not the paper's. ``seed`` (with the
+    epoch) seeds the selection's own draws (random picks, fills, groups); the selection attack's random starts draw
+    from the global random state, which ``fit`` seeds per epoch, so a selector called by hand repeats its choice
+    only under the same global seed. Returns None during the warm-up (full data), then (indices, weights) every
+    epoch.
     """
 
     VALID_REFRESH = 1   # with a memory: attack steps that move Adv-GLISTER's remembered validation perturbations
