@@ -280,6 +280,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 sums = distributed.reduce([float(total), seen] + [spent[k] for k in keys], "sum", device)
                 total, seen, spent = sums[0], int(sums[1]), {k: int(v) for k, v in zip(keys, sums[2:])}
                 wall, select_s = distributed.reduce([wall, select_s], "max", device)
+            spent = objective.summarize(spent)   # fractions and other figures derived from the summed counts
             mean_loss = float(total) / max(seen, 1)
             if not math.isfinite(mean_loss):
                 run_state.restore(good, model, opt, objective, loader, selector)
@@ -333,6 +334,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         raise
     finally:
         hooks.close()
+        objective.batch_indices = None   # a call outside fit writes no memory, even after an interrupted epoch
     bar.close()
     if use_cl:
         model.to(memory_format=torch.contiguous_format)

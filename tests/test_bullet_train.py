@@ -74,7 +74,7 @@ def test_misclassified_examples_get_no_attack_steps(digits, name):
         z = net(x)
         clean = bt.base.loss_from(z, z, y)
     assert torch.allclose(losses[wrong], clean[wrong], atol=1e-6)
-    assert bt.reset_spent()["bt_outlier"] == pytest.approx(1 / 3)
+    assert bt.summarize(bt.reset_spent())["bt_outlier"] == pytest.approx(1 / 3)
 
 
 def test_robust_needs_every_probe_above_the_margin_and_a_correct_clean_prediction():
@@ -127,7 +127,7 @@ def test_pass_and_step_counts_add_up(digits, name):
         losses = bt(counted, x, y)
     assert calls == [(n_b, K, bt.base.alpha), (n_r, L, 2.5 * EPS / L)]
     losses.mean().backward()
-    spent = bt.reset_spent()
+    spent = bt.summarize(bt.reset_spent())
     n, (f_t, b_t) = len(y), bt.base.train_cost()
     # every pass the network actually ran is counted: grouping (1 + P), attacks per group, training passes
     assert spent["forward"] == counted.fwd and spent["backward"] == counted.bwd
@@ -152,7 +152,7 @@ def test_all_boundary_equals_base(digits, name):
     want = base(copy.deepcopy(net), x, y)
     assert torch.equal(got, want)
     assert {k: off.spent[k] for k in ("examples", "forward", "backward")} == base.spent
-    assert off.reset_spent()["bt_steps_saved"] == 0
+    assert off.summarize(off.reset_spent())["bt_steps_saved"] == 0
     # finite thresholds no example meets: the probes run (and draw random numbers), then every example gets K steps
     far = BulletTrain(base, outlier=None, robust_margin=1e6, probes=2)
     torch.manual_seed(2)
@@ -161,7 +161,7 @@ def test_all_boundary_equals_base(digits, name):
     assert (far.groups(net, x, y) == BOUNDARY).all()  # the same draws as inside the call
     want = base(copy.deepcopy(net), x, y)
     assert torch.equal(got, want)
-    spent = far.reset_spent()
+    spent = far.summarize(far.reset_spent())
     assert spent["bt_boundary"] == 1.0 and spent["bt_steps_saved"] == 0
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .. import attacks
 from ..checks import NORMS, check_choice, check_eps, check_int, check_real, default_alpha, fgsm_rs_alpha
-from .base import Objective
+from .base import Objective, at_least_fp32
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -17,20 +17,20 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
                 beta: float = 6.0) -> torch.Tensor:
-    """Per-example TRADES loss (Zhang et al. 2019), computed in fp32.
+    """Per-example TRADES loss (Zhang et al. 2019), computed in fp32 (fp64 logits: in fp64).
 
         ℓ_i = CE(f(x_i), y_i) + β · Σ_c p_c(x_i) · (log p_c(x_i) − log p_c(x'_i))
 
     with p = softmax of the logits; gradients flow through both logits.
     """
-    zc, za = logits_clean.float(), logits_adv.float()
+    zc, za = at_least_fp32(logits_clean), at_least_fp32(logits_adv)
     log_p, log_q = F.log_softmax(zc, dim=1), F.log_softmax(za, dim=1)
     return F.cross_entropy(zc, y, reduction="none") + beta * _kl_rows(log_p, log_q)
 
 
 def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
               beta: float = 6.0) -> torch.Tensor:
-    """Per-example MART loss (Wang et al. 2020), computed in fp32.
+    """Per-example MART loss (Wang et al. 2020), computed in fp32 (fp64 logits: in fp64).
 
         ℓ_i = BCE(f(x'_i), y_i) + β · KL(p(x_i) ‖ p(x'_i)) · (1 − p_y(x_i)),
         BCE = −log p_y(x') − log(1 − max_{k≠y} p_k(x')).
@@ -39,7 +39,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Ten
     1e-12 fudge needed); gradients flow through both logits, including the
     weight 1 − p_y(x).
     """
-    zc, za = logits_clean.float(), logits_adv.float()
+    zc, za = at_least_fp32(logits_clean), at_least_fp32(logits_adv)
     log_p, log_q = F.log_softmax(zc, dim=1), F.log_softmax(za, dim=1)
     classes = torch.arange(za.shape[1], device=za.device)   # masks by comparison: F.one_hot reads y on a CPU
     k_star = za.masked_fill(classes == y[:, None], float("-inf")).argmax(1)
@@ -131,7 +131,7 @@ class PGDAT(AdversarialObjective):
                            self.steps if steps is None else steps, norm=self.norm, random_start=True)
 
     def loss_from(self, logits_clean, logits_adv, y):
-        return F.cross_entropy(logits_adv.float(), y, reduction="none")
+        return F.cross_entropy(at_least_fp32(logits_adv), y, reduction="none")
 
 
 class TRADES(AdversarialObjective):
@@ -207,4 +207,4 @@ class FastAT(Objective):
     def losses(self, model, x, y):
         x_adv = attacks.fgsm(model, x, y, self.eps, random_start=True, alpha=self.alpha)
         self.count(len(y), forward=2, backward=2)
-        return F.cross_entropy(model(x_adv).float(), y, reduction="none")
+        return F.cross_entropy(at_least_fp32(model(x_adv)), y, reduction="none")

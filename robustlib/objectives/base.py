@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from ..digests import function_digest
 
 
+def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32, or in its own dtype where that is wider (fp64 stays fp64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class Objective:
     """Base class: subclasses implement :meth:`losses` and call :meth:`count`."""
 
@@ -37,14 +42,18 @@ class Objective:
         out, self.spent = self.spent, {k: 0 for k in self.spent}
         return out
 
+    def summarize(self, counts: dict) -> dict:
+        """An epoch's record entries from its counts, summed over the processes of a data-parallel run first
+        (figures derived from counts, such as fractions, are computed here and not summed)."""
+        return counts
+
     def losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
         """Per-example losses w_i·ℓ_i (ℓ_i when ``weights`` is None), in float32 (float64 stays float64)."""
-        losses = self.losses(model, x, y)
-        losses = losses.to(torch.promote_types(losses.dtype, torch.float32))
+        losses = at_least_fp32(self.losses(model, x, y.long()))   # labels of any integer dtype
         if weights is None:
             return losses
         if weights.shape != losses.shape:
@@ -69,7 +78,7 @@ class Standard(Objective):
 
     def losses(self, model, x, y):
         self.count(len(y), forward=1, backward=1)
-        return F.cross_entropy(model(x), y, reduction="none")
+        return F.cross_entropy(at_least_fp32(model(x)), y, reduction="none")
 
 
 class Custom(Objective):

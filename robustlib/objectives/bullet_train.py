@@ -87,7 +87,7 @@ class BulletTrain(Objective):
     occur. ``"auto"``: 32 on CUDA, 1 (no padding) elsewhere. The padding
     rows are extra work that :attr:`spent` does not count.
 
-    :meth:`reset_spent` (what :func:`robustlib.train.fit` records per epoch)
+    :meth:`summarize` (what :func:`robustlib.train.fit` records per epoch)
     adds to ``examples``/``forward``/``backward`` the group fractions
     ``bt_outlier``, ``bt_robust``, ``bt_boundary`` (summing to 1), the attack
     steps ``bt_steps`` = S and ``bt_steps_saved`` = K·n − S relative to the base.
@@ -134,10 +134,10 @@ class BulletTrain(Objective):
         return {"examples": 0, "forward": 0, "backward": 0, "bt_outlier_n": 0, "bt_robust_n": 0,
                 "bt_boundary_n": 0, "bt_steps": 0}
 
-    def reset_spent(self) -> dict:
-        """Counts since the last reset, with the group counts as fractions of the examples; restart from zero."""
-        out, self.spent = self.spent, self._zero()
-        n = out["examples"]
+    def summarize(self, counts: dict) -> dict:
+        """The group counts as fractions of the examples, and the steps saved (after a data-parallel run has
+        summed the counts over its processes)."""
+        out, n = dict(counts), counts["examples"]
         fractions = {f"bt_{g}": (out.pop(f"bt_{g}_n") / n if n else 0.0) for g in GROUPS}
         return {**out, **fractions, "bt_steps_saved": self.base.steps * n - out["bt_steps"]}
 

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from .. import bounds
 from ..digests import tensor_digest
 from ..checks import check_choice, check_eps, check_int, check_real, eval_mode
-from .base import Objective
+from .base import Objective, at_least_fp32
 
 RULES = ("adaptive", "schedule", "fixed")
 SAMPLING = ("uniform", "worst-ibp", "ibp-weighted")
@@ -82,10 +82,6 @@ def adaptive_alpha(alpha: float, val_clean: list, delta: float, tol: float, lo: 
         return alpha
     fell = val_clean[-1] < max(val_clean) - tol
     return min(hi, max(lo, alpha + delta if fell else alpha - delta))
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 @torch.no_grad()
@@ -150,6 +146,15 @@ class CertifiedObjective(Objective):
                                       checkpoint=self.checkpoint and method == "symbolic")
 
 
+def _check_batchnorm(model: nn.Module) -> None:
+    """Bounds need BatchNorm in eval mode, and fit trains in train mode: refuse before any pass changes its
+    statistics."""
+    if model.training and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError("certified training bounds the network with fixed BatchNorm statistics, but fit trains it "
+                         "in train mode: use a network without BatchNorm (mnist_small, mnist_large, cifar_small, "
+                         "cifar_large) for IBPTraining, SymbolicTraining and MixTrain")
+
+
 class IBPTraining(CertifiedObjective):
     """κ·CE(f(x), y) + (1 − κ)·R_IBP(x, y) (Gowal et al. 2019), κ ramped with ε from kappa[0] to kappa[1]."""
 
@@ -174,10 +179,12 @@ class IBPTraining(CertifiedObjective):
 
     def losses(self, model, x, y):
         kappa = self.kappa_now()
-        clean = F.cross_entropy(_at_least_fp32(model(x)), y, reduction="none")
-        self.count(len(y), forward=3, backward=3)    # clean pass + IBP (centre and radius passes)
-        if kappa == 1.0:
+        _check_batchnorm(model)
+        clean = F.cross_entropy(at_least_fp32(model(x)), y, reduction="none")
+        if kappa == 1.0:   # no bound: the clean pass only (the warm-up's first epoch, kappa=(1, 1))
+            self.count(len(y), forward=1, backward=1)
             return clean
+        self.count(len(y), forward=3, backward=3)    # clean pass + IBP (centre and radius passes)
         return kappa * clean + (1 - kappa) * self._robust(model, x, y, "interval")
 
 
@@ -190,6 +197,7 @@ class SymbolicTraining(CertifiedObjective):
         super().__init__(eps, eps_warmup, memory_budget, checkpoint)
 
     def losses(self, model, x, y):
+        _check_batchnorm(model)
         self.count(len(y), forward=1, backward=1)    # plus the symbolic bound of every sample:
         self.spent["symbolic"] += len(y)
         return self._robust(model, x, y, "symbolic")
@@ -282,7 +290,8 @@ class MixTrain(CertifiedObjective):
         return torch.randperm(n, device=x.device)[:self.k], n / self.k
 
     def losses(self, model, x, y):
-        clean = F.cross_entropy(_at_least_fp32(model(x)), y, reduction="none")
+        _check_batchnorm(model)
+        clean = F.cross_entropy(at_least_fp32(model(x)), y, reduction="none")
         self.count(len(y), forward=1, backward=1)
         if self.rule == "schedule":
             if float(torch.rand(())) >= self.p:          # CPU draw from the seeded global RNG: no device sync
