@@ -158,8 +158,10 @@ class DynamicSelector:
     each class, budget ∝ class size as for Adv-GRAD-MATCH per class, against the validation gradient of that
     class's validation examples — ours, as public GLISTER code does per class; over the whole data the greedy gains
     can leave whole classes out). Slots OMP
-    leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight), and
-    weights are normalised to mean 1 over the selected examples. A fraction of 1 keeps every example with
+    leaves empty are filled by a seeded random draw (as CORDS does; here at the mean OMP weight, where CORDS gives
+    them weight 1, negligible beside OMP's weights of about n/k): the filled rows train like the picked ones, and
+    the weighted gradient matches the full one less closely than OMP's picks alone do. Weights are normalised to
+    mean 1 over the selected examples. A fraction of 1 keeps every example with
     weight 1 (GRAD-MATCH's objective is then met exactly; no selection runs). ``adversarial``: the PGD attack
     (eps, steps, ...) whose examples give the gradients; None: clean data. ``batch_size``: the batches of that
     attack and of the gradients (None: :func:`robustlib.scores.selection_batch_size`, 1024 on CUDA, 256 elsewhere).
