@@ -44,7 +44,28 @@ class Executed:
 
     @property
     def ok(self) -> bool:
-        return bool(self.record) and self.record.get("status", "ok") == "ok"
+        return bool(self.record) and self.record.get("status", "ok") == "ok" and not self.misfiled
+
+    @property
+    def misfiled(self) -> bool:
+        """A record in this preset's folder that another preset made (a hand-run notebook pointed at the folder, a
+        dry run): its numbers are never shown as this preset's."""
+        rec = self.record or {}
+        return rec.get("preset", self.preset) != self.preset or rec.get("dry_run_of") is not None
+
+    @property
+    def failure(self) -> str:
+        """Why this copy is not shown as a result, in one line."""
+        rec = self.record or {}
+        if not rec:
+            return "no results record was written"
+        if self.misfiled:
+            made = rec.get("preset") + (f", a dry run of {rec['dry_run_of']}" if rec.get("dry_run_of") else "")
+            return f"its record was made at preset {made}, not {self.preset}"
+        if rec.get("status") == "running":
+            return ("it was cut short while running (no end was recorded: a killed process or an ended session); "
+                    "the rows measured until then are kept in its record")
+        return str(rec.get("error", "no cause was recorded"))
 
 
 def results_dirs(prefer, results) -> dict:
@@ -179,8 +200,12 @@ def when(iso) -> str:
 
 
 def trained_in(record: dict) -> str:
-    """"bf16 + channels-last training", "fp32 training"… as the record says its runs trained ('' if it does not)."""
-    return f"{record['precision']} training" if record.get("precision") else ""
+    """"bf16 + channels-last training", "fp32 training"… as the record says its runs trained ('' if it does not),
+    and the other machines whose runs it reused."""
+    out = f"{record['precision']} training" if record.get("precision") else ""
+    reused = record.get("runs_reused_from")
+    return out + (f"{', partly' if out else 'training partly'} on {' and '.join(reused)} (reused runs)"
+                  if reused else "")
 
 
 def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True, main: Executed | None = None,
@@ -211,7 +236,7 @@ def banner(ex: Executed, parameters: dict | None = None, refreshed: bool = True,
                 f"{{doc}}`/notebooks/{section_stem(ex.name, current[0])}`." if current else ""))
     what = presets.DESCRIPTIONS.get(ex.preset, ex.preset)
     if not ex.ok:
-        cause = " ".join(str(rec.get("error", "no results record was written")).replace("`", "'").split())
+        cause = " ".join(ex.failure.replace("`", "'").split())
         return (f"```{{admonition}} This chapter failed at preset {ex.preset}\n:class: error\n"
                 f"The run stopped with: {cause}. The page shows the output up to the failing cell. {where}{stale}\n```")
     if ex.preset == "smoke":

@@ -242,7 +242,8 @@ def load(name: str, device="cpu", *, size: int | None = None, channels: int | No
 
     ``size``/``channels`` resize the images (``digits`` defaults to 28×28×1;
     other datasets keep their own shape unless asked). ``n_train``/``n_test``
-    keep a seeded random subset of that many examples (for smoke runs).
+    keep a seeded random subset of that many examples (for smoke runs); both draws come from one generator, so the
+    test subset of a given ``n_test`` also depends on whether ``n_train`` is given.
     ``download=False`` never touches the network.
     """
     if not isinstance(name, str):
@@ -306,8 +307,10 @@ class Loader:
 
     ``indices``/``weights`` restrict the epoch to a weighted subset — what a
     pruning selector chooses; :meth:`set_subset` changes it between epochs.
-    ``augment`` is ``None`` or ``"crop-flip"`` (pad-4 random crop and
-    horizontal flip, the CIFAR recipe) or ``"crop"`` (no flip: digits).
+    ``augment`` is ``None`` or ``"crop-flip"`` (random crop with zero padding, 4 pixels for images of 32 pixels
+    or more and 2 below, and horizontal flip: the CIFAR recipe) or ``"crop"`` (no flip: digits) or ``"flip"``.
+    An epoch's order and augmentation are drawn from ``seed`` and :attr:`epoch`, which ``fit`` sets; iterating a
+    Loader by hand repeats one epoch unless ``epoch`` is advanced.
     """
 
     def __init__(self, data: ImageData, batch_size: int = 128, *, shuffle: bool = True, seed: int = 0,

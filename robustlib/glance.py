@@ -46,15 +46,31 @@ def records(dirs: dict, names) -> list:
 def executed_records(folder: Path, preset: str, names) -> list:
     out = []
     for name in names:
-        rec = read_record(folder / f"{name}.json")
-        if rec and rec.get("status", "ok") == "ok":
-            out.append(Executed(name, preset, folder / f"{name}.ipynb", rec))
+        ex = Executed(name, preset, folder / f"{name}.ipynb", read_record(folder / f"{name}.json"))
+        if ex.ok:
+            out.append(ex)
     return out
 
 
-def glance_rows(dirs: dict, names) -> list:
+def _page(name, preset, chosen: dict | None = None) -> str:
+    """The page that shows chapter ``name``'s run at ``preset``: the chapter's own page when the build rendered it
+    from that preset, else its section page for that preset."""
+    if not name:
+        return "–"
+    main = (chosen or {}).get(name)
+    own = main is None or main.preset == preset or preset == "smoke"   # smoke runs get no section page
+    return _doc(name if own else section_stem(name, preset))
+
+
+def _modified(record: dict) -> str:
+    diffs = sorted(record.get("modified_from_preset") or {})
+    return f" (modified: {', '.join(diffs)})" if diffs else ""
+
+
+def glance_rows(dirs: dict, names, chosen: dict | None = None) -> list:
     """One dict per claim: the measured row of the best record that has one (the last such row of that record),
-    or ``None`` fields and verdict "not yet run"."""
+    or ``None`` fields and verdict "not yet run". ``chosen``: the build's page per chapter, to link the page that
+    shows the record (a section page where the chapter's page renders another preset)."""
     recs = records(dirs, names)
     out = []
     for cid, claim in claims.CLAIMS.items():
@@ -76,6 +92,7 @@ def glance_rows(dirs: dict, names) -> list:
                        device=", ".join(x for x in (ex.record.get("device"), trained_in(ex.record)) if x),
                        wall_s=ex.record.get("wall_s"),
                        train_wall_s=ex.record.get("train_wall_s"), chapter=ex.name, others=n - 1,
+                       page=_page(ex.name, ex.preset, chosen),
                        note=r.get("note") or r.get("differs"),
                        modified=sorted(ex.record.get("modified_from_preset") or {}),
                        verdict=claims.verdict(cid, r.get("measured"), ex.preset))
@@ -106,7 +123,8 @@ def glance_table(rows) -> str:
         more = f" (+{r['others']} more in the chapter)" if r["others"] else ""
         note = f"*{str(r['note']).replace('|', '/')}*" if r.get("note") else ""
         preset = f"preset `{r['preset']}`" + (f" (modified: {', '.join(r['modified'])})" if r.get("modified") else "")
-        where = "; ".join(x for x in (_doc(r["chapter"]), setting, preset, r["device"], clock, note) if x)
+        page = r.get("page") or _doc(r["chapter"])
+        where = "; ".join(x for x in (page, setting, preset, r["device"], clock, note) if x)
         lines.append(f"| {claim} | {r['claimed']} | {r['measured']}{more} | {_badge(r['verdict'])} | {where} |")
     return head + "\n".join(lines) + "\n"
 
@@ -170,9 +188,9 @@ def chapters_table(chosen: dict, dirs: dict | None = None) -> str:
         preset = f"`{ex.preset}`" + (" (pipeline check, not a reproduction)" if ex.preset == "smoke" else "")
         others = also_run(name, dirs, ex) if dirs else []
         also = ", ".join(f"{{doc}}`{o.preset} </notebooks/{section_stem(name, o.preset)}>`" for o in others) or "–"
+        status = "ok" if ex.ok else "failed: " + ex.failure.replace("|", "/")
         lines.append(f"| {_doc(name)} | {preset} | {rec.get('device', '–')} | {when(rec.get('started'))} | "
-                     f"{fmt_seconds(rec.get('wall_s'))} | {'ok' if ex.ok else 'failed: ' + str(rec.get('error', ''))} "
-                     f"| {also} |")
+                     f"{fmt_seconds(rec.get('wall_s'))} | {status} | {also} |")
     return "\n".join(lines) + "\n"
 
 
@@ -197,7 +215,7 @@ IDEAS = {
 }
 
 
-def outlook_snippet(dirs: dict, names, glance: list) -> str:
+def outlook_snippet(dirs: dict, names, glance: list, chosen: dict | None = None) -> str:
     """The measured evidence of the closing chapter: per idea, what we measured of its ingredients (claim rows)
     and of the combination itself (rows with ``section="outlook", idea=…``, or the rows of MixTrain's ``sampling``
     section; the chapters' seed repeats of these runs stay on their pages), each with preset, device and
@@ -211,7 +229,8 @@ def outlook_snippet(dirs: dict, names, glance: list) -> str:
         out.append("What we have measured of its ingredients (from {doc}`glance`):\n")
         out.append("| claim | measured | preset · device | verdict |\n| --- | --- | --- | --- |\n" + "\n".join(
             f"| {r['text']} | {r['measured'] or 'not yet run'} | "
-            + (f"`{r['preset']}` · {r['device']}" if r["preset"] else "–") + f" | {_badge(r['verdict'])} |"
+            + (f"`{r['preset']}`" + (f" (modified: {', '.join(r['modified'])})" if r.get("modified") else "")
+               + f" · {r['device']}" if r["preset"] else "–") + f" | {_badge(r['verdict'])} |"
             for r in ingredients) + "\n")
         found = []
         for ex in recs:
@@ -224,7 +243,8 @@ def outlook_snippet(dirs: dict, names, glance: list) -> str:
         for ex, rows in found:
             rec = ex.record
             scale = " — smoke scale: a pipeline check, not evidence" if ex.preset == "smoke" else ""
-            out.append(f"The combination itself, measured in {_doc(ex.name)} at preset `{ex.preset}` on "
+            out.append(f"The combination itself, measured in {_page(ex.name, ex.preset, chosen)} at preset "
+                       f"`{ex.preset}`{_modified(rec)} on "
                        f"{rec.get('device')} (notebook wall-clock {fmt_seconds(rec.get('wall_s'))}){scale}:\n")
             out.append(_rows_table(rows))
     return "\n".join(out)
@@ -235,15 +255,15 @@ def write_generated(book_dir: Path, chosen: dict, dirs: dict, names) -> dict:
     into the staged ``book_dir``; return the glance rows."""
     gen = Path(book_dir) / GENERATED
     gen.mkdir(parents=True, exist_ok=True)
-    rows = glance_rows(dirs, names)
+    rows = glance_rows(dirs, names, chosen)
     glance_figure(rows, gen / "glance.png")
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     used = sorted({(r["chapter"], r["preset"]) for r in rows if r["chapter"]})
     counts = {v: sum(r["verdict"] == v for r in rows) for v in claims.VERDICTS}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
-    sources = ("; ".join(f"{_doc(c)} at `{p}`" for c, p in used)) or "none yet"
+    sources = ("; ".join(f"{_page(c, p, chosen)} at `{p}`" for c, p in used)) or "none yet"
     (gen / "chapters.md").write_text(chapters_table(chosen, dirs))
-    (gen / "outlook.md").write_text(outlook_snippet(dirs, names, rows))
+    (gen / "outlook.md").write_text(outlook_snippet(dirs, names, rows, chosen))
     (Path(book_dir) / "glance.md").write_text(f"""# Reproduction at a glance
 
 Every headline claim of the two papers {{cite}}`li2023less,wang2018mixtrain`, beside the value we measured. This page

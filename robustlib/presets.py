@@ -17,6 +17,8 @@ lists only what it changes, per notebook (keyed by the notebook's file stem).
 - ``paper``: the papers' full settings (CIFAR-10/100, MNIST); needs internet
   for the torchvision downloads and hours of GPU.
 """
+from functools import lru_cache
+from pathlib import Path
 
 DESCRIPTIONS = {
     "smoke": "CPU-sized check of the whole pipeline on the embedded digits; not a reproduction",
@@ -203,14 +205,44 @@ def parameters(preset: str, notebook: str) -> dict:
     return dict(PRESETS[resolve(preset)].get(notebook, {}))
 
 
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+MACHINE_PARAMETERS = ("preset", "results_dir", "reference_dir")   # where things are, not what is computed
+
+
+@lru_cache(maxsize=None)
+def notebook_defaults(notebook: str) -> dict:
+    """The values of a chapter's parameters cell (its smoke defaults), read from this checkout's
+    ``notebooks/<notebook>.ipynb``; {} where there is none (robustlib installed without the book). Only literal
+    values: a cell of other statements is not read."""
+    path = NOTEBOOKS / f"{notebook}.ipynb"
+    if not path.exists():
+        return {}
+    import ast
+    import json
+    cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    out = {}
+    for node in ast.parse("".join(cells[0]["source"])).body if cells else ():
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return out
+
+
 def deviations(preset: str, notebook: str, namespace: dict) -> dict:
-    """Where a notebook's parameters (``namespace``: its variables) differ from what ``preset`` gives it:
-    ``{name: {"used": value, "preset": value}}``. A notebook run by ``reproduce`` has none; one whose ``preset`` was
-    set by hand (in Jupyter, on Colab) without the preset's values has them, and its record says so. Names the
-    namespace does not hold are skipped; values are compared as JSON would store them (a tuple equals a list)."""
+    """Where a notebook's parameters (``namespace``: its variables) differ from what ``preset`` gives it — the
+    preset's values on top of the notebook's own defaults: ``{name: {"used": value, "preset": value}}``. A notebook
+    run by ``reproduce`` has none; one whose ``preset`` was set by hand (in Jupyter, on Colab) without the preset's
+    values, or with another value of any parameter, has them, and its record says so. Names the namespace does not
+    hold, and where files are (``MACHINE_PARAMETERS``), are skipped; values are compared as JSON would store them (a
+    tuple equals a list)."""
     import json
     out = {}
-    for name, value in parameters(preset, notebook).items():
+    expected = {**notebook_defaults(notebook), **parameters(preset, notebook)}
+    for name, value in expected.items():
+        if name in MACHINE_PARAMETERS:
+            continue
         if name in namespace:
             used = namespace[name]
             if json.dumps(used, sort_keys=True, default=str) != json.dumps(value, sort_keys=True, default=str):

@@ -29,34 +29,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import book, glance, performance, presets
+from .machine import cpu_model, device_name  # noqa: F401 - re-exported: the benchmarks name devices with them
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------- results records
-
-def device_name(device=None) -> str:
-    """A human name for the device that ran the numbers (GPU model, or the CPU)."""
-    import torch
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({cpu_model()}{platform.machine()}, {os.cpu_count()} logical cores, " \
-           f"{torch.get_num_threads()} torch threads)"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo followed by ", " (empty where it cannot be read)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + ", "
-    except OSError:
-        pass
-    return ""
-
 
 def versions() -> dict:
     import numpy
@@ -81,6 +59,7 @@ class Record:
 
     def __init__(self, notebook: str, preset: str, results_dir, config: dict | None = None, device=None,
                  namespace: dict | None = None):
+        preset = presets.resolve(preset) if preset == "auto" else preset   # the preset it stands for on this machine
         self.notebook, self.preset = notebook, preset
         self.path = Path(results_dir) / f"{notebook}.json"
         self.config = dict(config or {})
@@ -143,12 +122,19 @@ class Record:
     def wall_s(self) -> float:
         return time.perf_counter() - self._t0
 
+    @property
+    def reused_from(self) -> list:
+        """The devices other than this record's that trained epochs of the runs used (runs reused from another
+        machine's checkpoints: their wall-clock is that machine's)."""
+        return sorted({d for r in self.runs for d in r.get("devices", ())} - {self.device})
+
     def to_dict(self) -> dict:
         return {"notebook": self.notebook, "preset": self.preset, "device": self.device,
                 "precision": self.precision, "versions": versions(), "started": self.started,
                 "wall_s": round(self.wall_s, 2),
                 "config": self.config, "rows": self.rows, "runs": self.runs,
                 "train_wall_s": round(self.train_wall_s, 2),
+                **({"runs_reused_from": self.reused_from} if self.reused_from else {}),
                 **({"modified_from_preset": self.modified} if self.modified else {})}
 
     def save(self) -> Path:
@@ -163,12 +149,17 @@ class Record:
         return self.path
 
     def caption(self) -> str:
-        """One line for figures and tables: which preset, device and wall-clock made these numbers."""
+        """One line for figures and tables: which preset, device and wall-clock made these numbers (the training and
+        notebook wall-clock up to the figure; the record and the page's banner give the chapter's totals)."""
         scale = "SMOKE-SCALE, not a reproduction" if self.preset == "smoke" else f"preset {self.preset}"
         if self.modified:
             scale += f" (modified: {', '.join(self.modified)})"
-        train = f" · training {self.train_wall_s:.0f} s ({self.precision})" if self.runs else ""
-        return f"{scale} · {self.device}{train} · notebook wall-clock {self.wall_s:.0f} s"
+        train = f"training {self.train_wall_s:.0f} s ({self.precision}" if self.runs else ""
+        if train:
+            reused = f"; partly on {' and '.join(self.reused_from)}, reused runs" if self.reused_from else ""
+            train += reused + "), "
+        # a caption is written when its figure is drawn: the totals are those of the chapter up to that point
+        return f"{scale} · {self.device} · up to here: {train}notebook wall-clock {self.wall_s:.0f} s"
 
 
 def _notebook_namespace() -> dict | None:

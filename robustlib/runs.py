@@ -95,5 +95,6 @@ def fit_run(runs_dir, name: str, model: nn.Module, data, objective, **kwargs) ->
     path = Path(runs_dir) / f"{safe}-{run_key(config)}.pt"
     history = fit(model, data, objective, checkpoint=path, resume=True, **kwargs)
     info = {"name": name, "key": run_key(config), "precision": config["precision"], "epochs": len(history),
-            "reused_epochs": history.resumed_epochs, "train_wall_s": round(history.wall_s, 3)}
+            "reused_epochs": history.resumed_epochs, "train_wall_s": round(history.wall_s, 3),
+            "devices": sorted(set(history.devices))}   # which machines trained its epochs (a reused run: another)
     return history, info

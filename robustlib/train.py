@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import allocator, conv_kernels, distributed, precision, run_state
+from . import allocator, conv_kernels, distributed, machine, precision, run_state
 from .checks import check_choice, check_int, check_real, progress_bar, trusted_inputs
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
@@ -63,11 +63,14 @@ def lr_factor(schedule: str, t: float, epochs: int, milestones=None, gamma: floa
 class History(list):
     """One dict per epoch; ``.frame()`` gives a pandas DataFrame; ``resumed_epochs`` came from a checkpoint;
     ``conv_kernels`` holds the kernel each tuned convolution used per direction (see :mod:`robustlib.conv_kernels`);
-    ``precision`` what the steps ran in, e.g. "bf16 + channels-last" (:func:`robustlib.precision.label`)."""
+    ``precision`` what the steps ran in, e.g. "bf16 + channels-last" (:func:`robustlib.precision.label`);
+    ``devices`` the device that trained each epoch (:func:`robustlib.machine.device_name`; a resumed or reloaded
+    run keeps the one that trained its first epochs, or "unknown" where its checkpoint predates this record)."""
 
     resumed_epochs = 0
     conv_kernels = None
     precision = None
+    devices: list = []
 
     def frame(self):
         import pandas as pd
@@ -192,6 +195,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
     history, start_epoch = History(), 0
+    history.devices, here = [], machine.device_name(device)
     history.precision = precision.label(use_amp, use_cl)
     if checkpoint is not None and not str(checkpoint).strip():
         raise ValueError("checkpoint must be a file path (e.g. 'run.pt') or None, got an empty string")
@@ -206,6 +210,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         history.extend(state["history"])
+        history.devices = list(state.get("devices") or ["unknown"] * len(state["history"]))
         if tuned:
             conv_kernels.install(model, state.get("conv_kernels"))
         start_epoch = history.resumed_epochs = state["epoch"]
@@ -301,6 +306,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 record.update(distributed.broadcast(metrics, device) if parallel else metrics)
                 record["eval_s"] = time.perf_counter() - t1
             history.append(record)
+            history.devices.append(here)
             # every rank's random state, gathered before the callback (which may stop a rank) and kept by rank 0
             rngs = distributed.gather(run_state.rng_state(device, on_cuda)) if ckpt is not None and parallel else None
 
@@ -310,7 +316,8 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
                 subset = None if loader.indices is None else (loader.indices, loader.weights)
                 run_state.save_checkpoint(ckpt, {
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                    "history": list(history), "subset": subset, "rng": torch.get_rng_state(), "run": run,
+                    "history": list(history), "devices": list(history.devices), "subset": subset,
+                    "rng": torch.get_rng_state(), "run": run,
                     "cuda_rng": torch.cuda.get_rng_state(device) if on_cuda else None, "rng_ranks": rngs,
                     "selector": selector.state_dict() if hasattr(selector, "state_dict") else None,
                     "objective": objective.state_dict() if hasattr(objective, "state_dict") else None,
