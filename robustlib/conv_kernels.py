@@ -90,7 +90,7 @@ def _variants(conv: nn.Conv2d, dtype=torch.float32, direction: str = "forward") 
     ``nhwc/fp32``: oneDNN's bf16 kernel is not always the faster one). No channels-last weight gradient where
     :func:`nhwc_weight_grad_broken`."""
     names = VARIANTS if _s2d_ok(conv) else VARIANTS[:2]
-    names += ("nchw/fp32", "nhwc/fp32") if dtype != torch.float32 else ()
+    names += ("nchw/fp32", "nhwc/fp32") if dtype in _BELOW_FP32 else ()   # never for float64: that would lose bits
     if direction == "weight_grad" and nhwc_weight_grad_broken(conv):
         names = tuple(v for v in names if not _parse(v)[0])
     return names
@@ -201,10 +201,7 @@ class _TunedConv(torch.autograd.Function):
     def forward(ctx, x, weight, bias, conv, plan):
         dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         kind = x.device.type
-        if torch.is_autocast_enabled(kind):   # compute in autocast's dtype, as F.conv2d would
-            dt = torch.get_autocast_dtype(kind)
-            x, weight, bias = x.to(dt), weight.to(dt), None if bias is None else bias.to(dt)
-        with torch.autocast(kind, enabled=False):
+        with torch.autocast(kind, enabled=False):   # the operands come cast already (TunedConv2d.forward)
             y = forward_variant(conv, plan[0], x, weight, bias)
         ctx.save_for_backward(x, weight)
         ctx.conv, ctx.plan, ctx.dtypes = conv, plan, dtypes
@@ -229,7 +226,7 @@ class TunedConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that, inside :func:`active`, computes each direction with its measured-fastest variant."""
 
     def forward(self, x):
-        if not _ACTIVE[0] or _transformed() or x.dim() != 4 or x.device.type != "cpu":
+        if not _ACTIVE[0] or _transformed() or x.dim() != 4 or x.device.type != "cpu" or x.shape[0] == 0:
             return super().forward(x)
         key = _key(self, x)
         plan = self._plans.get(key)
@@ -237,7 +234,11 @@ class TunedConv2d(nn.Conv2d):
             plan = self._plans[key] = _CACHE.get(key) or _CACHE.setdefault(key, choose(self, x))
         if plan == _DEFAULT:
             return super().forward(x)
-        return _TunedConv.apply(x, self.weight, self.bias, self, plan)
+        weight, bias = self.weight, self.bias
+        if _autocast_applies(x):   # compute in autocast's dtype, as F.conv2d would; cast here, so that autograd
+            dt = torch.get_autocast_dtype(x.device.type)   # records the casts (a double backward reaches the weights)
+            x, weight, bias = x.to(dt), weight.to(dt), None if bias is None else bias.to(dt)
+        return _TunedConv.apply(x, weight, bias, self, plan)
 
 
 def _transformed() -> bool:
@@ -246,9 +247,17 @@ def _transformed() -> bool:
     return torch.fx._symbolic_trace.is_fx_symbolic_tracing() or functorch()
 
 
+_BELOW_FP32 = (torch.bfloat16, torch.float16)
+
+
+def _autocast_applies(x) -> bool:
+    """Whether autocast casts a convolution on ``x``: it is on for x's device, and x is not float64 (never cast)."""
+    return torch.is_autocast_enabled(x.device.type) and x.dtype != torch.float64
+
+
 def _compute_dtype(x) -> torch.dtype:
-    kind = x.device.type
-    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    """The dtype F.conv2d computes in: autocast's where it applies, else x's."""
+    return torch.get_autocast_dtype(x.device.type) if _autocast_applies(x) else x.dtype
 
 
 def _key(conv, x) -> str:

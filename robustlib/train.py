@@ -185,57 +185,58 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
         model.to(memory_format=torch.channels_last)
     if not on_cuda:
         allocator.steady()   # large tensors reuse freed memory instead of fresh pages (robustlib.allocator)
-    tuned = (not on_cuda and not use_cl and not compile) if tune_convs == "auto" else bool(tune_convs)
-    tuned = tuned and conv_kernels.tune(model) > 0
-    kernels = conv_kernels.active if tuned else nullcontext
-    net = torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile else model
-    graphs = on_cuda and compile in ("reduce-overhead", "max-autotune")   # CUDA graphs: one generation per batch
-    step = distributed.wrap(net, objective, device) if parallel else (lambda x, y, w: objective(net, x, y, w))
-    opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
-
-    history, start_epoch = History(), 0
-    history.devices, here = [], machine.device_name(device)
-    history.precision = precision.label(use_amp, use_cl)
-    if checkpoint is not None and not str(checkpoint).strip():
-        raise ValueError("checkpoint must be a file path (e.g. 'run.pt') or None, got an empty string")
-    ckpt = Path(checkpoint) if checkpoint is not None else None
-    run = run_state.run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr,
-                                 momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                                 milestones=milestones, gamma=gamma, seed=seed,
-                                 precision=history.precision, selector=selector,
-                                 **({"processes": loader.world} if loader.world > 1 else {}))
-    if ckpt is not None and resume and ckpt.exists():
-        state = run_state.load_checkpoint(ckpt, device, run)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history.extend(state["history"])
-        history.devices = list(state.get("devices") or ["unknown"] * len(state["history"]))
-        if tuned:
-            conv_kernels.install(model, state.get("conv_kernels"))
-        start_epoch = history.resumed_epochs = state["epoch"]
-        if state.get("subset") is not None:
-            loader.set_subset(*state["subset"])
-        if selector is not None and state.get("selector") is not None and hasattr(selector, "load_state_dict"):
-            selector.load_state_dict(state["selector"])
-        if state.get("objective") is not None and hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(state["objective"])
-        if state.get("callback") is not None and hasattr(callback, "load_state_dict"):
-            callback.load_state_dict(state["callback"])
-        run_state.set_rng(state, device, on_cuda, loader.rank, loader.world)
-
-    if start_epoch == 0:   # the objective's randomness (attack starts) is part of the run's seed; each rank its own
-        torch.manual_seed(seed + run_state.RANK_SEED_STRIDE * loader.rank)
-        if hasattr(objective, "reset_state"):   # an objective used before starts afresh (α, w, validation record)
-            objective.reset_state()
-    bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
-                       disable=not (progress and main))
     hooks = ExitStack()   # what the model carries only while it trains here
-    if use_cl and not compile:   # a Flatten hands its gradient back channels-last (robustlib.precision)
-        hooks.enter_context(precision.channels_last_gradients(model))
-    if use_cl and not on_cuda:   # a oneDNN bug: some 1×1 convolutions stay NCHW (conv_kernels.nhwc_weight_grad_broken)
-        hooks.enter_context(conv_kernels.nchw_where_nhwc_breaks(model))
-    try:
+    try:   # from here on, a failure leaves the model with its plain convolutions (the except below)
+        tuned = (not on_cuda and not use_cl and not compile) if tune_convs == "auto" else bool(tune_convs)
+        tuned = tuned and conv_kernels.tune(model) > 0
+        kernels = conv_kernels.active if tuned else nullcontext
+        net = torch.compile(model, mode=compile if isinstance(compile, str) else None) if compile else model
+        graphs = on_cuda and compile in ("reduce-overhead", "max-autotune")   # CUDA graphs: one generation per batch
+        step = distributed.wrap(net, objective, device) if parallel else (lambda x, y, w: objective(net, x, y, w))
+        opt = _make_optimizer(optimizer, model.parameters(), lr, momentum, weight_decay)
+        autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+
+        history, start_epoch = History(), 0
+        history.devices, here = [], machine.device_name(device)
+        history.precision = precision.label(use_amp, use_cl)
+        if checkpoint is not None and not str(checkpoint).strip():
+            raise ValueError("checkpoint must be a file path (e.g. 'run.pt') or None, got an empty string")
+        ckpt = Path(checkpoint) if checkpoint is not None else None
+        run = run_state.run_settings(model, loader, objective, epochs=epochs, optimizer=optimizer, lr=lr,
+                                     momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+                                     milestones=milestones, gamma=gamma, seed=seed,
+                                     precision=history.precision, selector=selector,
+                                     **({"processes": loader.world} if loader.world > 1 else {}))
+        if ckpt is not None and resume and ckpt.exists():
+            state = run_state.load_checkpoint(ckpt, device, run)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            history.extend(state["history"])
+            history.devices = list(state.get("devices") or ["unknown"] * len(state["history"]))
+            if tuned:
+                conv_kernels.install(model, state.get("conv_kernels"))
+            start_epoch = history.resumed_epochs = state["epoch"]
+            if state.get("subset") is not None:
+                loader.set_subset(*state["subset"])
+            if selector is not None and state.get("selector") is not None and hasattr(selector, "load_state_dict"):
+                selector.load_state_dict(state["selector"])
+            if state.get("objective") is not None and hasattr(objective, "load_state_dict"):
+                objective.load_state_dict(state["objective"])
+            if state.get("callback") is not None and hasattr(callback, "load_state_dict"):
+                callback.load_state_dict(state["callback"])
+            run_state.set_rng(state, device, on_cuda, loader.rank, loader.world)
+
+        if start_epoch == 0:   # the objective's randomness (attack starts) is part of the run's seed; each rank its own
+            torch.manual_seed(seed + run_state.RANK_SEED_STRIDE * loader.rank)
+            if hasattr(objective, "reset_state"):   # an objective used before starts afresh (α, w, validation record)
+                objective.reset_state()
+        bar = progress_bar(total=epochs, initial=start_epoch, desc=desc or objective.name, unit="epoch",
+                           disable=not (progress and main))
+        if use_cl and not compile:   # a Flatten hands its gradient back channels-last (robustlib.precision)
+            hooks.enter_context(precision.channels_last_gradients(model))
+        if use_cl and not on_cuda:   # a oneDNN bug: some 1×1 convolutions stay NCHW
+            # (conv_kernels.nhwc_weight_grad_broken)
+            hooks.enter_context(conv_kernels.nchw_where_nhwc_breaks(model))
         for epoch in range(start_epoch, epochs):
             good = run_state.snapshot(model, opt, objective, loader, selector)   # restored on a NaN loss (untimed)
             synchronize(device)
