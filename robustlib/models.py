@@ -5,15 +5,41 @@
 ``mnist_large``, ``cifar_small``, ``cifar_large``) are plain ``nn.Sequential``
 stacks with exactly the published layer order, so the authors' released
 ``state_dict`` files (keys ``0.*, 2.*, 5.*, 7.*`` for the small ones) load
-as they are. Inputs are images in [0, 1] with no normalisation layer.
+as they are. Inputs are images in [0, 1] with no normalisation layer. The CIFAR networks and the WideResNet start
+from their reference code's initialisation (:func:`he_init`), the others from PyTorch's default, as theirs do.
 """
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch.nn as nn
 
 
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
+    out = (size + 2 * pad - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"an input of {size}×{size} pixels is too small for this network (a {kernel}×{kernel} "
+                         f"convolution with stride {stride} and padding {pad} leaves nothing); give larger images or "
+                         f"another network")
+    return out
+
+
+def he_init(model: nn.Module) -> nn.Module:
+    """The initialisation of the reference code of Wong et al.'s CIFAR networks and of TRADES' WideResNet: every
+    convolution's weight from N(0, 2 / (k_h·k_w·out_channels)) and its bias 0; BatchNorm weight 1 and bias 0;
+    Linear biases 0. (The MNIST networks and PreAct-ResNet-18 keep PyTorch's default, as their references do.)"""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    return model
 
 
 def wong_small(in_channels: int = 1, num_classes: int = 10, input_size: int = 28) -> nn.Sequential:
@@ -117,22 +143,34 @@ class WideResNet(PreActResNet):
     stages of (depth − 4)/6 blocks of widths 16·w, 32·w, 64·w; WRN-34-10 is the TRADES/MART network."""
 
     def __init__(self, depth: int = 34, width: int = 10, num_classes: int = 10, in_channels: int = 3):
-        if (depth - 4) % 6 != 0:
-            raise ValueError(f"wide_resnet depth must be 6n+4 (e.g. 16, 28, 34, 40), got {depth}")
+        if not (_is_int(depth) and depth >= 10 and (depth - 4) % 6 == 0) or not (_is_int(width) and width >= 1):
+            raise ValueError(f"wide_resnet needs depth = 6n + 4 with n ≥ 1 (e.g. 16, 28, 34, 40) and an integer "
+                             f"width ≥ 1, got depth={depth!r}, width={width!r}")
         n = (depth - 4) // 6
         super().__init__((n, n, n), (16 * width, 32 * width, 64 * width), num_classes, in_channels, stem=16)
 
 
 def wide_resnet(in_channels: int = 3, num_classes: int = 10, input_size: int = 32,
                 depth: int = 34, width: int = 10) -> WideResNet:
-    return WideResNet(depth, width, num_classes, in_channels)
+    return he_init(WideResNet(depth, width, num_classes, in_channels))
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _cifar(builder):
+    def build_cifar(**kwargs):
+        return he_init(builder(**kwargs))
+    build_cifar.__doc__ = builder.__doc__
+    return build_cifar
 
 
 _REGISTRY = {
     "mnist_small": (wong_small, dict(in_channels=1, input_size=28)),
     "mnist_large": (wong_large, dict(in_channels=1, input_size=28)),
-    "cifar_small": (wong_small, dict(in_channels=3, input_size=32)),
-    "cifar_large": (wong_large, dict(in_channels=3, input_size=32)),
+    "cifar_small": (_cifar(wong_small), dict(in_channels=3, input_size=32)),
+    "cifar_large": (_cifar(wong_large), dict(in_channels=3, input_size=32)),
     "small_cnn": (small_cnn, dict(in_channels=1, input_size=28)),
     "preact_resnet18": (preact_resnet18, dict(in_channels=3, input_size=32)),
     "wide_resnet": (wide_resnet, dict(in_channels=3, input_size=32)),
@@ -152,9 +190,12 @@ def build(name: str, num_classes: int | None = None, in_channels: int | None = N
     (an :class:`robustlib.data.ImageData`) as ``like=train`` and all three are
     read from it. ``wide_resnet`` takes ``depth`` and ``width``.
     """
-    if name not in _REGISTRY:
+    if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(NAMES)}")
     if like is not None:
+        if len(getattr(like, "shape", ())) != 3 or not hasattr(like, "num_classes"):
+            raise ValueError(f"like must be a dataset (a robustlib.data.ImageData of C×H×W images), got "
+                             f"{type(like).__name__}; or give num_classes, in_channels and input_size")
         c, h, w = tuple(like.shape)
         if h != w:
             raise ValueError(f"the networks take square images; the dataset's are {h}×{w}")
@@ -162,6 +203,9 @@ def build(name: str, num_classes: int | None = None, in_channels: int | None = N
         input_size = h if input_size is None else input_size
         num_classes = like.num_classes if num_classes is None else num_classes
     num_classes = 10 if num_classes is None else num_classes
+    for what, v in (("num_classes", num_classes), ("in_channels", in_channels), ("input_size", input_size)):
+        if v is not None and not (_is_int(v) and v >= 1):
+            raise ValueError(f"{what} must be an integer ≥ 1, got {v!r}")
     fn, defaults = _REGISTRY[name]
     args = dict(defaults)
     if in_channels is not None:
@@ -171,5 +215,5 @@ def build(name: str, num_classes: int | None = None, in_channels: int | None = N
     return fn(num_classes=num_classes, **args, **kwargs)
 
 
-__all__ = ["build", "NAMES", "wong_small", "wong_large", "small_cnn", "preact_resnet18", "wide_resnet",
+__all__ = ["build", "NAMES", "he_init", "wong_small", "wong_large", "small_cnn", "preact_resnet18", "wide_resnet",
            "PreActResNet", "WideResNet"]

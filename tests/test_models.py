@@ -21,7 +21,7 @@ def test_networks_run_on_other_input_shapes():
     assert rl.models.build("cifar_small", in_channels=1, input_size=28)(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     wrn = rl.models.build("wide_resnet", depth=10, width=1, num_classes=100).eval()
     assert wrn(torch.rand(2, 3, 32, 32)).shape == (2, 100)
-    with pytest.raises(ValueError, match="6n\\+4"):
+    with pytest.raises(ValueError, match="6n \\+ 4"):
         rl.models.build("wide_resnet", depth=11)
 
 
@@ -60,3 +60,35 @@ def test_published_mnist_small_is_accurate_on_real_mnist():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: mnist_small, mnist_large"):
         rl.models.build("resnet50")
+
+
+def test_bad_sizes_and_arguments_are_refused_clearly():
+    import torch
+    from robustlib.models import build
+    for kwargs in (dict(input_size=-5), dict(input_size=3), dict(num_classes=0), dict(in_channels=0),
+                   dict(input_size=28.0)):
+        with pytest.raises(ValueError):
+            build("mnist_small", **kwargs)
+    for kwargs in (dict(depth=4), dict(depth=-2), dict(width=0)):
+        with pytest.raises(ValueError, match="wide_resnet"):
+            build("wide_resnet", **kwargs)
+    with pytest.raises(ValueError, match="like must be a dataset"):
+        build("mnist_small", like=torch.zeros(2, 1, 28, 28))
+    with pytest.raises(ValueError, match="unknown model"):
+        build(["mnist_small"])
+
+
+def test_cifar_networks_start_from_their_reference_initialisation():
+    """Convolutions N(0, 2 / (k·k·out)) with zero biases, as the reference code of Wong et al.'s CIFAR networks and
+    TRADES' WideResNet; the MNIST networks keep PyTorch's default, as theirs do."""
+    import torch
+    from robustlib.models import build
+    torch.manual_seed(0)
+    for name in ("cifar_small", "cifar_large", "wide_resnet"):
+        kw = dict(depth=10, width=1) if name == "wide_resnet" else {}
+        convs = [m for m in build(name, **kw).modules() if isinstance(m, torch.nn.Conv2d)]
+        for m in convs:
+            want = (2 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5
+            assert abs(float(m.weight.std()) / want - 1) < 0.15, name
+            assert m.bias is None or not m.bias.any()
+    assert build("mnist_small")[0].bias.any()   # PyTorch's default: uniform biases
