@@ -298,7 +298,9 @@ def main(argv=None):
                "warmup_s": warmup, "flops_per_image": flops,
                "throughput": [{"what": f"PGD-{STEPS} AT {name} [{v}]", "flop_per_s": ips[v] * flops,
                                "dtype": "bf16" if VARIANTS.get(v, {}).get("amp") or (v == "default" and default_bf16)
-                               else "fp32"} for v in ips if v != "textbook"]}
+                               else "fp32",
+                               # fp32 convolutions on CUDA run on TF32 tensor cores unless this is off
+                               "tf32": cuda and torch.backends.cudnn.allow_tf32} for v in ips if v != "textbook"]}
     acc_epochs = args.accuracy_epochs if args.accuracy_epochs is not None else (0 if args.quick or cuda else 8)
     if acc_epochs > 0 and test is not None:
         figures["accuracy"] = accuracy_check(name, data, test, device, batch, acc_epochs)

@@ -13,6 +13,12 @@ import re
 
 KIND_TITLE = {"cpu": "CPU", "cuda": "GPU"}
 
+
+def run_of(result: dict) -> str:
+    """"<device>, run <date> UTC": which machine and which run a table's figures come from."""
+    date = str(result.get("date", "")).replace("T", " ")[:16]
+    return f"{result['device']}, run {date} UTC" if date else f"{result['device']}, date unknown"
+
 GAINS = {   # training-benchmark variant → how the gain is obtained (the measured ratio comes from the JSON)
     "fp32 unfrozen attack": "freezing the parameters during attack steps (`checks.input_gradients_only`), so that "
                             "an attack step's backward computes input gradients only; before: the same fp32 step "
@@ -135,7 +141,7 @@ def _select_batch_gain(result: dict, figures: dict) -> str:
             rows.append((f"K_s = {ks}, {label}", f"{before:,.2f} → {after:,.2f}", f"{before / after:.2f}×"))
     if not rows:
         return ""
-    return (f"**Selector batches ({result['device']})**: seconds of one fresh Adv-GRAD-MATCH selection of "
+    return (f"**Selector batches ({run_of(result)})**: seconds of one fresh Adv-GRAD-MATCH selection of "
             f"{result['settings'].get('n', '?'):,} images, its attack and last-layer gradients in batches of one size "
             f"→ another (the fastest of two timings unless marked), in the same run; "
             f"`robustlib.scores.selection_batch_size` sets the default per device:\n\n"
@@ -173,7 +179,7 @@ def _memory_gain(result: dict, figures: dict) -> str:
     agree = ("" if "memory" not in miss else
              f" How far each selection's summed gradient points from a fresh PGD-{result['settings'].get('steps')} "
              f"attack's (1 − cos): " + ", ".join(f"{k} {v:.1e}" for k, v in miss.items()) + ".")
-    return (f"**Selections from a perturbation memory ({result['device']})**: seconds of one selection with a fresh "
+    return (f"**Selections from a perturbation memory ({run_of(result)})**: seconds of one selection with a fresh "
             f"PGD-{ks} attack on every example → with the gradients taken at the perturbations the last training "
             f"epoch found (`rl.memory.PerturbationMemory`), both timed in the same run; the middle column is the "
             f"selection over one full-data PGD-AT epoch (goal ≤ 0.10).{agree}\n\n"
@@ -204,14 +210,18 @@ def gains_section(results: dict) -> str:
             continue
         rounds = figures.get("images_per_s_rounds", {})
         rows = []
+        default_is = result.get("fit_default_precision") == "bf16 + channels-last"
         for v in ips:
             after, name = BEFORE_OF.get(v, (v, v))
             before = v if v in BEFORE_OF else "fp32"
+            if after not in ips and default_is and after == "bf16+channels-last":
+                after = "default"   # fit's default is that variant on this device: the run measured it as such
             if v in ("textbook", "fp32") or after not in ips:
                 continue
             rows.append((name, GAINS.get(v, ""), f"{ips[before]:,.0f} → {ips[after]:,.0f}",
                          f"{ips[after] / ips[before]:.2f}×", _ratio(paired_median(rounds, after, before))))
-        out.append(f"**{KIND_TITLE[kind]} ({result['device']})**, PGD-{result['settings'].get('steps', '?')} AT "
+        out.append(f"**{KIND_TITLE[kind]} ({run_of(result)})**, "
+                   f"PGD-{result['settings'].get('steps', '?')} AT "
                    f"training images/s, before (fp32 eager robustlib, or the before that a change's row describes) "
                    f"→ after (best epoch of each), and the median over rounds of the ratio within one round (the "
                    f"same machine state):\n\n" +
@@ -274,7 +284,7 @@ def gains_section(results: dict) -> str:
                       f"{r['samples_per_s'] / before[r['net'], r['batch']]:.2f}×")
                      for r in rows if r["method"] == after and (r["net"], r["batch"]) in before]
             if gains:
-                out.append(f"**Symbolic bounds ({result['device']})**: samples/s {what}, both timed in the same "
+                out.append(f"**Symbolic bounds ({run_of(result)})**: samples/s {what}, both timed in the same "
                            f"run:\n\n" + table(("network, batch", "samples/s", "gain"), gains))
     for kind, result, rows in per_device(results, "bounds", list):
         moved = [(f"{r['net']}, B = {r['batch']}", r["method"].split(",")[0],
@@ -282,7 +292,7 @@ def gains_section(results: dict) -> str:
                   f"{r['fixed_thresholds_samples_per_s'] / r['samples_per_s']:.2f}×")
                  for r in rows if "fixed_thresholds_samples_per_s" in r]
         if moved:
-            out.append(f"**Host allocator ({result['device']})**: samples/s of symbolic bounds with glibc's moving "
+            out.append(f"**Host allocator ({run_of(result)})**: samples/s of symbolic bounds with glibc's moving "
                        f"malloc thresholds → with the thresholds fixed by `robustlib.allocator.steady` (which `fit` "
                        f"and the symbolic bounds call on a CPU), timed back to back at the start of the run. The "
                        f"naive reference gains as much or more: the gain is the process's, not robustlib's "
@@ -295,7 +305,7 @@ def gains_section(results: dict) -> str:
         if "bt_unpadded_train_s" not in figures:
             continue
         before, after = figures["bt_unpadded_train_s"], figures["bt_train_s"]
-        out.append(f"**Bullet-Train ({result['device']})**: seconds of {result['settings'].get('epochs', '?')} "
+        out.append(f"**Bullet-Train ({run_of(result)})**: seconds of {result['settings'].get('epochs', '?')} "
                    f"epochs of Bullet-Train PGD-AT with the robust and boundary sub-batches at their own sizes → "
                    f"padded to a multiple of `BulletTrain.bucket` (so that cuDNN meets few shapes), both timed in "
                    f"the same run:\n\n" + table(("run", "seconds", "gain"),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .gains import KIND_TITLE, per_device, flatten, fmt, gains_section, paired_median, rows_table, table  # noqa: F401
+from .gains import (KIND_TITLE, per_device, flatten, fmt, gains_section, paired_median,  # noqa: F401
+                    rows_table, run_of, table)
 
 BENCHMARKS = {   # script → (section title, what it measures)
     "training": ("Adversarial-training throughput", "robustlib's `train.fit` + PGD-AT (K = 10) against the textbook "
@@ -45,10 +46,11 @@ BENCHMARKS = {   # script → (section title, what it measures)
                 "PGD-AT epoch, pruned against full-data training end to end, and Bullet-Train's saved attack steps."),
 }
 PEAKS = {   # dense datasheet peak FLOP/s by a substring of the device name, per dtype (vendor datasheets, SXM parts)
-    "H200": {"bf16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp32": 19.5e12},
+    "H200": {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12},
+    "H100": {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12},
+    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
 }
+OTHER_FORMS = ("PCIe", "NVL")   # other power and memory: the SXM peaks above do not hold for them (peak unknown)
 COMMANDS = {"cpu": "python benchmarks/bench_{name}.py", "cuda": "python benchmarks/bench_{name}.py --device cuda"}
 
 
@@ -62,14 +64,34 @@ def load(folder: Path) -> dict:
             result = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path} is not a readable benchmark result ({e}); rerun its script") from e
-        if kind in KIND_TITLE and {"device", "figures", "ratios"} <= set(result):
-            out[(name, kind)] = result
+        if kind not in KIND_TITLE:
+            raise ValueError(f"{path.name}: a benchmark result is named <benchmark>-<cpu|cuda>.json, not "
+                             f"-{kind}.json; rename it or move it out of {folder}")
+        missing = {"device", "figures", "ratios"} - set(result)
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(sorted(missing))}: not written by benchmarks/common.py's "
+                             f"write_result; rerun its script")
+        device = str(result["device"])
+        if (kind == "cuda" and device.startswith("CPU")) or (kind == "cpu" and "NVIDIA" in device):
+            raise ValueError(f"{path.name} is named for {kind} but was measured on {device}")
+        out[(name, kind)] = result
     return out
 
 
 def peak(device: str) -> dict | None:
-    """The datasheet peak FLOP/s per dtype of a device named ``device``, or ``None`` when not known."""
+    """The datasheet peak FLOP/s per dtype of a device named ``device``, or ``None`` when not known (also for the
+    PCIe and NVL forms of a GPU whose SXM peaks are listed)."""
+    if any(form.lower() in device.lower() for form in OTHER_FORMS):
+        return None
     return next((p for key, p in PEAKS.items() if key in device), None)
+
+
+def compute_dtype(entry: dict, kind: str) -> str:
+    """What a throughput entry's convolutions ran in: an "fp32" entry on CUDA ran on TF32 tensor cores, cuDNN's
+    default (``torch.backends.cudnn.allow_tf32``), which the training benchmark leaves on."""
+    dtype = entry.get("dtype", "fp32")
+    tf32 = entry.get("tf32", kind == "cuda")   # runs that did not record it left PyTorch's default on
+    return "tf32" if dtype == "fp32" and kind == "cuda" and tf32 else dtype
 
 
 def result_section(name: str, kind: str, result: dict) -> str:
@@ -115,19 +137,23 @@ def roofline_figure(results: dict, path: Path) -> bool:
     for ax, (kind, r) in zip(axes[:, 0], panels):
         entries = r["figures"]["throughput"]
         values = [e["flop_per_s"] for e in entries]
-        colours = ["tab:orange" if e.get("dtype") == "bf16" else "tab:blue" for e in entries]
-        ax.barh(range(len(entries)), values, color=colours)
-        ax.set_yticks(range(len(entries)), [e["what"] for e in entries], fontsize=8)
+        dtypes = [compute_dtype(e, kind) for e in entries]
+        colour = {"bf16": "tab:orange", "tf32": "tab:green", "fp32": "tab:blue"}
+        ax.barh(range(len(entries)), values, color=[colour.get(d, "tab:blue") for d in dtypes])
+        ax.set_yticks(range(len(entries)), [e["what"] + (" (TF32)" if d == "tf32" else "")
+                                            for e, d in zip(entries, dtypes)], fontsize=8)
         ax.set_xscale("log")
         known = peak(r["device"])
         if known:
             for dtype, v in known.items():
-                ax.axvline(v, ls="--", color="tab:orange" if dtype == "bf16" else "tab:blue")
+                ax.axvline(v, ls="--", color=colour[dtype])
                 ax.text(v, len(entries) - 0.5, f" {dtype} peak", fontsize=8, va="top")
             ax.set_xlim(min(values) / 3, max(known.values()) * 3)
-        title = f"{KIND_TITLE[kind]}: {r['device']}" + ("" if known else " (datasheet peak unknown)")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("achieved FLOP/s (convolutions and matrix products; blue fp32, orange bf16)", fontsize=8)
+        title = (f"{KIND_TITLE[kind]}: {r['device']}, {r.get('date', 'date unknown')}"
+                 + ("" if known else " (datasheet peak unknown)"))
+        ax.set_title(title, fontsize=8, wrap=True)
+        ax.set_xlabel("achieved FLOP/s (convolutions and matrix products; blue fp32, green TF32 — cuDNN's default "
+                      "for fp32 convolutions on a GPU —, orange bf16)", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -144,7 +170,7 @@ def floors_section(results: dict) -> str:
                  f"{r['x_width_floor']:.2f}×" if "x_width_floor" in r else "—")
                 for r in rows if r["method"] == "symbolic" and "x_floor" in r]
         if rows:
-            out.append(f"**{KIND_TITLE[kind]} ({result['device']})**: time of one sample's symbolic bounds over "
+            out.append(f"**{KIND_TITLE[kind]} ({run_of(result)})**: time of one sample's symbolic bounds over "
                        f"each floor, timed in the same run (1.00× is the floor; robustlib's goal is 1.5×):\n\n"
                        + table(("network", "B", "d", "error columns", "× (d + 1) floor", "× (d + 1 + E) floor"),
                                rows))

@@ -101,7 +101,7 @@ def test_page_keeps_devices_apart_and_reports_gains(tmp_path):
     cuda_radius = page[page.index("by `A.abs().sum(1)` → by `torch.linalg.vector_norm(A, 1, dim=1)`"):]
     assert "NVIDIA H100" in page[:page.index("by `A.abs().sum(1)` → by")].rsplit("**Symbolic bounds", 1)[1]
     assert "| cifar_large, B = 128 | 152.0 → 190.0 | 1.25× |" in cuda_radius.split("\n\n**")[0]
-    assert "**Bullet-Train (NVIDIA H100 80GB HBM3)**: seconds of 4 epochs" in page
+    assert "**Bullet-Train (NVIDIA H100 80GB HBM3, run 2026-11-25 00:00 UTC)**: seconds of 4 epochs" in page
     floors = page[page.index("## Symbolic bounds against their floor"):]
     assert "| mnist_small | 16 | 64 | 30.5 | 1.60× | 1.20× |" in floors     # both floors, from the file
     assert "| mnist_small | 1 |" in floors and "| 2.50× | — |" in floors       # a row without the width floor
@@ -229,9 +229,9 @@ def test_selector_batches_table_reads_both_formats(tmp_path):
     _write(res, "pruning", "cpu", "Intel Xeon", {"gradmatch_Ks3_s": 3.6, "gradmatch_Ks3_batch1024_s": 1.2}, {},
            {"n": 5000})
     page = performance.write_page(tmp_path / "staged", res).read_text()
-    gpu = page[page.index("**Selector batches (NVIDIA H200)"):].split("\n\n**")[0]
+    gpu = page[page.index("**Selector batches (NVIDIA H200, run "):].split("\n\n**")[0]
     assert "| K_s = 3, batches of 256 → the default | 2.25 → 0.90 | 2.50× |" in gpu and "19,000 images" in gpu
-    cpu = page[page.index("**Selector batches (Intel Xeon)"):].split("\n\n**")[0]
+    cpu = page[page.index("**Selector batches (Intel Xeon, run "):].split("\n\n**")[0]
     assert "| K_s = 3, batches of 256 (one timing) → 1024 | 3.60 → 1.20 | 3.00× |" in cpu
 
 
@@ -239,3 +239,29 @@ def test_selection_batch_size_per_device():
     from robustlib.scores import selection_batch_size
     assert selection_batch_size("cuda") == 1024 and selection_batch_size(torch.device("cuda", 0)) == 1024
     assert selection_batch_size("cpu") == 256
+
+
+def test_result_files_are_checked_and_peaks_and_dtypes_labelled(tmp_path):
+    """(An audit.) A result that lacks its keys, carries another kind's name or a device of the other kind is refused
+    with its file named; a PCIe or NVL part gets no SXM peak; an fp32 convolution on CUDA ran on TF32 tensor cores."""
+    assert performance.peak("NVIDIA H100 PCIe") is None and performance.peak("NVIDIA H200 NVL") is None
+    assert performance.peak("NVIDIA H100 80GB HBM3")["tf32"] == 495e12
+    assert performance.compute_dtype({"dtype": "fp32"}, "cuda") == "tf32"
+    assert performance.compute_dtype({"dtype": "fp32"}, "cpu") == "fp32"
+    for i, (name, content) in enumerate([("training-cpu.json", {"device": "CPU (x)", "figures": {}}),
+                                         ("training-mps.json", {"device": "x", "figures": {}, "ratios": {}}),
+                                         ("training-cpu.json", {"device": "NVIDIA H200", "figures": {},
+                                                                "ratios": {}})]):
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        (folder / name).write_text(json.dumps(content))
+        with pytest.raises(ValueError, match=name.split(".")[0]):
+            performance.load(folder)
+
+
+def test_a_gain_whose_after_is_fits_default_is_not_dropped(tmp_path):
+    res = tmp_path / "results"
+    ips = {"textbook": 1000.0, "fp32": 2000.0, "default": 5700.0, "bf16+channels-last, projected steps": 5300.0}
+    _write(res, "training", "cuda", "NVIDIA H200", _training(ips), {}, fit_default_precision="bf16 + channels-last")
+    page = performance.write_page(tmp_path / "staged", res).read_text()
+    assert "box-clamped attack steps" in page and "5,300 → 5,700" in page
