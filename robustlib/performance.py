@@ -145,15 +145,14 @@ def roofline_figure(results: dict, path: Path) -> bool:
         ax.set_xscale("log")
         known = peak(r["device"])
         if known:
-            for dtype, v in known.items():
+            for i, (dtype, v) in enumerate(known.items()):   # labels one below the other: the peaks lie close
                 ax.axvline(v, ls="--", color=colour[dtype])
-                ax.text(v, len(entries) - 0.5, f" {dtype} peak", fontsize=8, va="top")
+                ax.text(v, len(entries) - 0.5 - 0.6 * i, f" {dtype} peak", fontsize=7, va="top")
             ax.set_xlim(min(values) / 3, max(known.values()) * 3)
-        title = (f"{KIND_TITLE[kind]}: {r['device']}, {r.get('date', 'date unknown')}"
-                 + ("" if known else " (datasheet peak unknown)"))
+        title = f"{KIND_TITLE[kind]}: {run_of(r)}" + ("" if known else " (datasheet peak unknown)")
         ax.set_title(title, fontsize=8, wrap=True)
-        ax.set_xlabel("achieved FLOP/s (convolutions and matrix products; blue fp32, green TF32 — cuDNN's default "
-                      "for fp32 convolutions on a GPU —, orange bf16)", fontsize=7)
+        ax.set_xlabel("achieved FLOP/s of convolutions and matrix products\n(blue fp32, green TF32, orange bf16)",
+                      fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
