@@ -35,6 +35,7 @@ from .checks import check_choice, check_int, check_real, progress_bar, trusted_i
 from .data import ImageData, Loader
 from .objectives import Custom, Objective
 
+UNRECORDED_DEVICE = "an unrecorded machine (a checkpoint written before 2026-11-28)"
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")   # torch.compile(mode=...)
 
@@ -65,7 +66,8 @@ class History(list):
     ``conv_kernels`` holds the kernel each tuned convolution used per direction (see :mod:`robustlib.conv_kernels`);
     ``precision`` what the steps ran in, e.g. "bf16 + channels-last" (:func:`robustlib.precision.label`);
     ``devices`` the device that trained each epoch (:func:`robustlib.machine.device_name`; a resumed or reloaded
-    run keeps the one that trained its first epochs, or "unknown" where its checkpoint predates this record)."""
+    run keeps the one that trained its first epochs, or :data:`UNRECORDED_DEVICE` where its checkpoint predates
+    this record)."""
 
     resumed_epochs = 0
     conv_kernels = None
@@ -212,7 +214,7 @@ def fit(model: nn.Module, data: ImageData | Loader, objective: Objective, *, epo
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             history.extend(state["history"])
-            history.devices = list(state.get("devices") or ["unknown"] * len(state["history"]))
+            history.devices = list(state.get("devices") or [UNRECORDED_DEVICE] * len(state["history"]))
             if tuned:
                 conv_kernels.install(model, state.get("conv_kernels"))
             start_epoch = history.resumed_epochs = state["epoch"]
