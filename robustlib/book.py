@@ -263,25 +263,6 @@ def _short(value, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
 
 
-def _defaults(cell_source: str) -> dict | None:
-    """A parameters cell's ``name = value`` lines as {name: value} (a literal's value, else its source text without
-    comments); None when the cell holds anything else."""
-    import ast
-    try:
-        tree = ast.parse(cell_source)
-    except SyntaxError:
-        return None
-    out = {}
-    for node in tree.body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
-            return None
-        try:
-            out[node.targets[0].id] = ast.literal_eval(node.value)
-        except ValueError:
-            out[node.targets[0].id] = ast.unparse(node.value)
-    return out
-
-
 def same_code(ran: list, code: list, injected: dict) -> bool:
     """Whether executed code cells ``ran`` are today's ``code`` (cell sources, in order): equal, except that the
     parameters cell may differ in comments and in defaults that the run overrode (its ``injected`` parameters): a
@@ -293,7 +274,7 @@ def same_code(ran: list, code: list, injected: dict) -> bool:
             continue
         if "parameters" not in _tags(b):
             return False
-        old, new = _defaults(a.source), _defaults(b.source)
+        old, new = presets.cell_defaults(a.source), presets.cell_defaults(b.source)
         if old is None or new is None or old.keys() != new.keys():
             return False
         if any(old[k] != new[k] and k not in injected for k in old):

@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import re
 
+from .book import when
+
 KIND_TITLE = {"cpu": "CPU", "cuda": "GPU"}
 
 
 def run_of(result: dict) -> str:
-    """"<device>, run <date> UTC": which machine and which run a table's figures come from."""
-    date = str(result.get("date", "")).replace("T", " ")[:16]
-    return f"{result['device']}, run {date} UTC" if date else f"{result['device']}, date unknown"
+    """"<device>, run <date>": which machine and which run a table's figures come from."""
+    return f"{result['device']}, run {when(result.get('date'))}"
 
 GAINS = {   # training-benchmark variant → how the gain is obtained (the measured ratio comes from the JSON)
     "fp32 unfrozen attack": "freezing the parameters during attack steps (`checks.input_gradients_only`), so that "

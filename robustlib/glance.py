@@ -62,9 +62,9 @@ def _page(name, preset, chosen: dict | None = None) -> str:
     return _doc(name if own else section_stem(name, preset))
 
 
-def _modified(record: dict) -> str:
-    diffs = sorted(record.get("modified_from_preset") or {})
-    return f" (modified: {', '.join(diffs)})" if diffs else ""
+def _modified(names) -> str:
+    """" (modified: a, b)" for the parameters a run set by hand, "" for none."""
+    return f" (modified: {', '.join(names)})" if names else ""
 
 
 def glance_rows(dirs: dict, names, chosen: dict | None = None) -> list:
@@ -122,7 +122,7 @@ def glance_table(rows) -> str:
                                                      if r["train_wall_s"] else "")
         more = f" (+{r['others']} more in the chapter)" if r["others"] else ""
         note = f"*{str(r['note']).replace('|', '/')}*" if r.get("note") else ""
-        preset = f"preset `{r['preset']}`" + (f" (modified: {', '.join(r['modified'])})" if r.get("modified") else "")
+        preset = f"preset `{r['preset']}`" + _modified(r.get("modified"))
         page = r.get("page") or _doc(r["chapter"])
         where = "; ".join(x for x in (page, setting, preset, r["device"], clock, note) if x)
         lines.append(f"| {claim} | {r['claimed']} | {r['measured']}{more} | {_badge(r['verdict'])} | {where} |")
@@ -229,8 +229,7 @@ def outlook_snippet(dirs: dict, names, glance: list, chosen: dict | None = None)
         out.append("What we have measured of its ingredients (from {doc}`glance`):\n")
         out.append("| claim | measured | preset · device | verdict |\n| --- | --- | --- | --- |\n" + "\n".join(
             f"| {r['text']} | {r['measured'] or 'not yet run'} | "
-            + (f"`{r['preset']}`" + (f" (modified: {', '.join(r['modified'])})" if r.get("modified") else "")
-               + f" · {r['device']}" if r["preset"] else "–") + f" | {_badge(r['verdict'])} |"
+            + (f"`{r['preset']}`{_modified(r.get('modified'))} · {r['device']}" if r["preset"] else "–") + f" | {_badge(r['verdict'])} |"
             for r in ingredients) + "\n")
         found = []
         for ex in recs:
@@ -244,7 +243,7 @@ def outlook_snippet(dirs: dict, names, glance: list, chosen: dict | None = None)
             rec = ex.record
             scale = " — smoke scale: a pipeline check, not evidence" if ex.preset == "smoke" else ""
             out.append(f"The combination itself, measured in {_page(ex.name, ex.preset, chosen)} at preset "
-                       f"`{ex.preset}`{_modified(rec)} on "
+                       f"`{ex.preset}`{_modified(sorted(rec.get('modified_from_preset') or {}))} on "
                        f"{rec.get('device')} (notebook wall-clock {fmt_seconds(rec.get('wall_s'))}){scale}:\n")
             out.append(_rows_table(rows))
     return "\n".join(out)

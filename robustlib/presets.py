@@ -209,25 +209,39 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MACHINE_PARAMETERS = ("preset", "results_dir", "reference_dir")   # where things are, not what is computed
 
 
+class Unevaluated(str):
+    """A parameter whose value is not a literal: its source text, without comments."""
+
+
+def cell_defaults(cell_source: str) -> dict | None:
+    """A parameters cell's ``name = value`` lines as {name: value} (a literal's value, else its source text as an
+    :class:`Unevaluated`); None when the cell holds anything else."""
+    import ast
+    try:
+        tree = ast.parse(cell_source)
+    except SyntaxError:
+        return None
+    out = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            return None
+        try:
+            out[node.targets[0].id] = ast.literal_eval(node.value)
+        except ValueError:
+            out[node.targets[0].id] = Unevaluated(ast.unparse(node.value))
+    return out
+
+
 @lru_cache(maxsize=None)
 def notebook_defaults(notebook: str) -> dict:
-    """The values of a chapter's parameters cell (its smoke defaults), read from this checkout's
-    ``notebooks/<notebook>.ipynb``; {} where there is none (robustlib installed without the book). Only literal
-    values: a cell of other statements is not read."""
-    path = NOTEBOOKS / f"{notebook}.ipynb"
-    if not path.exists():
-        return {}
-    import ast
+    """The literal values of a chapter's parameters cell (its smoke defaults), read from this checkout's
+    ``notebooks/<notebook>.ipynb``; {} where there is none (robustlib installed without the book)."""
     import json
-    cells = [c for c in json.loads(path.read_text())["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
-    out = {}
-    for node in ast.parse("".join(cells[0]["source"])).body if cells else ():
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                out[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-    return out
+    path = NOTEBOOKS / f"{notebook}.ipynb"
+    cells = [c for c in json.loads(path.read_text())["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])] if path.exists() else []
+    found = cell_defaults("".join(cells[0]["source"])) if cells else None
+    return {k: v for k, v in (found or {}).items() if not isinstance(v, Unevaluated)}
 
 
 def deviations(preset: str, notebook: str, namespace: dict) -> dict:
